@@ -1,0 +1,16 @@
+# Source this file to use the USER workspace in a shell: `source scripts/env.sh`.
+# Works with the wheel environment (.venv) and, if /opt/ros/jazzy is sourced first, a system install.
+_USER_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]:-$0}")/.." && pwd)"
+if [ -f "$_USER_ROOT/.venv/bin/activate" ]; then
+  # shellcheck disable=SC1091
+  . "$_USER_ROOT/.venv/bin/activate"
+  export AMENT_PREFIX_PATH="$_USER_ROOT/.venv${AMENT_PREFIX_PATH:+:$AMENT_PREFIX_PATH}"
+fi
+if [ -f "$_USER_ROOT/install/setup.bash" ]; then
+  # shellcheck disable=SC1091
+  . "$_USER_ROOT/install/setup.bash"
+fi
+export MUJOCO_GL="${MUJOCO_GL:-egl}"
+export PYOPENGL_PLATFORM="${PYOPENGL_PLATFORM:-egl}"
+export RMW_IMPLEMENTATION="${RMW_IMPLEMENTATION:-rmw_fastrtps_cpp}"
+unset _USER_ROOT

@@ -1,0 +1,1 @@
+"""USER bringup: the node graph description, launcher and the userctl CLI."""

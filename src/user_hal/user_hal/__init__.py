@@ -1,0 +1,1 @@
+"""USER hardware abstraction layer: robots as schedulable resources."""

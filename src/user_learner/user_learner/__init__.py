@@ -1,0 +1,1 @@
+"""USER learning: policies, algorithms, inference and learner nodes (see issue 3)."""
