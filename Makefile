@@ -1,0 +1,20 @@
+# USER: two commands on a fresh machine.
+#   make demo   set up, then run the main job on the simulated Franka
+#   make test   set up, then run the whole test suite
+SHELL := /bin/bash
+EPISODES ?= 10
+ARGS ?=
+
+.PHONY: setup demo test clean
+
+setup:
+	@bash scripts/setup.sh
+
+demo: setup
+	@source scripts/env.sh && userctl launch franka_sac robot:=sim episodes:=$(EPISODES) $(ARGS)
+
+test: setup
+	@source scripts/env.sh && python -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf build install log

@@ -1,0 +1,194 @@
+"""The robot cell: actions in, safe impedance targets out, episodes, resets and rule rewards.
+
+Plain Python around a ``RobotBackend``; the robot node wraps it in ROS and a test drives it
+directly. An action is ``[dx, dy, dz, droll, dpitch, dyaw, gripper]`` in ``[-1, 1]``; the first six
+are scaled by ``robot.action_scale`` and added to the current *target* (so holding = zero action),
+the position is clipped to the safety box and the orientation to ``robot.orientation_limits``
+around ``task.tcp_quat``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Callable
+
+import numpy as np
+
+from .backend import RobotBackend, RobotState
+from .geometry import (quat_conj, quat_from_euler, quat_from_rotvec, quat_mul, quat_normalize, quat_to_euler,
+                       quat_to_rotvec)
+from .profile import RobotProfile
+from .task import TaskOutcome, make_task
+
+ACTION_NAMES = ["dx", "dy", "dz", "droll", "dpitch", "dyaw", "gripper"]
+PROPRIO_NAMES = (
+    ["tcp_x", "tcp_y", "tcp_z", "tcp_qx", "tcp_qy", "tcp_qz", "tcp_qw"]
+    + ["tcp_vx", "tcp_vy", "tcp_vz", "tcp_wx", "tcp_wy", "tcp_wz"]
+    + ["gripper_width"]
+    + ["force_x", "force_y", "force_z", "torque_x", "torque_y", "torque_z"]
+)
+
+
+class ActionError(ValueError):
+    """An action that must not be executed; the message says why."""
+
+
+@dataclasses.dataclass
+class StepResult:
+    state: RobotState
+    outcome: TaskOutcome
+    terminated: bool
+    truncated: bool
+    executed: np.ndarray        # the clipped action actually applied
+
+
+def proprio_vector(state: RobotState) -> np.ndarray:
+    """The proprioception published in observations, laid out as ``PROPRIO_NAMES``."""
+    return np.concatenate([
+        state.tcp_pos, state.tcp_quat, state.tcp_linvel, state.tcp_angvel,
+        [state.gripper_width], state.wrench,
+    ]).astype(np.float32)
+
+
+def check_action(values: np.ndarray, expected_len: int) -> np.ndarray:
+    """Validate a raw action; returns it clipped to [-1, 1] as float64 or raises ActionError."""
+    a = np.asarray(values, dtype=np.float64)
+    if a.ndim != 1 or a.shape[0] != expected_len:
+        raise ActionError(f"action has {a.size} values, expected {expected_len} ({', '.join(ACTION_NAMES)})")
+    bad = ~np.isfinite(a)
+    if bad.any():
+        names = [ACTION_NAMES[i] for i in np.flatnonzero(bad)]
+        raise ActionError(f"action contains NaN or inf in {', '.join(names)}")
+    return np.clip(a, -1.0, 1.0)
+
+
+class RobotCell:
+    """One robot doing one task: the control-step semantics shared by every backend."""
+
+    def __init__(self, profile: RobotProfile, backend: RobotBackend, seed: int | None = None) -> None:
+        self.profile = profile
+        self.cfg = profile.robot
+        self.backend = backend
+        self.task = make_task(profile.task)
+        self.period = 1.0 / self.cfg.control_hz
+        self.scale = np.asarray(self.cfg.action_scale, dtype=np.float64)
+        self.box_lo = np.asarray(self.cfg.safety_box.lower, dtype=np.float64)
+        self.box_hi = np.asarray(self.cfg.safety_box.upper, dtype=np.float64)
+        self.rpy_lo = np.asarray(self.cfg.orientation_limits.lower, dtype=np.float64)
+        self.rpy_hi = np.asarray(self.cfg.orientation_limits.upper, dtype=np.float64)
+        self.nominal_quat = quat_normalize(np.asarray(profile.task.tcp_quat, dtype=np.float64))
+        self.rng = np.random.default_rng(seed)
+        self.target_pos = np.zeros(3)
+        self.target_quat = self.nominal_quat.copy()
+        self.gripper = 0.0
+        self.step_count = 0
+        self.started = False
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def start(self) -> RobotState:
+        self.backend.start()
+        self.started = True
+        state = self.backend.state()
+        self.target_pos = np.clip(state.tcp_pos, self.box_lo, self.box_hi)
+        self.target_quat = self._clip_orientation(state.tcp_quat)
+        self.gripper = self._gripper_command(0.0)
+        return state
+
+    def close(self) -> None:
+        if self.started:
+            self.backend.close()
+            self.started = False
+
+    # -- episodes --------------------------------------------------------------------------------
+    def sample_start(self, seed: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Draw a randomized start pose (position, quaternion) from the task's ranges."""
+        rng = self.rng if seed is None or seed < 0 else np.random.default_rng(seed)
+        s = self.profile.task.start
+        pos = np.asarray(s.pos, dtype=np.float64).copy()
+        pos[:2] += rng.uniform(-1.0, 1.0, 2) * np.asarray(s.xy_range)
+        yaw = s.yaw + rng.uniform(-1.0, 1.0) * s.yaw_range
+        quat = quat_mul(quat_from_rotvec(np.array([0.0, 0.0, yaw])), self.nominal_quat)
+        return np.clip(pos, self.box_lo, self.box_hi), self._clip_orientation(quat)
+
+    def reset(self, seed: int | None = None, pace: Callable[[], None] | None = None) -> RobotState:
+        """Lift, then move to a randomized start pose; returns the state at the start.
+
+        ``pace`` is called once per control period of motion (the node uses it to keep wall-clock
+        rate on a real-time robot); moves are bounded by ``robot.max_tcp_speed``.
+        """
+        start_pos, start_quat = self.sample_start(seed)
+        state = self.backend.state()
+        lift = self.profile.task.lift
+        lifted = np.clip(state.tcp_pos + np.array([0.0, 0.0, lift]), self.box_lo, self.box_hi)
+        self._move_to(lifted, self.target_quat, pace)
+        above = np.array([start_pos[0], start_pos[1], max(start_pos[2], lifted[2])])
+        self._move_to(above, start_quat, pace)
+        self._move_to(start_pos, start_quat, pace)
+        # Settle so the episode starts at rest.
+        for _ in range(3):
+            self.backend.advance(self.period)
+            if pace:
+                pace()
+        self.step_count = 0
+        return self.backend.state()
+
+    def _move_to(self, pos: np.ndarray, quat: np.ndarray, pace: Callable[[], None] | None) -> None:
+        start_pos, start_quat = self.target_pos.copy(), self.target_quat.copy()
+        dist = float(np.linalg.norm(pos - start_pos))
+        rot = quat_to_rotvec_between(start_quat, quat)
+        n = max(1, math.ceil(dist / (self.cfg.max_tcp_speed * self.period)),
+                math.ceil(np.linalg.norm(rot) / (1.0 * self.period)))
+        for i in range(1, n + 1):
+            f = i / n
+            self.target_pos = start_pos + f * (pos - start_pos)
+            self.target_quat = quat_mul(quat_from_rotvec(f * rot), start_quat)
+            self.backend.set_target(self.target_pos, self.target_quat, self.gripper)
+            self.backend.advance(self.period)
+            if pace:
+                pace()
+
+    # -- control steps -----------------------------------------------------------------------------
+    def step(self, action: np.ndarray) -> StepResult:
+        """Apply one validated action in [-1, 1]^7 for one control period."""
+        a = check_action(action, len(ACTION_NAMES))
+        delta = a[:6] * self.scale[:6]
+        self.target_pos = np.clip(self.target_pos + delta[:3], self.box_lo, self.box_hi)
+        dq = quat_from_euler(*delta[3:6])
+        self.target_quat = self._clip_orientation(quat_mul(dq, self.target_quat))
+        self.gripper = self._gripper_command(a[6])
+        self.backend.set_target(self.target_pos, self.target_quat, self.gripper)
+        self.backend.advance(self.period)
+        self.step_count += 1
+        state = self.backend.state()
+        outcome = self.task.evaluate(state)
+        terminated = outcome.success and self.profile.task.terminate_on_success
+        truncated = not terminated and self.step_count >= self.cfg.max_episode_steps
+        return StepResult(state, outcome, terminated, truncated, a)
+
+    def hold(self) -> RobotState:
+        """Hold the current target for one control period (no fresh valid action)."""
+        self.backend.set_target(self.target_pos, self.target_quat, self.gripper)
+        self.backend.advance(self.period)
+        return self.backend.state()
+
+    def evaluate(self, state: RobotState) -> TaskOutcome:
+        return self.task.evaluate(state)
+
+    # -- helpers -----------------------------------------------------------------------------------
+    def _gripper_command(self, a: float) -> float:
+        mode = self.profile.task.gripper
+        if mode == "closed":
+            return 0.0
+        if mode == "open":
+            return 1.0
+        return float((np.clip(a, -1.0, 1.0) + 1.0) / 2.0)
+
+    def _clip_orientation(self, quat: np.ndarray) -> np.ndarray:
+        rel = quat_mul(quat_normalize(quat), quat_conj(self.nominal_quat))
+        rpy = np.clip(quat_to_euler(rel), self.rpy_lo, self.rpy_hi)
+        return quat_normalize(quat_mul(quat_from_euler(*rpy), self.nominal_quat))
+
+
+def quat_to_rotvec_between(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Rotation vector (base frame) taking orientation a to b."""
+    return quat_to_rotvec(quat_mul(b, quat_conj(a)))

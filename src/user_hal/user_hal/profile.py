@@ -1,0 +1,118 @@
+"""The robot profile: one YAML file describing a robot cell (arm, limits, cameras, task).
+
+``config/robot_sim.yaml`` is the simulated Franka doing peg insertion; a real cell copies it and
+changes ``robot.backend`` and the task geometry. ``load_profile`` validates everything at load time:
+a bad value raises ``ConfigError`` naming the file and the dotted key.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Literal
+
+from .config_schema import ConfigError, apply_overrides, load_dataclass, non_negative, positive, read_yaml
+
+Vec3 = tuple[float, float, float]
+
+
+@dataclasses.dataclass
+class Box:
+    """Axis-aligned bounds, ``lower[i] <= upper[i]``."""
+
+    lower: Vec3
+    upper: Vec3
+
+    def validate(self) -> None:
+        for i, (lo, hi) in enumerate(zip(self.lower, self.upper)):
+            if lo > hi:
+                raise ValueError(f"lower[{i}]: {lo} is above upper[{i}] {hi}")
+
+
+@dataclasses.dataclass
+class StartPose:
+    """Where an episode starts: nominal TCP position and yaw, randomized uniformly within ranges."""
+
+    pos: Vec3 = (0.5, 0.0, 0.15)
+    yaw: float = 0.0                          # rad, about the base z axis, relative to task.tcp_quat
+    xy_range: tuple[float, float] = (0.04, 0.04)  # +- metres
+    yaw_range: float = dataclasses.field(default=0.25, metadata=non_negative())  # +- rad
+
+    def validate(self) -> None:
+        if min(self.xy_range) < 0:
+            raise ValueError(f"xy_range: must be >= 0, got {list(self.xy_range)}")
+
+
+@dataclasses.dataclass
+class TaskConfig:
+    """Task geometry and the rule reward."""
+
+    name: Literal["peg_insertion"] = "peg_insertion"
+    target_pos: Vec3 = (0.5, 0.0, 0.0)       # where the peg tip must go (hole bottom centre)
+    tcp_quat: tuple[float, float, float, float] = (1.0, 0.0, 0.0, 0.0)  # aligned TCP orientation, xyzw
+    peg_tip_offset: float = 0.1               # peg tip = TCP + offset along the TCP z axis
+    hole_top_height: float = 0.04             # height of the hole's opening above target_pos
+    success_radius: float = dataclasses.field(default=0.01, metadata=positive())
+    reward: Literal["sparse", "dense"] = "sparse"
+    terminate_on_success: bool = True
+    gripper: Literal["closed", "open", "policy"] = "closed"  # closed: the peg stays in the hand
+    lift: float = dataclasses.field(default=0.06, metadata=non_negative())  # reset: lift first
+    start: StartPose = dataclasses.field(default_factory=StartPose)
+
+
+@dataclasses.dataclass
+class RobotSection:
+    """The arm and its control loop."""
+
+    embodiment: str = "franka_fr3"
+    backend: str = "sim"
+    control_hz: float = dataclasses.field(default=10.0, metadata=positive())
+    realtime_factor: float = dataclasses.field(default=1.0, metadata=non_negative())
+    action_scale: tuple[float, float, float, float, float, float, float] = (
+        0.02, 0.02, 0.02, 0.1, 0.1, 0.1, 1.0)
+    safety_box: Box = dataclasses.field(default_factory=lambda: Box((0.3, -0.25, 0.02), (0.75, 0.25, 0.4)))
+    # Orientation bounds (roll, pitch, yaw in rad) of the target relative to task.tcp_quat.
+    orientation_limits: Box = dataclasses.field(
+        default_factory=lambda: Box((-0.3, -0.3, -0.8), (0.3, 0.3, 0.8)))
+    max_tcp_speed: float = dataclasses.field(default=0.25, metadata=positive())  # m/s, resets too
+    watchdog_periods: float = dataclasses.field(default=2.0, metadata=positive())
+    heartbeat_hz: float = dataclasses.field(default=2.0, metadata=positive())
+    max_episode_steps: int = dataclasses.field(default=100, metadata=positive())
+    cameras: list[str] = dataclasses.field(default_factory=lambda: ["wrist", "side"])
+    image_size: tuple[int, int] = (128, 128)  # width, height
+
+    def validate(self) -> None:
+        if min(self.action_scale) < 0:
+            raise ValueError(f"action_scale: must be >= 0, got {list(self.action_scale)}")
+        if min(self.image_size) <= 0:
+            raise ValueError(f"image_size: must be > 0, got {list(self.image_size)}")
+        if len(set(self.cameras)) != len(self.cameras):
+            raise ValueError(f"cameras: duplicate names in {self.cameras}")
+
+
+@dataclasses.dataclass
+class RobotProfile:
+    """A whole robot profile file."""
+
+    robot: RobotSection = dataclasses.field(default_factory=RobotSection)
+    task: TaskConfig = dataclasses.field(default_factory=TaskConfig)
+    backend_options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    source: str = "<defaults>"
+
+    def validate(self) -> None:
+        box = self.robot.safety_box
+        for i, (s, lo, hi) in enumerate(zip(self.task.start.pos, box.lower, box.upper)):
+            if not lo <= s <= hi:
+                raise ValueError(f"task.start.pos: [{i}]={s} is outside robot.safety_box [{lo}, {hi}]")
+
+
+def load_profile(path: str | Path, overrides: dict[str, Any] | None = None) -> RobotProfile:
+    """Load and validate a robot profile; ``overrides`` are dotted keys, e.g. ``robot.backend``."""
+    source = str(path)
+    data = read_yaml(path)
+    if "source" in data:
+        raise ConfigError(source, "source", "reserved key")
+    if overrides:
+        data = apply_overrides(data, overrides)
+    profile = load_dataclass(RobotProfile, data, source)
+    profile.source = source
+    return profile

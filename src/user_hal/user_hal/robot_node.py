@@ -1,0 +1,463 @@
+"""The robot node: one robot cell behind ROS topics, whatever the backend.
+
+Topics (``<id>`` is the robot id):
+- publishes ``/<id>/observation`` (user_msgs/Observation) every control period,
+  ``/<id>/camera/<name>/color/image_raw`` (sensor_msgs/Image), ``/<id>/joint_states``,
+  ``/<id>/robot_description`` (URDF, latched), ``/<id>/markers`` (target, TCP, peg tip, safety box),
+  ``/user/transitions`` (one per executed action), ``/user/episodes`` (one per episode),
+  ``/user/robots/description`` (latched) and ``/user/robots/heartbeat``;
+- subscribes ``/<id>/action`` (user_msgs/Action);
+- serves ``/<id>/reset`` (user_msgs/srv/ResetRobot).
+
+The control loop runs in its own thread. With ``realtime_factor`` > 0 it ticks on the wall clock
+and never waits for anybody: at each tick it executes the action that answers the current
+observation if one arrived in time, and otherwise holds pose (watchdog). With ``realtime_factor``
+0 (simulation only) it steps as soon as that action arrives, and holds after the watchdog timeout.
+"""
+from __future__ import annotations
+
+import collections
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import rclpy
+from rclpy.callback_groups import ReentrantCallbackGroup
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.node import Node
+from sensor_msgs.msg import Image, JointState
+from std_msgs.msg import String
+from visualization_msgs.msg import MarkerArray
+from user_msgs.msg import Action, CameraSpec, EpisodeStats, Observation, RobotDescription, RobotStatus, Transition
+from user_msgs.srv import ResetRobot
+
+from . import qos
+from .backend import make_backend
+from .cell import ACTION_NAMES, PROPRIO_NAMES, ActionError, RobotCell, check_action, proprio_vector
+from .config_schema import ConfigError
+from .markers import cell_markers
+from .profile import load_profile
+from .ros_convert import image_to_msg
+
+
+@dataclass
+class PendingAction:
+    values: np.ndarray
+    episode_id: int
+    step: int
+    policy_version: int
+    source: int
+    received: float          # time.monotonic()
+
+
+@dataclass
+class EpisodeTally:
+    episode_id: int
+    index: int
+    started: float
+    evaluation: bool = False
+    ret: float = 0.0
+    steps: int = 0
+    held: int = 0
+    interventions: int = 0
+    policy_version: int = 0
+    success: bool = False
+
+
+@dataclass
+class ResetRequest:
+    seed: int
+    evaluation: bool
+    done: threading.Event = field(default_factory=threading.Event)
+    episode_id: int = 0
+    error: str = ""
+
+
+class RobotNode(Node):
+    """ROS shell around ``RobotCell``."""
+
+    def __init__(self) -> None:
+        super().__init__("robot")
+        self.declare_parameter("robot_id", "franka_0")
+        self.declare_parameter("profile", "")
+        self.declare_parameter("backend", "")
+        self.declare_parameter("realtime_factor", -1.0)
+        self.declare_parameter("max_episodes", 0)
+        self.declare_parameter("seed", 0)
+        self.declare_parameter("frame_prefix", "")
+        p = self.get_parameter
+        self.robot_id: str = p("robot_id").value
+        overrides = {}
+        if p("backend").value:
+            overrides["robot.backend"] = p("backend").value
+        if p("realtime_factor").value >= 0:
+            overrides["robot.realtime_factor"] = float(p("realtime_factor").value)
+        profile_path = p("profile").value
+        if not profile_path:
+            raise ConfigError("<parameters>", "profile", "no robot profile given (parameter 'profile')")
+        self.profile = load_profile(profile_path, overrides)
+        self.max_episodes: int = p("max_episodes").value
+        self.seed: int = p("seed").value
+        self.frame_prefix: str = p("frame_prefix").value
+        rc = self.profile.robot
+        self.rf = rc.realtime_factor
+
+        options = dict(self.profile.backend_options)
+        options.setdefault("cameras", tuple(rc.cameras))
+        options.setdefault("image_width", rc.image_size[0])
+        options.setdefault("image_height", rc.image_size[1])
+        try:
+            backend = make_backend(rc.backend, **options)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(self.profile.source, "backend_options" if isinstance(exc, TypeError) else
+                              "robot.backend", str(exc).strip("'\"")) from None
+        if self.rf == 0 and not backend.simulated:
+            raise ConfigError(self.profile.source, "robot.realtime_factor",
+                              f"0 (as fast as possible) needs a simulated backend, not {rc.backend!r}")
+        self.cell = RobotCell(self.profile, backend, seed=self.seed)
+        self.period = self.cell.period
+        self.watchdog = rc.watchdog_periods * self.period / (self.rf if self.rf > 0 else 1.0)
+
+        cb = ReentrantCallbackGroup()
+        rid = self.robot_id
+        self.pub_desc = self.create_publisher(RobotDescription, qos.DESCRIPTION_TOPIC, qos.LATCHED)
+        self.pub_beat = self.create_publisher(RobotStatus, qos.HEARTBEAT_TOPIC, qos.LATCHED)
+        self.pub_obs = self.create_publisher(Observation, qos.robot_topic(rid, "observation"), qos.CONTROL)
+        self.pub_trans = self.create_publisher(Transition, qos.TRANSITIONS_TOPIC, qos.DATA)
+        self.pub_ep = self.create_publisher(EpisodeStats, qos.EPISODES_TOPIC, qos.DATA)
+        self.pub_joints = self.create_publisher(JointState, qos.robot_topic(rid, "joint_states"), qos.SENSOR)
+        self.pub_urdf = self.create_publisher(String, qos.robot_topic(rid, "robot_description"), qos.LATCHED)
+        self.pub_markers = self.create_publisher(MarkerArray, qos.robot_topic(rid, "markers"), qos.SENSOR)
+        self.pub_cams = {
+            name: self.create_publisher(Image, qos.camera_topic(rid, name), qos.SENSOR) for name in rc.cameras
+        }
+        self.create_subscription(Action, qos.robot_topic(rid, "action"), self._on_action, qos.CONTROL,
+                                 callback_group=cb)
+        self.create_service(ResetRobot, qos.robot_topic(rid, "reset"), self._on_reset, callback_group=cb)
+        self.create_timer(1.0 / rc.heartbeat_hz, self._heartbeat, callback_group=cb)
+
+        self._lock = threading.Condition()
+        self._pending: PendingAction | None = None
+        self._reset_req: ResetRequest | None = None
+        self._stop = threading.Event()
+        self.finished = threading.Event()
+        self.exit_code = 0
+        self.state = RobotStatus.STATE_IDLE
+        self.status_message = ""
+        self.episode_id = 0
+        self.step_index = 0
+        self.episodes_done = 0
+        self.successes = 0
+        self.steps_done = 0
+        self.held_steps = 0
+        self.rejected = 0
+        self.last_policy_version = 0
+        self._tick_times: collections.deque[float] = collections.deque(maxlen=50)
+        self._last_obs: Observation | None = None
+        self._tally: EpisodeTally | None = None
+        self._evaluation = False
+        self._thread = threading.Thread(target=self._control_main, name=f"{rid}-control", daemon=True)
+
+    # -- startup / shutdown -------------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        with self._lock:
+            self._lock.notify_all()
+        self._thread.join(timeout=5.0)
+        self.cell.close()
+
+    def _describe(self) -> RobotDescription:
+        rc, b = self.profile.robot, self.cell.backend
+        d = RobotDescription()
+        d.robot_id = self.robot_id
+        d.embodiment = rc.embodiment
+        d.backend = rc.backend
+        d.dof = b.dof
+        d.joint_names = b.joint_names()
+        d.action_space = "ee_delta"
+        d.action_names = list(ACTION_NAMES)
+        d.action_scale = [float(x) for x in rc.action_scale]
+        d.proprio_names = list(PROPRIO_NAMES)
+        for name in rc.cameras:
+            d.cameras.append(CameraSpec(name=name, width=rc.image_size[0], height=rc.image_size[1],
+                                        encoding="rgb8", topic=qos.camera_topic(self.robot_id, name)))
+        d.control_hz = rc.control_hz
+        d.safety_box_lower = [float(x) for x in rc.safety_box.lower]
+        d.safety_box_upper = [float(x) for x in rc.safety_box.upper]
+        d.task = self.profile.task.name
+        d.max_episode_steps = rc.max_episode_steps
+        return d
+
+    def _check_backend_geometry(self) -> None:
+        """A simulator knows its own task geometry: the profile must agree with it."""
+        b, task = self.cell.backend, self.profile.task
+        sim_target = getattr(b, "target_pos", None)
+        if sim_target is not None and np.linalg.norm(np.asarray(sim_target) - task.target_pos) > 1e-3:
+            raise ConfigError(self.profile.source, "task.target_pos",
+                              f"{list(task.target_pos)} does not match the simulated hole at {list(np.round(sim_target, 4))}")
+        sim_offset = getattr(b, "peg_tip_offset", None)
+        if sim_offset is not None and abs(sim_offset - task.peg_tip_offset) > 1e-3:
+            raise ConfigError(self.profile.source, "task.peg_tip_offset",
+                              f"{task.peg_tip_offset} does not match the simulated peg ({sim_offset:.4f})")
+
+    # -- callbacks (executor threads) -----------------------------------------------------------------
+    def _on_action(self, msg: Action) -> None:
+        if msg.robot_id != self.robot_id:
+            return self._reject(f"action for unknown robot {msg.robot_id!r} on {self.robot_id}'s topic")
+        try:
+            values = check_action(np.asarray(msg.action, dtype=np.float64), len(ACTION_NAMES))
+        except ActionError as exc:
+            return self._reject(f"{exc} (episode {msg.episode_id} step {msg.step})")
+        with self._lock:
+            if msg.episode_id != self.episode_id or msg.step != self.step_index:
+                return  # answers an older observation: late, not wrong
+            self._pending = PendingAction(values, msg.episode_id, msg.step, msg.policy_version, msg.source,
+                                          time.monotonic())
+            self._lock.notify_all()
+
+    def _reject(self, why: str) -> None:
+        self.rejected += 1
+        self.get_logger().error(f"rejected action: {why}; holding pose", throttle_duration_sec=1.0)
+
+    def _on_reset(self, req: ResetRobot.Request, resp: ResetRobot.Response) -> ResetRobot.Response:
+        if req.robot_id and req.robot_id != self.robot_id:
+            resp.success, resp.message = False, f"this is robot {self.robot_id!r}, not {req.robot_id!r}"
+            return resp
+        r = ResetRequest(seed=req.seed, evaluation=req.evaluation)
+        with self._lock:
+            self._reset_req = r
+            self._lock.notify_all()
+        if not r.done.wait(timeout=60.0):
+            resp.success, resp.message = False, "reset did not finish within 60 s"
+        else:
+            resp.success, resp.message, resp.episode_id = not r.error, r.error or "ok", r.episode_id
+        return resp
+
+    def _heartbeat(self) -> None:
+        s = RobotStatus()
+        s.header.stamp = self.get_clock().now().to_msg()
+        s.robot_id = self.robot_id
+        s.state = self.state
+        ticks = list(self._tick_times)
+        if len(ticks) >= 2 and time.monotonic() - ticks[-1] < 2.0:
+            s.achieved_control_hz = (len(ticks) - 1) / (ticks[-1] - ticks[0])
+        s.episode_id, s.step = self.episode_id, self.step_index
+        s.episodes_done, s.steps_done, s.held_steps = self.episodes_done, self.steps_done, self.held_steps
+        s.rejected_actions, s.policy_version = self.rejected, self.last_policy_version
+        s.message = self.status_message
+        self.pub_beat.publish(s)
+
+    # -- control thread -------------------------------------------------------------------------------
+    def _control_main(self) -> None:
+        try:
+            self.cell.start()
+            self._check_backend_geometry()
+            self.pub_desc.publish(self._describe())
+            self.pub_urdf.publish(String(data=self.cell.backend.urdf()))
+            self.get_logger().info(
+                f"robot {self.robot_id}: {self.profile.robot.embodiment} on backend "
+                f"{self.profile.robot.backend}, {self.profile.robot.control_hz:g} Hz, "
+                f"realtime_factor {self.rf:g}, profile {self.profile.source}")
+            self._begin_episode(seed=-1)
+            self._loop()
+        except ConfigError as exc:
+            self._fail(str(exc), code=2)
+        except Exception as exc:  # a backend fault: stop and report, never hang
+            self._fail(f"{type(exc).__name__}: {exc}", code=1)
+        finally:
+            self.finished.set()
+
+    def _fail(self, message: str, code: int) -> None:
+        self.state = RobotStatus.STATE_ERROR
+        self.status_message = message
+        self.exit_code = code
+        self.get_logger().error(message)
+        self._heartbeat()
+
+    def _loop(self) -> None:
+        next_tick = time.monotonic()
+        while not self._stop.is_set():
+            req = self._take_reset()
+            if req is not None:
+                self._finish_episode(interrupted=True)
+                self._begin_episode(seed=req.seed, evaluation=req.evaluation)
+                req.episode_id = self.episode_id
+                req.done.set()
+                next_tick = time.monotonic()
+            action = self._next_action(next_tick)
+            if self._stop.is_set():
+                break
+            self._tick_times.append(time.monotonic())
+            if action is None:
+                state = self.cell.hold()
+                self.held_steps += 1
+                if self._tally:
+                    self._tally.held += 1
+                self._publish_observation(state)
+            else:
+                self._execute(action)
+                if self._stop.is_set():
+                    break
+            if self.rf > 0:
+                next_tick += self.period / self.rf
+                delay = next_tick - time.monotonic()
+                if delay > 0:
+                    self._stop.wait(delay)
+                elif delay < -self.period:
+                    next_tick = time.monotonic()  # fell behind: do not burst to catch up
+
+    def _take_reset(self) -> ResetRequest | None:
+        with self._lock:
+            r, self._reset_req = self._reset_req, None
+            return r
+
+    def _next_action(self, tick: float) -> PendingAction | None:
+        """The fresh action answering the current observation, or None (hold)."""
+        with self._lock:
+            if self.rf == 0:
+                deadline = time.monotonic() + self.watchdog
+                while self._pending is None and not self._stop.is_set() and self._reset_req is None:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    self._lock.wait(remaining)
+            a, self._pending = self._pending, None
+        if a is not None and time.monotonic() - a.received > self.watchdog:
+            return None
+        return a
+
+    def _execute(self, a: PendingAction) -> None:
+        obs = self._last_obs
+        res = self.cell.step(a.values)
+        self.step_index += 1
+        self.steps_done += 1
+        if a.source == Action.SOURCE_POLICY:
+            self.last_policy_version = a.policy_version
+        next_obs = self._publish_observation(res.state)
+        t = Transition()
+        t.robot_id, t.embodiment = self.robot_id, self.profile.robot.embodiment
+        t.episode_id, t.step = self.episode_id, self.step_index - 1
+        t.obs, t.next_obs = obs, next_obs
+        t.action = res.executed.astype(np.float32).tolist()
+        t.action_source = a.source
+        t.intervened = a.source == Action.SOURCE_HUMAN
+        t.policy_version = a.policy_version
+        t.reward, t.success = res.outcome.reward, res.outcome.success
+        t.terminated, t.truncated = res.terminated, res.truncated
+        self.pub_trans.publish(t)
+        tally = self._tally
+        tally.ret += res.outcome.reward
+        tally.steps += 1
+        tally.interventions += int(t.intervened)
+        tally.policy_version = max(tally.policy_version, a.policy_version)
+        tally.success = tally.success or res.outcome.success
+        if res.terminated or res.truncated:
+            self._finish_episode(interrupted=False)
+            if self.max_episodes and self.episodes_done >= self.max_episodes:
+                self._summarize()
+                self._stop.set()
+                return
+            self._begin_episode(seed=-1)
+
+    def _begin_episode(self, seed: int, evaluation: bool = False) -> None:
+        self.state = RobotStatus.STATE_RESETTING
+        pace = self._pace_reset if self.rf > 0 else None
+        state = self.cell.reset(seed=seed, pace=pace)
+        with self._lock:
+            self.episode_id = time.time_ns() // 1000  # microseconds: unique and ordered across restarts
+            self.step_index = 0
+            self._pending = None
+        index = self._tally.index + 1 if self._tally else 0
+        self._tally = EpisodeTally(self.episode_id, index, time.monotonic(), evaluation=evaluation)
+        self._evaluation = evaluation
+        self.state = RobotStatus.STATE_RUNNING
+        self._publish_observation(state)
+
+    def _pace_reset(self) -> None:
+        self._stop.wait(self.period / self.rf)
+
+    def _finish_episode(self, interrupted: bool) -> None:
+        t = self._tally
+        if t is None or t.steps == 0:
+            return
+        self.episodes_done += 1
+        self.successes += int(t.success)
+        e = EpisodeStats()
+        e.header.stamp = self.get_clock().now().to_msg()
+        e.robot_id, e.episode_id, e.episode_index = self.robot_id, t.episode_id, t.index
+        e.steps, e.episode_return, e.success, e.evaluation = t.steps, t.ret, t.success, t.evaluation
+        e.duration_s = time.monotonic() - t.started
+        e.intervention_steps, e.held_steps, e.policy_version = t.interventions, t.held, t.policy_version
+        self.pub_ep.publish(e)
+        self.get_logger().info(
+            f"episode {t.index}: {'SUCCESS' if t.success else 'failure'} in {t.steps} steps, "
+            f"return {t.ret:.2f}, {e.duration_s:.1f} s{' (interrupted by reset)' if interrupted else ''}")
+
+    def _summarize(self) -> None:
+        n = self.episodes_done
+        self.get_logger().info(
+            f"done: {n} episodes, {self.successes} successes ({100.0 * self.successes / max(n, 1):.0f}%), "
+            f"{self.steps_done} steps, {self.held_steps} held, {self.rejected} rejected actions")
+
+    def _publish_observation(self, state) -> Observation:
+        stamp = self.get_clock().now().to_msg()
+        o = Observation()
+        o.header.stamp = stamp
+        o.header.frame_id = f"{self.frame_prefix}base"
+        o.robot_id, o.episode_id, o.step = self.robot_id, self.episode_id, self.step_index
+        o.proprio = proprio_vector(state).tolist()
+        o.evaluation = self._evaluation
+        for name, img in self.cell.backend.render().items():
+            msg = image_to_msg(img, stamp, f"{self.frame_prefix}{name}_camera_color_optical_frame")
+            o.camera_names.append(name)
+            o.images.append(msg)
+            self.pub_cams[name].publish(msg)
+        self._last_obs = o
+        self.pub_obs.publish(o)
+        js = JointState()
+        js.header.stamp = stamp
+        js.name = self.cell.backend.joint_names()
+        js.position = [float(x) for x in state.joint_pos]
+        js.velocity = [float(x) for x in state.joint_vel]
+        self.pub_joints.publish(js)
+        self.pub_markers.publish(cell_markers(self.cell, state, stamp, f"{self.frame_prefix}base"))
+        return o
+
+
+def main(args: list[str] | None = None) -> None:
+    rclpy.init(args=args)
+    node = None
+    code = 0
+    try:
+        node = RobotNode()
+        node.start()
+        executor = MultiThreadedExecutor(num_threads=2)
+        executor.add_node(node)
+        while rclpy.ok() and not node.finished.is_set():
+            executor.spin_once(timeout_sec=0.1)
+        code = node.exit_code
+        # Let the last messages (episode stats, heartbeat) leave before shutting down.
+        end = time.monotonic() + 0.5
+        while time.monotonic() < end:
+            executor.spin_once(timeout_sec=0.05)
+    except ConfigError as exc:
+        print(f"[robot_node] config error: {exc}", file=sys.stderr)
+        code = 2
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            node.stop()
+            node.destroy_node()
+        if rclpy.ok():
+            rclpy.shutdown()
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()
