@@ -89,8 +89,9 @@ class RobotCell:
         self.backend.start()
         self.started = True
         state = self.backend.state()
-        self.target_pos = np.clip(state.tcp_pos, self.box_lo, self.box_hi)
-        self.target_quat = self._clip_orientation(state.tcp_quat)
+        # Start from where the arm is (it may be outside the box: the first reset moves it in).
+        self.target_pos = state.tcp_pos.copy()
+        self.target_quat = quat_normalize(state.tcp_quat)
         self.gripper = self._gripper_command(0.0)
         return state
 

@@ -169,7 +169,6 @@ class RobotNode(Node):
         with self._lock:
             self._lock.notify_all()
         self._thread.join(timeout=5.0)
-        self.cell.close()
 
     def _describe(self) -> RobotDescription:
         rc, b = self.profile.robot, self.cell.backend
@@ -270,6 +269,11 @@ class RobotNode(Node):
         except Exception as exc:  # a backend fault: stop and report, never hang
             self._fail(f"{type(exc).__name__}: {exc}", code=1)
         finally:
+            # The control thread owns the backend (a renderer's GL context is bound to this thread).
+            try:
+                self.cell.close()
+            except Exception as exc:  # noqa: BLE001 - closing must not mask the real outcome
+                self.get_logger().warning(f"closing the backend failed: {exc}")
             self.finished.set()
 
     def _fail(self, message: str, code: int) -> None:

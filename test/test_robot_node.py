@@ -1,0 +1,150 @@
+"""The robot node as a real process on DDS: end-to-end loop, bad input, watchdog, bad config."""
+import threading
+import time
+
+import numpy as np
+import pytest
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from user_msgs.msg import Action, EpisodeStats, Observation, RobotStatus
+from user_msgs.srv import ResetRobot
+
+from hal_helpers import node_cmd, profile_with
+
+RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+
+
+class Watcher:
+    """Collects messages of one topic in the test process."""
+
+    def __init__(self, node, msg_type, topic, qos=RELIABLE):
+        self.msgs = []
+        self.cv = threading.Condition()
+        node.create_subscription(msg_type, topic, self._cb, qos)
+
+    def _cb(self, m):
+        with self.cv:
+            self.msgs.append(m)
+            self.cv.notify_all()
+
+    def wait(self, pred, timeout, what):
+        end = time.monotonic() + timeout
+        with self.cv:
+            while not pred(self.msgs):
+                left = end - time.monotonic()
+                if left <= 0:
+                    pytest.fail(f"timed out after {timeout} s waiting for {what}; got {len(self.msgs)} messages")
+                self.cv.wait(left)
+            return self.msgs[-1]
+
+
+def start_robot(procs, tmp_path, rf=1.0, episodes=0, **profile_changes):
+    prof = profile_with(tmp_path, **{"robot.cameras": [], **profile_changes})
+    return procs.start("robot", node_cmd("robot_node", {
+        "robot_id": "franka_0", "profile": str(prof), "realtime_factor": rf, "max_episodes": episodes}))
+
+
+def test_scripted_policy_drives_the_robot_node_end_to_end(procs, ros_node, tmp_path):
+    episodes = Watcher(ros_node, EpisodeStats, "/user/episodes")
+    prof = profile_with(tmp_path, **{"robot.cameras": ["wrist"]})
+    robot = procs.start("robot", node_cmd("robot_node", {
+        "robot_id": "franka_0", "profile": str(prof), "realtime_factor": 0.0, "max_episodes": 3}))
+    procs.start("policy", node_cmd("scripted_policy", {"robot_id": "franka_0", "profile": str(prof)}))
+    episodes.wait(lambda m: len(m) >= 3, 120, "3 episodes")
+    assert robot.popen.wait(timeout=20) == 0, robot.output()[-2000:]
+    assert all(e.robot_id == "franka_0" and e.steps > 0 for e in episodes.msgs)
+    assert sum(e.success for e in episodes.msgs) >= 2, [(e.success, e.steps) for e in episodes.msgs]
+    assert len({e.episode_id for e in episodes.msgs}) == 3, "episode ids must be unique"
+    out = robot.output()
+    assert "episode 0:" in out and "done: 3 episodes" in out
+
+
+def _current_obs(obs_watch, timeout=10.0) -> Observation:
+    return obs_watch.wait(lambda m: len(m) > 0, timeout, "an observation")
+
+
+@pytest.mark.parametrize("bad, words", [
+    ({"action": [0.0, 0.0, 1.0]}, "action has 3 values, expected 7"),
+    ({"action": [1.0, 0, float("nan"), 0, 0, 0, 0]}, "NaN or inf in dz"),
+    ({"action": [1.0, 0, 0, float("inf"), 0, 0, 0]}, "NaN or inf in droll"),
+    ({"robot_id": "franka_9", "action": [1.0, 0, 0, 0, 0, 0, 0]}, "unknown robot 'franka_9'"),
+])
+def test_bad_action_is_rejected_with_one_line_and_the_robot_holds(procs, ros_node, tmp_path, bad, words):
+    robot = start_robot(procs, tmp_path)
+    obs = Watcher(ros_node, Observation, "/franka_0/observation")
+    beats = Watcher(ros_node, RobotStatus, "/user/robots/heartbeat", LATCHED)
+    pub = ros_node.create_publisher(Action, "/franka_0/action", RELIABLE)
+    first = _current_obs(obs, 30)
+    start_pos = np.array(first.proprio[:3])
+    deadline = time.monotonic() + 3.0
+    while time.monotonic() < deadline:  # answer every observation with the bad action for 3 s
+        o = obs.msgs[-1]
+        a = Action(robot_id="franka_0", episode_id=o.episode_id, step=o.step, source=Action.SOURCE_POLICY)
+        for k, v in bad.items():
+            setattr(a, k, v)
+        pub.publish(a)
+        time.sleep(0.05)
+    robot.wait_for(words, 5)
+    last = obs.msgs[-1]
+    assert last.step == first.step, "a rejected action must not advance the episode"
+    assert np.linalg.norm(np.array(last.proprio[:3]) - start_pos) < 0.002, "robot moved on a rejected action"
+    beats.wait(lambda m: m and m[-1].rejected_actions > 0, 5, "rejected_actions in the heartbeat")
+    lines = [ln for ln in robot.output().splitlines() if "rejected action" in ln]
+    assert 1 <= len(lines) <= 4, f"rejections must be logged one clear line at a time (throttled), got {lines}"
+
+
+def test_watchdog_holds_pose_when_actions_stop(procs, ros_node, tmp_path):
+    start_robot(procs, tmp_path)
+    obs = Watcher(ros_node, Observation, "/franka_0/observation")
+    pub = ros_node.create_publisher(Action, "/franka_0/action", RELIABLE)
+    _current_obs(obs, 30)
+    answered = set()
+    t_end = time.monotonic() + 1.5
+    while time.monotonic() < t_end:  # push +y for 1.5 s, answering each observation once
+        o = obs.msgs[-1]
+        if (o.episode_id, o.step) not in answered:
+            answered.add((o.episode_id, o.step))
+            pub.publish(Action(robot_id="franka_0", episode_id=o.episode_id, step=o.step,
+                               action=[0.0, 0.5, 0, 0, 0, 0, -1.0], source=Action.SOURCE_POLICY))
+        time.sleep(0.01)
+    moving_step = obs.msgs[-1].step
+    assert moving_step >= 5, f"the robot executed only {moving_step} actions in 1.5 s at 10 Hz"
+    n_at_stop = len(obs.msgs)
+    time.sleep(1.5)
+    held = list(obs.msgs)[n_at_stop + 2:]  # two control periods of grace, then the robot must hold
+    assert len(held) >= 8, f"only {len(held)} observations while holding for 1.5 s at 10 Hz"
+    ys = [m.proprio[1] for m in held]
+    assert max(ys) - min(ys) < 0.002, f"TCP kept moving after the actions stopped: y={ys}"
+    assert all(m.step == held[0].step for m in held), "held observations must keep the step index"
+
+
+def test_reset_service_starts_a_new_episode(procs, ros_node, tmp_path):
+    start_robot(procs, tmp_path, rf=0.0)
+    obs = Watcher(ros_node, Observation, "/franka_0/observation")
+    first = _current_obs(obs, 30)
+    cli = ros_node.create_client(ResetRobot, "/franka_0/reset")
+    assert cli.wait_for_service(timeout_sec=10), "reset service not available"
+    fut = cli.call_async(ResetRobot.Request(robot_id="franka_0", seed=5))
+    end = time.monotonic() + 30
+    while not fut.done() and time.monotonic() < end:
+        time.sleep(0.05)
+    resp = fut.result()
+    assert resp is not None and resp.success, resp
+    assert resp.episode_id != first.episode_id
+    obs.wait(lambda m: m[-1].episode_id == resp.episode_id and m[-1].step == 0, 10, "an observation of the new episode")
+
+
+def test_malformed_profile_exits_nonzero_naming_file_and_key(procs, tmp_path):
+    robot = start_robot(procs, tmp_path, **{"robot.control_hz": -5})
+    code = robot.popen.wait(timeout=30)
+    assert code != 0
+    out = robot.output()
+    assert "robot_test.yaml" in out and "robot.control_hz" in out and "must be > 0" in out, out[-2000:]
+    assert "Traceback" not in out, "a config error must be one clear line, not a traceback"
+
+
+def test_unknown_backend_exits_nonzero_naming_the_key(procs, tmp_path):
+    robot = start_robot(procs, tmp_path, **{"robot.backend": "warp_drive"})
+    assert robot.popen.wait(timeout=30) != 0
+    out = robot.output()
+    assert "robot.backend" in out and "warp_drive" in out, out[-2000:]
