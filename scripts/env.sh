@@ -14,3 +14,5 @@ export MUJOCO_GL="${MUJOCO_GL:-egl}"
 export PYOPENGL_PLATFORM="${PYOPENGL_PLATFORM:-egl}"
 export RMW_IMPLEMENTATION="${RMW_IMPLEMENTATION:-rmw_fastrtps_cpp}"
 unset _USER_ROOT
+# The userctl CLI (installed where `ros2 run user_bringup userctl` finds it) on PATH.
+export PATH="$(cd "$(dirname "${BASH_SOURCE[0]:-$0}")/.." && pwd)/install/user_bringup/lib/user_bringup:$PATH"

@@ -1,0 +1,343 @@
+"""Tests of the shared node-graph description (graph.py) and of the launch file built on it."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from user_bringup import cli
+from user_bringup.graph import GraphError, NodeSpec, load_graph, parse_overrides
+
+WORKSPACE = Path(__file__).resolve().parents[3]
+FRANKA_SAC = WORKSPACE / "config" / "franka_sac.yaml"
+LAUNCH_FILE = WORKSPACE / "launch" / "franka_sac.launch.py"
+
+
+def write_graph(tmp_path: Path, text: str, name: str = "g.yaml") -> Path:
+    """Write a graph file into a temporary config folder and return its path."""
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def by_label(nodes: list[NodeSpec]) -> dict[str, NodeSpec]:
+    """Index nodes by their label (fully-qualified name without the leading slash)."""
+    return {n.label: n for n in nodes}
+
+
+# --- the franka_sac graph ---------------------------------------------------------------------------
+
+
+def test_franka_sac_defaults() -> None:
+    """Defaults: one robot, a registry, a robot node (ends_run) and a scripted policy."""
+    g = load_graph(FRANKA_SAC, {})
+    assert g.args == {
+        "robot": "sim", "robots": 1, "policy": "scripted",
+        "realtime_factor": 1.0, "episodes": 0, "seed": 0,
+    }
+    assert g.robot_ids == ["franka_0"]
+    nodes = by_label(g.nodes)
+    assert list(nodes) == ["user/registry", "franka_0/robot", "franka_0/scripted_policy"]
+    registry, robot, policy = nodes.values()
+    assert (registry.package, registry.executable, registry.ends_run) == ("user_hal", "registry_node", False)
+    assert (robot.package, robot.executable, robot.ends_run) == ("user_hal", "robot_node", True)
+    assert (policy.package, policy.executable, policy.ends_run) == ("user_hal", "scripted_policy", False)
+    assert robot.namespace == "/franka_0" and robot.fqn == "/franka_0/robot"
+    profile = str(g.config_dir / "robot_sim.yaml")
+    assert robot.parameters == {
+        "robot_id": "franka_0", "profile": profile, "backend": "sim",
+        "realtime_factor": 1.0, "max_episodes": 0, "seed": 0,
+    }
+    assert isinstance(robot.parameters["realtime_factor"], float)
+    assert isinstance(robot.parameters["max_episodes"], int)
+    assert policy.parameters == {"robot_id": "franka_0", "profile": profile, "seed": 0}
+    assert g.config_dir == FRANKA_SAC.parent.resolve() or g.config_dir == FRANKA_SAC.parent
+
+
+def test_franka_sac_found_by_name() -> None:
+    """A bare graph name is looked up in the config folder."""
+    assert load_graph("franka_sac", {}).path.name == "franka_sac.yaml"
+
+
+def test_franka_sac_overrides_three_robots() -> None:
+    """robots:=3 gives three robot and three policy nodes in distinct namespaces, typed args."""
+    overrides = parse_overrides(["robots:=3", "seed:=7", "episodes:=4", "realtime_factor:=2.5"])
+    g = load_graph(FRANKA_SAC, overrides)
+    assert g.args["robots"] == 3 and g.args["realtime_factor"] == 2.5
+    assert g.robot_ids == ["franka_0", "franka_1", "franka_2"]
+    robots = [n for n in g.nodes if n.executable == "robot_node"]
+    policies = [n for n in g.nodes if n.executable == "scripted_policy"]
+    assert len(robots) == 3 and len(policies) == 3
+    assert [n.namespace for n in robots] == ["/franka_0", "/franka_1", "/franka_2"]
+    assert {n.namespace for n in policies} == {n.namespace for n in robots}
+    assert len({n.fqn for n in g.nodes}) == len(g.nodes)
+    for n in robots:
+        assert n.parameters["robot_id"] == n.namespace.strip("/") == n.robot_id
+        assert n.parameters["max_episodes"] == 4 and n.parameters["seed"] == 7
+        assert n.parameters["realtime_factor"] == 2.5
+    assert [n.label for n in g.ends_run_nodes] == [n.label for n in robots]
+
+
+def test_franka_sac_zero_robots_keeps_registry_only() -> None:
+    """robots:=0 leaves only the shared nodes."""
+    g = load_graph(FRANKA_SAC, {"robots": "0"})
+    assert [n.label for n in g.nodes] == ["user/registry"]
+
+
+# --- general features -------------------------------------------------------------------------------
+
+FEATURES = """\
+    args:
+      mode: {default: a, choices: [a, b, c], help: which mode}
+      n: {default: 2}
+      gain: {default: 0.5}
+      verbose: {default: false}
+    robots:
+      - {kind: arm, id_prefix: arm_, count: "${n}", vars: {model: ur5}}
+      - {kind: cam, ids: [cam_left]}
+    nodes:
+      - name: always
+        executable: /bin/true
+        namespace: /tools/${mode}
+        arguments: [--gain, "${gain}"]
+        parameters:
+          label: "mode=${mode} cost=$$5"
+          gain: ${gain}
+          verbose: ${verbose}
+          nested: {inner: "${config_dir}/x_${mode}.yaml"}
+          sizes: [1, 2, 3]
+        remappings: {chatter: /other}
+      - name: only_a
+        package: pkg
+        executable: exe
+        if: {mode: a}
+      - name: b_or_c
+        package: pkg
+        executable: exe
+        if: {mode: [b, c], verbose: true}
+      - name: worker
+        package: pkg
+        executable: exe
+        per_robot: true
+        namespace: ${robot_id}
+        parameters: {id: "${robot_id}", index: "${robot_index}", kind: "${robot_kind}"}
+        remappings: [[in, "/${robot_id}/data"]]
+    """
+
+
+def test_substitutions_types_and_remappings(tmp_path: Path) -> None:
+    """Whole-value substitutions keep their type; embedded ones become text; $$ is a dollar."""
+    g = load_graph(write_graph(tmp_path, FEATURES), {})
+    always = by_label(g.nodes)["tools/a/always"]
+    assert always.package == "" and always.executable == "/bin/true"
+    assert always.parameters["label"] == "mode=a cost=$5"
+    assert always.parameters["gain"] == 0.5 and always.parameters["verbose"] is False
+    assert always.parameters["nested"] == {"inner": f"{tmp_path}/x_a.yaml"}
+    assert always.parameters["sizes"] == [1, 2, 3]
+    assert always.arguments == ["--gain", "0.5"]
+    assert always.remappings == [("chatter", "/other")]
+
+
+def test_robot_groups_and_per_robot_variables(tmp_path: Path) -> None:
+    """Robot groups give ids, indices, kinds and group vars to per-robot nodes."""
+    g = load_graph(write_graph(tmp_path, FEATURES), {"n": "3"})
+    assert g.robot_ids == ["arm_0", "arm_1", "arm_2", "cam_left"]
+    workers = [n for n in g.nodes if n.name == "worker"]
+    assert [(w.parameters["id"], w.parameters["index"], w.parameters["kind"]) for w in workers] == [
+        ("arm_0", 0, "arm"), ("arm_1", 1, "arm"), ("arm_2", 2, "arm"), ("cam_left", 3, "cam"),
+    ]
+    assert workers[1].remappings == [("in", "/arm_1/data")]
+
+
+def test_conditions(tmp_path: Path) -> None:
+    """`if` keeps a node only when every listed arg matches (a list means any of)."""
+    path = write_graph(tmp_path, FEATURES)
+    names = lambda ov: {n.name for n in load_graph(path, ov).nodes}  # noqa: E731
+    assert {"only_a"} <= names({}) and "b_or_c" not in names({})
+    assert "only_a" not in names({"mode": "b"}) and "b_or_c" not in names({"mode": "b"})
+    assert "b_or_c" in names({"mode": "c", "verbose": "true"})
+    assert "b_or_c" in names({"mode": "b", "verbose": "yes"})
+
+
+def test_parse_overrides() -> None:
+    """name:=value pairs become a dict; anything else is a clear error."""
+    assert parse_overrides(["a:=1", "b:=x:=y", "c:="]) == {"a": "1", "b": "x:=y", "c": ""}
+    for bad in (["a=1"], ["1a:=2"], ["a:=1", "a:=2"]):
+        with pytest.raises(GraphError):
+            parse_overrides(bad)
+
+
+# --- error paths: every message names the file and the key -----------------------------------------
+
+MINIMAL_NODE = "nodes: [{name: a, package: p, executable: e}]\n"
+
+BAD_GRAPHS = [
+    ("nodes: [\n  {name: a\n", "invalid YAML"),
+    ("- 1\n- 2\n", "top level"),
+    ("args: {}\n", "nodes: missing key"),
+    ("nodez: []\n" + MINIMAL_NODE, "nodez"),
+    ("args: []\n" + MINIMAL_NODE, "args:"),
+    ("args: {x: {help: h}}\n" + MINIMAL_NODE, "args.x.default"),
+    ("args: {x: {default: [1]}}\n" + MINIMAL_NODE, "args.x.default"),
+    ("args: {x: {default: 1, colour: red}}\n" + MINIMAL_NODE, "args.x.colour"),
+    ("args: {x: {default: 1, choices: [2, 3]}}\n" + MINIMAL_NODE, "args.x.default"),
+    ("args: {x: {default: 1, choices: [1, nope]}}\n" + MINIMAL_NODE, "args.x.choices[1]"),
+    ("args: {robot_id: {default: x}}\n" + MINIMAL_NODE, "args.robot_id"),
+    ("nodes: {a: 1}\n", "nodes:"),
+    ("nodes: [{name: a, package: p}]\n", "nodes[0](a).executable"),
+    ("nodes: [{package: p, executable: e}]\n", "nodes[0].name"),
+    ("nodes: [{name: a, executable: e, colour: red}]\n", "nodes[0](a).colour"),
+    ("nodes: [{name: a, executable: e, parameters: [1]}]\n", "nodes[0](a).parameters"),
+    ("nodes: [{name: a, executable: e, parameters: {p: null}}]\n", "nodes[0](a).parameters.p"),
+    ("nodes: [{name: a, executable: e, parameters: {p: [1, x]}}]\n", "nodes[0](a).parameters.p"),
+    ("nodes: [{name: a, executable: e, parameters: {p: '${nope}'}}]\n", "nodes[0](a).parameters.p"),
+    ("nodes: [{name: a, executable: e, parameters: {p: 'x${nope'}}]\n", "nodes[0](a).parameters.p"),
+    ("nodes: [{name: a, executable: e, parameters: {p: '${robot_id}'}}]\n", "per_robot"),
+    ("nodes: [{name: a, executable: e, per_robot: yes please}]\n", "nodes[0](a).per_robot"),
+    ("nodes: [{name: a, executable: e, ends_run: 1}]\n", "nodes[0](a).ends_run"),
+    ("nodes: [{name: a-b, executable: e}]\n", "nodes[0](a-b).name"),
+    ("nodes: [{name: a, executable: e, namespace: 'x y'}]\n", "nodes[0](a).namespace"),
+    ("nodes: [{name: a, executable: e, remappings: 3}]\n", "nodes[0](a).remappings"),
+    ("nodes: [{name: a, executable: e, remappings: [[x]]}]\n", "nodes[0](a).remappings[0]"),
+    ("nodes: [{name: a, executable: e, if: {zzz: 1}}]\n", "nodes[0](a).if.zzz"),
+    ("args: {m: {default: a, choices: [a, b]}}\nnodes: [{name: a, executable: e, if: {m: q}}]\n",
+     "nodes[0](a).if.m"),
+    ("nodes: [{name: a, executable: e}, {name: a, executable: f}]\n", "nodes:"),
+    ("robots: {count: 2}\n" + MINIMAL_NODE, "robots:"),
+    ("robots: [{count: 2}]\n" + MINIMAL_NODE, "robots[0].id_prefix"),
+    ("robots: [{id_prefix: r_, count: two}]\n" + MINIMAL_NODE, "robots[0].count"),
+    ("robots: [{ids: [a, a]}]\n" + MINIMAL_NODE, "robots[0]"),
+    ("robots: [{ids: ['0bad']}]\n" + MINIMAL_NODE, "robots[0]"),
+    ("robots: [{ids: [a], count: 1}]\n" + MINIMAL_NODE, "robots[0].ids"),
+    ("description: [1]\n" + MINIMAL_NODE, "description"),
+]
+
+
+@pytest.mark.parametrize(("text", "key"), BAD_GRAPHS, ids=[k for _, k in BAD_GRAPHS])
+def test_bad_graph_names_file_and_key(tmp_path: Path, text: str, key: str) -> None:
+    """A malformed graph raises GraphError naming the file and the offending key."""
+    path = write_graph(tmp_path, text, name="bad.yaml")
+    with pytest.raises(GraphError) as info:
+        load_graph(path, {})
+    message = str(info.value)
+    assert str(path) in message and key in message, message
+
+
+OVERRIDE_GRAPH = """\
+    args:
+      mode: {default: a, choices: [a, b]}
+      n: {default: 1}
+      flag: {default: true}
+    robots: [{id_prefix: r_, count: "${n}"}]
+    nodes: [{name: a, executable: e}]
+    """
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        ({"bogus": "1"}, "args.bogus"),
+        ({"mode": "z"}, "args.mode"),
+        ({"n": "1.5"}, "args.n"),
+        ({"flag": "maybe"}, "args.flag"),
+        ({"n": "-1"}, "robots[0].count"),
+    ],
+)
+def test_bad_override_names_file_and_key(tmp_path: Path, overrides: dict, key: str) -> None:
+    """An unknown arg, a bad choice or a badly typed value names the file and the arg."""
+    path = write_graph(tmp_path, OVERRIDE_GRAPH)
+    with pytest.raises(GraphError) as info:
+        load_graph(path, overrides)
+    assert str(path) in str(info.value) and key in str(info.value), str(info.value)
+
+
+def test_missing_graph(tmp_path: Path) -> None:
+    """An unknown graph name lists where it looked and which graphs exist."""
+    write_graph(tmp_path, MINIMAL_NODE, name="present.yaml")
+    (tmp_path / "profile.yaml").write_text("robot: {}\n")
+    with pytest.raises(GraphError) as info:
+        load_graph("absent", {}, config_dirs=[tmp_path])
+    assert "absent" in str(info.value) and str(tmp_path) in str(info.value)
+    assert "present" in str(info.value) and "profile" not in str(info.value)
+    with pytest.raises(GraphError, match="not found"):
+        load_graph(str(tmp_path / "nothing.yaml"), {})
+
+
+# --- the CLI front end ------------------------------------------------------------------------------
+
+
+def test_cli_graph_prints_resolved_nodes(capsys: pytest.CaptureFixture[str]) -> None:
+    """`userctl graph` lists every node that would be launched."""
+    assert cli.main(["graph", str(FRANKA_SAC), "robots:=2"]) == 0
+    out = capsys.readouterr().out
+    for fqn in ("/user/registry", "/franka_0/robot", "/franka_1/robot", "/franka_1/scripted_policy"):
+        assert fqn in out
+    assert "robots = 2   (default 1)" in out
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["graph", str(FRANKA_SAC), "robots:=many"],
+        ["graph", str(FRANKA_SAC), "nope:=1"],
+        ["graph", str(FRANKA_SAC), "robot:=real"],
+        ["graph", str(FRANKA_SAC), "robots=2"],
+        ["graph", "no_such_graph"],
+        ["launch", str(FRANKA_SAC), "policy:=sac"],
+        ["robots", "--timeout", "0"],
+    ],
+)
+def test_cli_bad_input_is_one_line_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    """Bad input gives one line on stderr, exit code 2 and no traceback."""
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+
+
+def test_cli_usage_error_is_one_line_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    """An argparse error (unknown subcommand) is also one line with exit code 2."""
+    with pytest.raises(SystemExit) as info:
+        cli.main(["frobnicate"])
+    assert info.value.code == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+# --- the ROS 2 launch file --------------------------------------------------------------------------
+
+
+def test_launch_file_compiles() -> None:
+    """The launch file is valid Python even where launch_ros is missing."""
+    compile(LAUNCH_FILE.read_text(), str(LAUNCH_FILE), "exec")
+
+
+def test_launch_file_yields_same_nodes() -> None:
+    """Where launch_ros exists, the launch file produces the graph's nodes (robots:=2)."""
+    try:
+        import launch  # noqa: F401
+        import launch_ros.actions
+    except ImportError as exc:
+        reason = f"launch_ros not installed: {exc} (it ships with a full ROS 2 install)"
+        print(reason)
+        pytest.skip(reason)
+    from launch import LaunchContext
+    from launch.actions import DeclareLaunchArgument, OpaqueFunction
+    from launch.launch_description_sources import PythonLaunchDescriptionSource
+
+    context = LaunchContext()
+    context.launch_configurations["robots"] = "2"
+    description = PythonLaunchDescriptionSource(str(LAUNCH_FILE)).get_launch_description(context)
+    declared = [e for e in description.entities if isinstance(e, DeclareLaunchArgument)]
+    assert {d.name for d in declared} == set(load_graph(FRANKA_SAC, {}).args)
+    actions = []
+    for entity in description.entities:
+        if isinstance(entity, DeclareLaunchArgument):
+            entity.visit(context)  # fills in defaults not given on the command line
+        elif isinstance(entity, OpaqueFunction):
+            actions.extend(entity.visit(context) or [])
+    nodes = [a for a in actions if isinstance(a, launch_ros.actions.Node)]
+    expected = load_graph(FRANKA_SAC, {"robots": "2"}).nodes
+    assert sorted((n.node_package, n.node_executable) for n in nodes) == sorted(
+        (n.package, n.executable) for n in expected
+    )

@@ -1,0 +1,269 @@
+"""``userctl``: launch a node graph, show what it would launch, and list the robots.
+
+Exit codes: 0 success; 1 runtime failure (no registry answered, a node failed); 2 bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import math
+import os
+import sys
+import time
+from typing import Any, NoReturn, Sequence
+
+from user_bringup.graph import Graph, GraphError, load_graph, parse_overrides
+
+LIST_ROBOTS_SERVICE = "/user/list_robots"
+STATE_NAMES = {0: "IDLE", 1: "RUNNING", 2: "ERROR", 3: "LOST", 4: "RESETTING"}
+
+
+class UsageError(Exception):
+    """Bad command-line input; reported as one line with exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line on stderr and exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        """Print ``<prog>: error: <message>`` and exit 2."""
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the ``userctl`` argument parser."""
+    parser = _Parser(prog="userctl", description="USER robot-learning system control.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    p = sub.add_parser("launch", help="run a node graph until it ends (Ctrl-C stops it)")
+    p.add_argument("graph", help="graph name in the config folder (e.g. franka_sac) or a YAML path")
+    p.add_argument("overrides", nargs="*", metavar="name:=value", help="graph argument overrides")
+    p.add_argument("--log-dir", help="also write each node's output to <log-dir>/<node>.log")
+    p.add_argument("--quiet", action="store_true", help="do not echo node output to the console")
+
+    p = sub.add_parser("graph", help="print the resolved node list a launch would start")
+    p.add_argument("graph", help="graph name in the config folder (e.g. franka_sac) or a YAML path")
+    p.add_argument("overrides", nargs="*", metavar="name:=value", help="graph argument overrides")
+
+    p = sub.add_parser("robots", help="list the robots known to the registry")
+    p.add_argument(
+        "--timeout", type=float, default=3.0, help="seconds to wait for the registry (default 3)"
+    )
+    p.add_argument("--watch", action="store_true", help="refresh every second until Ctrl-C")
+    return parser
+
+
+# --- graph / launch ---------------------------------------------------------------------------------
+
+
+def _load(graph: str, overrides: list[str]) -> Graph:
+    return load_graph(graph, parse_overrides(overrides))
+
+
+def format_graph(graph: Graph) -> str:
+    """Return a human-readable listing of a resolved graph."""
+    lines = [f"graph: {graph.path}"]
+    if graph.description:
+        lines.append(f"  {graph.description}")
+    lines.append("args:")
+    for name, value in graph.args.items():
+        spec = graph.arg_specs[name]
+        note = "" if value == spec.default else f"   (default {spec.default!r})"
+        lines.append(f"  {name} = {value!r}{note}")
+    lines.append(f"robots: {', '.join(graph.robot_ids) or '(none)'}")
+    lines.append(f"nodes ({len(graph.nodes)}):")
+    for node in graph.nodes:
+        exe = f"{node.package}/{node.executable}" if node.package else node.executable
+        flags = "   [ends_run]" if node.ends_run else ""
+        lines.append(f"  {node.fqn}: {exe}{flags}")
+        for key, value in node.parameters.items():
+            lines.append(f"      {key}: {value!r}")
+        for src, dst in node.remappings:
+            lines.append(f"      remap {src} -> {dst}")
+        if node.arguments:
+            lines.append(f"      arguments: {' '.join(node.arguments)}")
+    return "\n".join(lines)
+
+
+def cmd_graph(args: argparse.Namespace) -> int:
+    """Print what ``userctl launch`` would start."""
+    print(format_graph(_load(args.graph, args.overrides)))
+    return 0
+
+
+def cmd_launch(args: argparse.Namespace) -> int:
+    """Run a graph with the embedded launcher."""
+    from user_bringup.launcher import Launcher, LaunchError
+
+    graph = _load(args.graph, args.overrides)
+    try:
+        return Launcher(graph, log_dir=args.log_dir, quiet=args.quiet).run()
+    except LaunchError as exc:
+        print(f"userctl launch: error: {exc}", file=sys.stderr)
+        return 1
+
+
+# --- robots -----------------------------------------------------------------------------------------
+
+
+def _age(seconds: float) -> str:
+    if math.isinf(seconds) or math.isnan(seconds):
+        return "never"
+    if seconds < 60.0:
+        return f"{seconds:.1f} s ago"
+    if seconds < 3600.0:
+        return f"{seconds / 60.0:.1f} min ago"
+    return f"{seconds / 3600.0:.1f} h ago"
+
+
+def robot_rows(response: Any) -> list[tuple[str, ...]]:
+    """Turn a ListRobots response into table rows (one tuple of cells per robot)."""
+    rows = []
+    for desc, status, age in zip(
+        response.robots, response.status, response.seconds_since_heartbeat
+    ):
+        heard = not math.isinf(age)
+        hz = f"{status.achieved_control_hz:.1f}" if heard else "-"
+        nominal = f"{desc.control_hz:.1f}" if desc.control_hz > 0 else "?"
+        episode = f"{status.episodes_done} (step {status.step})" if heard else "-"
+        rows.append(
+            (
+                desc.robot_id or status.robot_id,
+                desc.embodiment or "?",
+                desc.backend or "?",
+                STATE_NAMES.get(status.state, str(status.state)),
+                f"{hz} / {nominal}",
+                episode,
+                _age(age),
+            )
+        )
+    return rows
+
+
+def format_robots(response: Any, now: datetime.datetime | None = None) -> str:
+    """Render the robots table in a boxed layout like ``nvidia-smi``."""
+    now = now or datetime.datetime.now()
+    header = ("ID", "EMBODIMENT", "BACKEND", "STATE", "CONTROL HZ", "EPISODE", "LAST HEARTBEAT")
+    rows = robot_rows(response)
+    widths = [max([len(header[i])] + [len(r[i]) for r in rows]) for i in range(len(header))]
+    right = {4, 5, 6}  # numbers read best right-aligned
+
+    def line(cells: Sequence[str]) -> str:
+        parts = [c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))]
+        return "| " + " | ".join(parts) + " |"
+
+    def rule(ch: str, joint: str = "+") -> str:
+        return joint + joint.join(ch * (w + 2) for w in widths) + joint
+
+    inner = len(rule("-")) - 4
+    title_left = f"userctl robots   {now:%Y-%m-%d %H:%M:%S}"
+    title_right = f"{len(rows)} robot{'s' if len(rows) != 1 else ''}, {LIST_ROBOTS_SERVICE}"
+    gap = max(1, inner - len(title_left) - len(title_right))
+    out = [
+        "+" + "-" * (inner + 2) + "+",
+        "| " + title_left + " " * gap + title_right + " |",
+        rule("-"),
+        line(header),
+        rule("="),
+    ]
+    if rows:
+        out += [line(r) for r in rows]
+    else:
+        out.append("| " + "No robots registered.".ljust(inner) + " |")
+    out.append(rule("-"))
+    for desc, status in zip(response.robots, response.status):
+        if status.message:
+            out.append(f"{desc.robot_id or status.robot_id}: {status.message}")
+    return "\n".join(out)
+
+
+class _RegistryClient:
+    """A short-lived rclpy node that calls ``/user/list_robots``."""
+
+    def __init__(self) -> None:
+        import rclpy
+        from rclpy.signals import SignalHandlerOptions
+        from user_msgs.srv import ListRobots
+
+        self._srv_type = ListRobots
+        self._context = rclpy.Context()
+        # Keep Python's own Ctrl-C handling (KeyboardInterrupt) for --watch.
+        rclpy.init(context=self._context, signal_handler_options=SignalHandlerOptions.NO)
+        self._node = rclpy.create_node(f"userctl_{os.getpid()}", context=self._context)
+        self._client = self._node.create_client(ListRobots, LIST_ROBOTS_SERVICE)
+
+    def call(self, timeout: float) -> Any | None:
+        """Return the response, or None if no registry answered within ``timeout`` seconds."""
+        from rclpy.executors import SingleThreadedExecutor
+
+        deadline = time.monotonic() + timeout
+        if not self._client.wait_for_service(timeout_sec=max(0.0, timeout)):
+            return None
+        future = self._client.call_async(self._srv_type.Request())
+        executor = SingleThreadedExecutor(context=self._context)
+        executor.add_node(self._node)
+        try:
+            executor.spin_until_future_complete(
+                future, timeout_sec=max(0.1, deadline - time.monotonic())
+            )
+        finally:
+            executor.remove_node(self._node)
+            executor.shutdown(timeout_sec=0.5)
+        if not future.done():
+            return None
+        return future.result()
+
+    def close(self) -> None:
+        """Release the ROS context."""
+        self._node.destroy_node()
+        self._context.try_shutdown()
+
+
+def cmd_robots(args: argparse.Namespace) -> int:
+    """Print the robots table once, or refresh it with ``--watch``."""
+    if not args.timeout > 0:
+        raise UsageError(f"--timeout must be > 0, got {args.timeout}")
+    client = _RegistryClient()
+    try:
+        while True:
+            response = client.call(args.timeout)
+            if response is None:
+                domain = os.environ.get("ROS_DOMAIN_ID", "0")
+                print(
+                    f"userctl: no robot registry answered on {LIST_ROBOTS_SERVICE} within "
+                    f"{args.timeout:g} s (is registry_node running, on ROS_DOMAIN_ID={domain}?)",
+                    file=sys.stderr,
+                )
+                return 1
+            table = format_robots(response)
+            if not args.watch:
+                print(table)
+                return 0
+            # Clear the screen and redraw, as `watch` does.
+            sys.stdout.write("\x1b[H\x1b[2J" + table + "\n")
+            sys.stdout.flush()
+            time.sleep(1.0)
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        client.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``userctl``."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handlers = {"launch": cmd_launch, "graph": cmd_graph, "robots": cmd_robots}
+    try:
+        return handlers[args.command](args)
+    except (GraphError, UsageError) as exc:
+        print(f"userctl {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,343 @@
+"""MuJoCo-simulated Franka FR3 with a held peg above a hole block (the "sim" backend)."""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import mujoco
+import numpy as np
+
+from user_hal.backend import BackendError, RobotBackend, RobotState, register_backend
+from user_hal.sim.osc import OperationalSpaceController
+from user_hal.sim.scene import (
+    ARM_JOINTS,
+    CAMERA_NAMES,
+    FINGER_JOINTS,
+    RENDER_GEOM_GROUPS,
+    TORQUE_LIMITS,
+    SceneConfig,
+    build_spec,
+    franky_assets,
+    grasp_finger_position,
+)
+
+#: names reported by ``joint_names`` (those of fr3.urdf, so robot_state_publisher matches them)
+URDF_JOINT_NAMES = [*ARM_JOINTS, "fr3_finger_joint1", "fr3_finger_joint2"]
+#: ``hand`` actuator ctrl for a fully open gripper (0 is closed)
+_GRIPPER_CTRL_OPEN = 255.0
+
+
+def _xyzw(wxyz: np.ndarray) -> np.ndarray:
+    return np.array([wxyz[1], wxyz[2], wxyz[3], wxyz[0]])
+
+
+def _wxyz(xyzw: np.ndarray) -> np.ndarray:
+    return np.array([xyzw[3], xyzw[0], xyzw[1], xyzw[2]], dtype=float)
+
+
+@register_backend("sim")
+class SimFrankaBackend(RobotBackend):
+    """Franka FR3 in MuJoCo under operational-space torque control, holding a peg over a hole.
+
+    The peg is a child body of the hand (it cannot slip). The target for the peg tip is the hole
+    bottom centre ``target_pos``; ``peg_tip = tcp_pos + R(tcp_quat) @ [0, 0, peg_tip_offset]``.
+    ``stiffness`` is the Cartesian stiffness (x, y, z in N/m; rx, ry, rz in Nm/rad) of an
+    operational-space impedance controller running at every physics step (``user_hal.sim.osc``).
+    """
+
+    #: low-pass time constant (s) of the wrench fed back to the controller
+    WRENCH_FILTER_TAU = 0.02
+
+    name = "sim"
+    embodiment = "franka_fr3"
+    simulated = True
+
+    def __init__(
+        self,
+        *,
+        cameras: Sequence[str] = CAMERA_NAMES,
+        image_width: int = 128,
+        image_height: int = 128,
+        physics_dt: float = 0.002,
+        hole_pos: Sequence[float] = (0.5, 0.0),
+        hole_depth: float = 0.04,
+        peg_half_size: float = 0.01,
+        clearance: float = 0.002,
+        peg_length: float = 0.08,
+        render_images: bool = True,
+        stiffness: Sequence[float] = (1500.0, 1500.0, 1500.0, 80.0, 80.0, 80.0),
+        **unknown: Any,
+    ) -> None:
+        """Store the options; the model is built in ``start``. Unknown options raise TypeError."""
+        if unknown:
+            raise TypeError(f"SimFrankaBackend got unexpected keyword argument(s): "
+                            f"{', '.join(sorted(unknown))}")
+        self._cameras = [str(c) for c in cameras]
+        for cam in self._cameras:
+            if cam not in CAMERA_NAMES:
+                raise ValueError(f"unknown camera {cam!r}; available: {', '.join(CAMERA_NAMES)}")
+        if physics_dt <= 0.0:
+            raise ValueError(f"physics_dt must be positive, got {physics_dt}")
+        if len(tuple(hole_pos)) != 2:
+            raise ValueError(f"hole_pos must be (x, y), got {hole_pos!r}")
+        self._stiffness = np.asarray(stiffness, dtype=float)
+        if self._stiffness.shape != (6,) or np.any(self._stiffness <= 0.0):
+            raise ValueError(f"stiffness must be 6 positive numbers, got {stiffness!r}")
+        self._cfg = SceneConfig(
+            hole_pos=(float(hole_pos[0]), float(hole_pos[1])),
+            hole_depth=float(hole_depth),
+            peg_half_size=float(peg_half_size),
+            clearance=float(clearance),
+            peg_length=float(peg_length),
+            image_width=int(image_width),
+            image_height=int(image_height),
+        )
+        self._physics_dt = float(physics_dt)
+        self._render_images = bool(render_images) and bool(self._cameras)
+        self._model: mujoco.MjModel | None = None
+        self._data: mujoco.MjData | None = None
+        self._ctrl: OperationalSpaceController | None = None
+        self._renderer: mujoco.Renderer | None = None
+        self._home_pose: tuple[np.ndarray, np.ndarray] | None = None
+        self._gripper_ctrl = 0.0
+
+    # ------------------------------------------------------------------ description
+    def joint_names(self) -> list[str]:
+        """7 arm joints, then the two finger joints (fr3.urdf names)."""
+        return list(URDF_JOINT_NAMES)
+
+    @property
+    def dof(self) -> int:
+        """Number of arm joints."""
+        return len(ARM_JOINTS)
+
+    def camera_names(self) -> list[str]:
+        """Cameras returned by ``render`` (none when ``render_images`` is False)."""
+        return list(self._cameras) if self._render_images else []
+
+    @property
+    def target_pos(self) -> np.ndarray:
+        """Goal of the peg tip: centre of the hole bottom on the table, ``(x, y, 0)``."""
+        return np.array([self._cfg.hole_pos[0], self._cfg.hole_pos[1], 0.0])
+
+    @property
+    def peg_tip_offset(self) -> float:
+        """Distance from the TCP to the peg tip along the TCP z axis (metres)."""
+        return self._cfg.peg_tip_offset
+
+    @property
+    def hole_depth(self) -> float:
+        """Height of the hole block (its top face is at this z)."""
+        return self._cfg.hole_depth
+
+    @property
+    def hole_half_size(self) -> float:
+        """Half side of the square hole (``peg_half_size + clearance``)."""
+        return self._cfg.hole_half_size
+
+    @property
+    def model(self) -> mujoco.MjModel:
+        """The compiled MuJoCo model (after ``start``)."""
+        return self._require()[0]
+
+    @property
+    def data(self) -> mujoco.MjData:
+        """The live MuJoCo data (after ``start``)."""
+        return self._require()[1]
+
+    def urdf(self) -> str:
+        """fr3.urdf with mesh paths made absolute ``file://`` URIs of the installed assets."""
+        assets = franky_assets()
+        text = (assets / "fr3.urdf").read_text()
+        return text.replace('filename="meshes/', f'filename="file://{assets / "meshes"}/')
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        """Build the scene, put the arm in the "home" keyframe and hold the home TCP pose."""
+        if self._model is not None:
+            return
+        spec = build_spec(self._cfg)
+        spec.option.timestep = self._physics_dt
+        model = spec.compile()
+        data = mujoco.MjData(model)
+        if model.nq != model.nv:  # the controller indexes qpos by dof
+            raise BackendError("unexpected free/ball joints in the FR3 model")
+        self._model, self._data = model, data
+        self._arm_qpos = np.array([model.joint(j).qposadr[0] for j in ARM_JOINTS])
+        self._arm_dofs = np.array([model.joint(j).dofadr[0] for j in ARM_JOINTS])
+        self._finger_qpos = np.array([model.joint(j).qposadr[0] for j in FINGER_JOINTS])
+        self._finger_dofs = np.array([model.joint(j).dofadr[0] for j in FINGER_JOINTS])
+        self._arm_act = np.array([model.actuator(j).id for j in ARM_JOINTS])
+        self._hand_act = model.actuator("hand").id
+        self._tcp = model.site("tcp").id
+        self._ft_site = model.site("ft_sensor").id
+        self._hand_body = model.body("hand").id
+        self._hand_mass = float(model.body_subtreemass[self._hand_body])
+        self._force_adr = model.sensor("ft_force").adr[0]
+        self._torque_adr = model.sensor("ft_torque").adr[0]
+        self._key_home = model.key("home").id
+        self._wbuf = {k: np.zeros(n) for k, n in
+                      (("force", 3), ("torque", 3), ("acc", 6), ("vel", 6), ("r", 3), ("tmp", 3),
+                       ("tmp2", 3), ("inertial", 3), ("out", 6))}
+        home_q = model.key_qpos[self._key_home][self._arm_qpos].copy()
+        self._ctrl = OperationalSpaceController(
+            model, data, self._tcp, self._arm_dofs, TORQUE_LIMITS, self._stiffness, home_q)
+        self._reset_home()
+
+    def close(self) -> None:
+        """Free the renderer and the model. Safe to call repeatedly."""
+        if self._renderer is not None:
+            self._renderer.close()
+            self._renderer = None
+        self._ctrl = None
+        self._data = None
+        self._model = None
+
+    def _reset_home(self) -> None:
+        model, data = self._require()
+        mujoco.mj_resetDataKeyframe(model, data, self._key_home)
+        # Start with the fingertips on the peg: the gripper holds it from the first step.
+        data.qpos[self._finger_qpos] = grasp_finger_position(model, self._cfg.peg_half_size)
+        mujoco.mj_forward(model, data)
+        pos, quat = self._tcp_pose()
+        self._home_pose = (pos.copy(), quat.copy())
+        self.set_target(pos, quat, 0.0)
+
+    def home_tcp_pose(self) -> tuple[np.ndarray, np.ndarray]:
+        """TCP pose at the "home" keyframe: position (3,), quaternion (4,) x, y, z, w."""
+        self._require()
+        assert self._home_pose is not None
+        return self._home_pose[0].copy(), self._home_pose[1].copy()
+
+    def set_joint_positions(self, q: Sequence[float]) -> None:
+        """Teleport the arm (7 values) or arm + fingers (9 values) at rest; keeps the target."""
+        model, data = self._require()
+        q = np.asarray(q, dtype=float)
+        if q.shape == (7,):
+            data.qpos[self._arm_qpos] = q
+        elif q.shape == (9,):
+            data.qpos[self._arm_qpos] = q[:7]
+            data.qpos[self._finger_qpos] = q[7:]
+        else:
+            raise ValueError(f"expected 7 or 9 joint positions, got shape {q.shape}")
+        data.qvel[:] = 0.0
+        data.qacc_warmstart[:] = 0.0
+        mujoco.mj_forward(model, data)
+
+    # ------------------------------------------------------------------ control
+    def set_target(self, pos: np.ndarray, quat: np.ndarray, gripper: float) -> None:
+        """Store the TCP target (base frame, quaternion x, y, z, w) and the gripper opening."""
+        self._require()
+        assert self._ctrl is not None
+        pos = np.asarray(pos, dtype=float).reshape(3)
+        q = np.asarray(quat, dtype=float).reshape(4)
+        if not (np.all(np.isfinite(pos)) and np.all(np.isfinite(q))) or np.linalg.norm(q) < 1e-9:
+            raise ValueError(f"invalid target pose {pos!r}, {q!r}")
+        self._ctrl.set_target(pos, _wxyz(q))
+        self._gripper_ctrl = float(np.clip(gripper, 0.0, 1.0)) * _GRIPPER_CTRL_OPEN
+
+    def advance(self, dt: float) -> None:
+        """Integrate ``round(dt / physics_dt)`` physics steps with the controller in the loop."""
+        model, data = self._require()
+        ctrl = self._ctrl
+        assert ctrl is not None
+        data.ctrl[self._hand_act] = self._gripper_ctrl
+        arm_act = self._arm_act
+        step1, step2 = mujoco.mj_step1, mujoco.mj_step2
+        fext = ctrl.external_wrench
+        alpha = min(1.0, self._physics_dt / self.WRENCH_FILTER_TAU)
+        for _ in range(int(round(dt / self._physics_dt))):
+            step1(model, data)
+            fext += alpha * (self._external_wrench() - fext)
+            data.ctrl[arm_act] = ctrl.compute()
+            step2(model, data)
+        if not np.all(np.isfinite(data.qpos)):
+            raise BackendError("simulation diverged (non-finite joint positions)")
+
+    # ------------------------------------------------------------------ state
+    def _tcp_pose(self) -> tuple[np.ndarray, np.ndarray]:
+        _, data = self._require()
+        quat = np.zeros(4)
+        mujoco.mju_mat2Quat(quat, data.site_xmat[self._tcp])
+        return data.site_xpos[self._tcp].copy(), _xyzw(quat)
+
+    def state(self) -> RobotState:
+        """Read the TCP pose/twist, gripper, external wrench and joints from the simulation."""
+        model, data = self._require()
+        pos, quat = self._tcp_pose()
+        vel = np.zeros(6)
+        mujoco.mj_objectVelocity(model, data, mujoco.mjtObj.mjOBJ_SITE, self._tcp, vel, 0)
+        qidx = np.concatenate([self._arm_qpos, self._finger_qpos])
+        didx = np.concatenate([self._arm_dofs, self._finger_dofs])
+        return RobotState(
+            tcp_pos=pos,
+            tcp_quat=quat,
+            tcp_linvel=vel[3:].copy(),
+            tcp_angvel=vel[:3].copy(),
+            gripper_width=float(np.sum(data.qpos[self._finger_qpos])),
+            wrench=self._external_wrench().copy(),
+            joint_pos=data.qpos[qidx].copy(),
+            joint_vel=data.qvel[didx].copy(),
+            time=float(data.time),
+        )
+
+    def _external_wrench(self) -> np.ndarray:
+        """External force/torque on hand + fingers + peg, base frame, torque about the TCP.
+
+        The flange F/T sensor reads the wrench the flange applies to the end effector: it carries
+        the weight and inertial force of hand, fingers and peg minus any external contact wrench.
+        The model-based load (weight, linear inertia and its moment; not the small rotational
+        inertia of the end effector) is removed, so the result is ~0 in free space and +z when
+        the peg is pushed up. Returns a reused buffer: copy it to keep it.
+        """
+        model, data = self._model, self._data
+        b = self._wbuf
+        rot, hand = data.site_xmat[self._ft_site], self._hand_body
+        mujoco.mju_mulMatVec3(b["force"], rot, data.sensordata[self._force_adr:self._force_adr + 3])
+        mujoco.mju_mulMatVec3(b["torque"], rot,
+                              data.sensordata[self._torque_adr:self._torque_adr + 3])
+        # Acceleration of the end effector's centre of mass (includes -gravity, as MuJoCo's cacc).
+        acc, vel, r, tmp, tmp2 = b["acc"], b["vel"], b["r"], b["tmp"], b["tmp2"]
+        mujoco.mj_objectAcceleration(model, data, mujoco.mjtObj.mjOBJ_XBODY, hand, acc, 0)
+        mujoco.mj_objectVelocity(model, data, mujoco.mjtObj.mjOBJ_XBODY, hand, vel, 0)
+        com = data.subtree_com[hand]
+        np.subtract(com, data.xpos[hand], out=r)
+        inertial = b["inertial"]
+        mujoco.mju_cross(inertial, acc[:3], r)
+        mujoco.mju_cross(tmp, vel[:3], r)
+        mujoco.mju_cross(tmp2, vel[:3], tmp)
+        inertial += acc[3:]
+        inertial += tmp2
+        inertial *= self._hand_mass
+        out = b["out"]
+        site = data.site_xpos[self._ft_site]
+        np.subtract(inertial, b["force"], out=out[:3])
+        np.subtract(com, site, out=r)
+        mujoco.mju_cross(tmp, r, inertial)
+        np.subtract(tmp, b["torque"], out=out[3:])
+        # Moment of the external force moved from the sensor site to the TCP.
+        np.subtract(site, data.site_xpos[self._tcp], out=r)
+        mujoco.mju_cross(tmp, r, out[:3])
+        out[3:] += tmp
+        return out
+
+    # ------------------------------------------------------------------ cameras
+    def render(self) -> dict[str, np.ndarray]:
+        """RGB frames ``(H, W, 3)`` uint8 of the configured cameras (empty if rendering is off)."""
+        model, data = self._require()
+        if not self._render_images:
+            return {}
+        if self._renderer is None:
+            self._renderer = mujoco.Renderer(model, self._cfg.image_height, self._cfg.image_width)
+            self._render_opt = mujoco.MjvOption()
+            self._render_opt.geomgroup[:] = RENDER_GEOM_GROUPS
+        frames: dict[str, np.ndarray] = {}
+        for cam in self._cameras:
+            self._renderer.update_scene(data, camera=cam, scene_option=self._render_opt)
+            frames[cam] = self._renderer.render().copy()
+        return frames
+
+    def _require(self) -> tuple[mujoco.MjModel, mujoco.MjData]:
+        if self._model is None or self._data is None:
+            raise BackendError("sim backend not started (call start() first) or already closed")
+        return self._model, self._data
+

@@ -1,0 +1,219 @@
+"""Build the MuJoCo peg-insertion scene around the Franka FR3 model shipped with ``franky_sim``.
+
+The FR3 MJCF, meshes and URDF are read at run time from the installed ``franky_sim`` package; the
+scene (table, hole block, peg, TCP, force/torque sensor, cameras) is added with ``mujoco.MjSpec``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+
+import mujoco
+import numpy as np
+
+ARM_JOINTS = tuple(f"fr3_joint{i}" for i in range(1, 8))
+FINGER_JOINTS = ("finger_joint1", "finger_joint2")
+#: FR3 joint torque limits (Nm), joints 1-7
+TORQUE_LIMITS = np.array([87.0, 87.0, 87.0, 87.0, 12.0, 12.0, 12.0])
+#: Franka convention: TCP is 0.1034 m along the hand z axis
+TCP_OFFSET = 0.1034
+#: how far the peg top sits above the TCP (between the fingertip pads, which span about +-9 mm)
+PEG_GRASP_DEPTH = 0.01
+CAMERA_NAMES = ("wrist", "side")
+#: geom groups drawn by the cameras: 0 scene, 1 hand/finger meshes, 3 low-poly arm meshes.
+#: The detailed arm meshes (group 2, ~240k faces) cost ~25 ms per image on a software renderer.
+RENDER_GEOM_GROUPS = (1, 1, 0, 1, 0, 0)
+
+# Collision bit masks: the arm never collides with itself (saves time, the real robot has its own
+# self-collision guard); the peg touches the environment (and the fingertip pads, via pairs).
+_ENV, _ARM, _PEG = 1, 2, 4
+
+
+def franky_assets() -> pathlib.Path:
+    """Directory of the FR3 assets inside the installed ``franky_sim`` package."""
+    import franky_sim
+
+    return pathlib.Path(franky_sim.__file__).resolve().parent / "assets"
+
+
+@dataclasses.dataclass(frozen=True)
+class SceneConfig:
+    """Geometry of the peg-insertion scene (metres)."""
+
+    hole_pos: tuple[float, float] = (0.5, 0.0)
+    hole_depth: float = 0.04
+    peg_half_size: float = 0.01
+    clearance: float = 0.002
+    peg_length: float = 0.08
+    block_wall: float = 0.04
+    image_width: int = 128
+    image_height: int = 128
+
+    @property
+    def hole_half_size(self) -> float:
+        """Half the side of the square through-hole."""
+        return self.peg_half_size + self.clearance
+
+    @property
+    def peg_tip_offset(self) -> float:
+        """Distance from the TCP to the peg tip along the TCP z axis."""
+        return self.peg_length - PEG_GRASP_DEPTH
+
+
+def _look_at_xyaxes(eye: np.ndarray, target: np.ndarray, up: np.ndarray) -> np.ndarray:
+    """MuJoCo camera ``xyaxes`` so that a camera at ``eye`` looks at ``target`` (camera -z)."""
+    fwd = target - eye
+    fwd = fwd / np.linalg.norm(fwd)
+    x = np.cross(fwd, up)
+    x = x / np.linalg.norm(x)
+    y = np.cross(x, fwd)
+    return np.concatenate([x, y])
+
+
+def build_spec(cfg: SceneConfig) -> mujoco.MjSpec:
+    """Return an ``MjSpec`` of the FR3 (torque-controlled) in the peg-insertion scene."""
+    assets = franky_assets()
+    spec = mujoco.MjSpec.from_file(str(assets / "fr3.xml"))
+    # fr3.xml names a meshdir that does not exist in the package; the meshes live in meshes/.
+    spec.meshdir = str(assets / "meshes")
+    spec.modelname = "fr3_peg_insertion"
+    spec.visual.global_.offwidth = max(cfg.image_width, 640)
+    spec.visual.global_.offheight = max(cfg.image_height, 480)
+
+    _make_torque_controlled(spec)
+    _set_collision_masks(spec)
+    _set_render_groups(spec)
+    _add_environment(spec, cfg)
+    _add_end_effector(spec, cfg)
+    _add_cameras(spec, cfg)
+    return spec
+
+
+def _make_torque_controlled(spec: mujoco.MjSpec) -> None:
+    for joint in ARM_JOINTS:
+        act = spec.actuator(joint)
+        limit = float(TORQUE_LIMITS[ARM_JOINTS.index(joint)])
+        act.set_to_motor()
+        act.inheritrange = 0
+        act.ctrllimited = mujoco.mjtLimited.mjLIMITED_TRUE
+        act.ctrlrange = [-limit, limit]
+        # The FCI torque interface compensates joint friction; MuJoCo's frictionloss would otherwise
+        # leave a millimetre-scale steady-state error under impedance control.
+        spec.joint(joint).frictionloss = 0.0
+    for joint in FINGER_JOINTS:
+        # fr3.xml gives the fingers the arm joints' class defaults (armature 0.195, friction
+        # 1.1 N), which makes the gripper take seconds to move; use finger-sized values.
+        spec.joint(joint).armature = 0.005
+        spec.joint(joint).frictionloss = 0.1
+    key = spec.key("home")
+    key.ctrl = [0.0] * 7 + [255.0]
+
+
+def _set_collision_masks(spec: mujoco.MjSpec) -> None:
+    for geom in spec.geoms:
+        if geom.contype == 0 and geom.conaffinity == 0:
+            continue
+        geom.contype = _ARM
+        geom.conaffinity = _ENV
+
+
+def grasp_finger_position(model: mujoco.MjModel, peg_half_size: float) -> float:
+    """Finger joint position at which the fingertip pads touch the peg sides."""
+    finger = model.body("left_finger").id
+    inner = min(
+        model.geom_pos[g][1] - model.geom_size[g][1]
+        for g in range(model.ngeom)
+        if model.geom_bodyid[g] == finger and model.geom_type[g] == mujoco.mjtGeom.mjGEOM_BOX
+    )
+    return float(np.clip(peg_half_size - inner, 0.0, 0.04))
+
+
+def _set_render_groups(spec: mujoco.MjSpec) -> None:
+    end_effector = {"hand", "left_finger", "right_finger"}
+    for geom in spec.geoms:
+        if geom.parent.name in end_effector:
+            # Hand and finger meshes are cheap and seen up close by the wrist camera: draw them.
+            geom.group = 1 if geom.group == 2 else 5
+        elif geom.group == 3:
+            geom.rgba = [0.92, 0.92, 0.92, 1.0]
+
+
+def _add_environment(spec: mujoco.MjSpec, cfg: SceneConfig) -> None:
+    world = spec.worldbody
+    spec.add_texture(name="sky", type=mujoco.mjtTexture.mjTEXTURE_SKYBOX,
+                     builtin=mujoco.mjtBuiltin.mjBUILTIN_GRADIENT, width=64, height=64,
+                     rgb1=[0.75, 0.8, 0.85], rgb2=[0.35, 0.4, 0.45])
+    spec.add_texture(name="grid", type=mujoco.mjtTexture.mjTEXTURE_2D,
+                     builtin=mujoco.mjtBuiltin.mjBUILTIN_CHECKER, width=256, height=256,
+                     rgb1=[0.55, 0.5, 0.45], rgb2=[0.6, 0.55, 0.5])
+    spec.add_material(name="table", textures=["", "grid"], texrepeat=[8, 8])
+    spec.add_material(name="block", rgba=[0.15, 0.35, 0.75, 1.0])
+    spec.add_material(name="peg", rgba=[0.9, 0.55, 0.1, 1.0])
+    world.add_light(name="top", pos=[0.4, 0.0, 1.6], dir=[0, 0, -1], diffuse=[0.7, 0.7, 0.7],
+                    castshadow=False)
+    world.add_light(name="fill", pos=[1.2, -1.0, 1.0], dir=[-0.6, 0.5, -0.5],
+                    diffuse=[0.35, 0.35, 0.35], castshadow=False)
+    # Table top at z = 0; the robot base stands on it at the origin.
+    world.add_geom(name="table", type=mujoco.mjtGeom.mjGEOM_PLANE, size=[1.5, 1.5, 0.05],
+                   material="table", contype=_ENV, conaffinity=_ARM | _PEG)
+
+    hx, hy = cfg.hole_pos
+    h, w, d = cfg.hole_half_size, cfg.hole_half_size + cfg.block_wall, cfg.hole_depth
+    block = world.add_body(name="hole_block", pos=[hx, hy, 0.0])
+    mid, half_wall = (h + w) / 2.0, (w - h) / 2.0
+    walls = {
+        "px": ([mid, 0.0, d / 2], [half_wall, w, d / 2]),
+        "nx": ([-mid, 0.0, d / 2], [half_wall, w, d / 2]),
+        "py": ([0.0, mid, d / 2], [h, half_wall, d / 2]),
+        "ny": ([0.0, -mid, d / 2], [h, half_wall, d / 2]),
+    }
+    for tag, (pos, size) in walls.items():
+        block.add_geom(name=f"hole_wall_{tag}", type=mujoco.mjtGeom.mjGEOM_BOX, pos=pos,
+                       size=size, material="block", contype=_ENV, conaffinity=_ARM | _PEG,
+                       friction=[0.3, 0.005, 0.0001])
+    block.add_site(name="hole_bottom", pos=[0.0, 0.0, 0.0], size=[0.003, 0, 0],
+                   rgba=[0, 1, 0, 0.5], group=4)
+
+
+def _add_end_effector(spec: mujoco.MjSpec, cfg: SceneConfig) -> None:
+    hand = spec.body("hand")
+    hand.add_site(name="tcp", pos=[0.0, 0.0, TCP_OFFSET], size=[0.002, 0, 0],
+                  rgba=[1, 0, 0, 0.5], group=4)
+    # F/T sensor at the flange (hand frame origin): measures the load of hand + fingers + peg.
+    hand.add_site(name="ft_sensor", pos=[0.0, 0.0, 0.0], size=[0.002, 0, 0], group=4)
+    spec.add_sensor(name="ft_force", type=mujoco.mjtSensor.mjSENS_FORCE,
+                    objtype=mujoco.mjtObj.mjOBJ_SITE, objname="ft_sensor")
+    spec.add_sensor(name="ft_torque", type=mujoco.mjtSensor.mjSENS_TORQUE,
+                    objtype=mujoco.mjtObj.mjOBJ_SITE, objname="ft_sensor")
+
+    # The peg is a child body of the hand: "held in the gripper", it never slips or drops.
+    top = TCP_OFFSET - PEG_GRASP_DEPTH
+    peg = hand.add_body(name="peg", pos=[0.0, 0.0, top + cfg.peg_length / 2.0])
+    s = cfg.peg_half_size
+    peg.add_geom(name="peg", type=mujoco.mjtGeom.mjGEOM_BOX,
+                 size=[s, s, cfg.peg_length / 2.0], material="peg", density=2700.0,
+                 contype=_PEG, conaffinity=_ENV | _ARM, friction=[0.3, 0.005, 0.0001],
+                 solref=[0.004, 1.0])
+    # MuJoCo filters contacts between a body and its parent's weld group, which silences
+    # finger-peg contacts (the peg is welded to the hand); explicit pairs bring them back.
+    for finger in ("left_finger", "right_finger"):
+        pads = [g for g in spec.body(finger).geoms if g.type == mujoco.mjtGeom.mjGEOM_BOX]
+        for i, pad in enumerate(pads):
+            pad.name = pad.name or f"{finger}_pad{i}"
+            spec.add_pair(geomname1=pad.name, geomname2="peg", condim=3)
+    peg.add_site(name="peg_tip", pos=[0.0, 0.0, cfg.peg_length / 2.0], size=[0.002, 0, 0],
+                 rgba=[1, 0, 0, 0.5], group=4)
+
+
+def _add_cameras(spec: mujoco.MjSpec, cfg: SceneConfig) -> None:
+    # Wrist camera on the hand, behind the fingers, looking down past the peg tip (hand frame).
+    eye = np.array([0.09, 0.0, 0.02])
+    target = np.array([0.0, 0.0, TCP_OFFSET + cfg.peg_tip_offset + 0.03])
+    spec.body("hand").add_camera(name="wrist", pos=eye, fovy=75.0,
+                                 xyaxes=_look_at_xyaxes(eye, target, np.array([1.0, 0.0, 0.0])))
+    # Side camera fixed in the world, looking across the hole block and the approach area.
+    hx, hy = cfg.hole_pos
+    eye = np.array([hx + 0.15, hy - 0.68, 0.30])
+    target = np.array([hx, hy, 0.22])
+    spec.worldbody.add_camera(name="side", pos=eye, fovy=50.0,
+                              xyaxes=_look_at_xyaxes(eye, target, np.array([0.0, 0.0, 1.0])))

@@ -1,0 +1,209 @@
+"""ROS test: the registry node as a real process, a fake robot in-test, and `userctl robots`.
+
+The fake robot publishes a RobotDescription and heartbeats; `userctl robots` must list it as
+RUNNING, and as LOST once the heartbeats stop for longer than the registry's timeout.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+rclpy = pytest.importorskip("rclpy", reason="rclpy not available: source scripts/env.sh")
+from ament_index_python.packages import get_package_prefix  # noqa: E402
+from rclpy.executors import SingleThreadedExecutor  # noqa: E402
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
+from rclpy.signals import SignalHandlerOptions  # noqa: E402
+from user_msgs.msg import RobotDescription, RobotStatus  # noqa: E402
+
+pytestmark = pytest.mark.timeout(60)
+
+HEARTBEAT_TIMEOUT_S = 1.5
+ROBOT_ID = "fake_7"
+ANNOUNCE_QOS = QoSProfile(
+    depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL
+)
+
+
+def _domain_id(offset: int = 0) -> int:
+    """Return a ROS domain id for this test process (100..230), unlikely to collide."""
+    return 100 + (os.getpid() * 11 + offset) % 131
+
+
+def _executable(package: str, name: str) -> list[str]:
+    return [str(Path(get_package_prefix(package)) / "lib" / package / name)]
+
+
+def _userctl() -> list[str]:
+    try:
+        return _executable("user_bringup", "userctl")
+    except Exception:  # not installed by colcon: run the module directly
+        return [sys.executable, "-m", "user_bringup.cli"]
+
+
+@pytest.fixture(scope="module")
+def ros_env() -> Iterator[dict[str, str]]:
+    """Point this process and its children at a private, localhost-only ROS domain."""
+    saved = {k: os.environ.get(k) for k in ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE")}
+    os.environ["ROS_DOMAIN_ID"] = str(_domain_id())
+    os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+    yield dict(os.environ)
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+@pytest.fixture
+def registry(ros_env: dict[str, str], tmp_path: Path) -> Iterator[tuple[subprocess.Popen, Path]]:
+    """Run registry_node in its own process group; always stop it."""
+    log = tmp_path / "registry.log"
+    with open(log, "w") as fh:
+        proc = subprocess.Popen(
+            _executable("user_hal", "registry_node")
+            + ["--ros-args", "-p", f"heartbeat_timeout_s:={HEARTBEAT_TIMEOUT_S}"],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            env={**ros_env, "PYTHONUNBUFFERED": "1"},
+            start_new_session=True,
+        )
+    try:
+        yield proc, log
+    finally:
+        for sig, wait in ((signal.SIGINT, 5.0), (signal.SIGKILL, 5.0)):
+            if proc.poll() is not None:
+                break
+            try:
+                os.killpg(proc.pid, sig)
+                proc.wait(timeout=wait)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                pass
+
+
+class FakeRobot:
+    """An in-test robot: one description, then heartbeats every 0.2 s until stopped."""
+
+    def __init__(self) -> None:
+        """Create the node and start publishing."""
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context, signal_handler_options=SignalHandlerOptions.NO)
+        self.node = rclpy.create_node("fake_robot", namespace=f"/{ROBOT_ID}", context=self.context)
+        self.description_pub = self.node.create_publisher(
+            RobotDescription, "/user/robots/description", ANNOUNCE_QOS
+        )
+        self.heartbeat_pub = self.node.create_publisher(
+            RobotStatus, "/user/robots/heartbeat", ANNOUNCE_QOS
+        )
+        self.description_pub.publish(
+            RobotDescription(
+                robot_id=ROBOT_ID, embodiment="franka_fr3", backend="sim", control_hz=10.0
+            )
+        )
+        self.timer = self.node.create_timer(0.2, self._beat)
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._spin, daemon=True)
+        self.thread.start()
+
+    def _spin(self) -> None:
+        while not self._stop.is_set():
+            self.executor.spin_once(timeout_sec=0.05)
+
+    def _beat(self) -> None:
+        msg = RobotStatus(
+            robot_id=ROBOT_ID, state=RobotStatus.STATE_RUNNING, achieved_control_hz=9.9,
+            episodes_done=4, step=12,
+        )
+        msg.header.stamp = self.node.get_clock().now().to_msg()
+        self.heartbeat_pub.publish(msg)
+
+    def stop_heartbeats(self) -> None:
+        """Stop sending heartbeats (the robot goes silent)."""
+        self.timer.cancel()
+
+    def close(self) -> None:
+        """Stop the spin thread and release the context."""
+        self._stop.set()
+        self.thread.join(timeout=2.0)
+        self.executor.shutdown(timeout_sec=1.0)
+        self.node.destroy_node()
+        self.context.try_shutdown()
+
+
+@pytest.fixture
+def fake_robot(ros_env: dict[str, str]) -> Iterator[FakeRobot]:
+    """A fake robot publishing in this test's domain; always closed."""
+    robot = FakeRobot()
+    try:
+        yield robot
+    finally:
+        robot.close()
+
+
+def _robots(env: dict[str, str], timeout: float = 5.0) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        _userctl() + ["robots", "--timeout", str(timeout)],
+        capture_output=True, text=True, env=env, timeout=timeout + 20,
+    )
+
+
+def _row(table: str, robot_id: str) -> list[str] | None:
+    """Return the cells of a robot's row in the `userctl robots` table."""
+    for line in table.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if cells and cells[0] == robot_id:
+            return cells
+    return None
+
+
+def test_userctl_robots_shows_running_then_lost(
+    registry: tuple[subprocess.Popen, Path], fake_robot: FakeRobot, ros_env: dict[str, str]
+) -> None:
+    """The robot is RUNNING while it beats and LOST after the heartbeat timeout."""
+    proc, log = registry
+    row = None
+    deadline = time.monotonic() + 20.0
+    while time.monotonic() < deadline:  # discovery may take a moment on a loaded machine
+        result = _robots(ros_env)
+        row = _row(result.stdout, ROBOT_ID)
+        if result.returncode == 0 and row is not None and row[3] == "RUNNING":
+            break
+        time.sleep(0.3)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert row is not None, result.stdout
+    header = _row(result.stdout, "ID")
+    assert header == ["ID", "EMBODIMENT", "BACKEND", "STATE", "CONTROL HZ", "EPISODE", "LAST HEARTBEAT"]
+    assert row[1:5] == ["franka_fr3", "sim", "RUNNING", "9.9 / 10.0"], result.stdout
+    assert row[5] == "4 (step 12)" and row[6].endswith(" s ago")
+
+    fake_robot.stop_heartbeats()
+    time.sleep(HEARTBEAT_TIMEOUT_S + 1.0)
+    result = _robots(ros_env)
+    row = _row(result.stdout, ROBOT_ID)
+    assert result.returncode == 0 and row is not None, result.stdout + result.stderr
+    assert row[3] == "LOST", result.stdout
+    assert float(row[6].split()[0]) > HEARTBEAT_TIMEOUT_S
+
+    assert proc.poll() is None, "registry_node died"
+    os.killpg(proc.pid, signal.SIGINT)
+    assert proc.wait(timeout=10) == 0  # Ctrl-C is a clean exit
+    text = log.read_text()
+    assert f"robot {ROBOT_ID} appeared" in text and f"robot {ROBOT_ID} LOST" in text, text
+
+
+def test_userctl_robots_without_registry_fails_clearly(ros_env: dict[str, str]) -> None:
+    """With no registry in the domain, `userctl robots` says so and exits 1."""
+    env = {**ros_env, "ROS_DOMAIN_ID": str(_domain_id(offset=57))}
+    result = _robots(env, timeout=1.0)
+    assert result.returncode == 1
+    assert "no robot registry answered" in result.stderr and "Traceback" not in result.stderr
