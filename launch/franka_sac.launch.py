@@ -19,6 +19,7 @@ from launch.actions import (
     OpaqueFunction,
     RegisterEventHandler,
     Shutdown,
+    TimerAction,
 )
 from launch.event_handlers import OnProcessExit
 from launch.substitutions import LaunchConfiguration
@@ -56,27 +57,34 @@ def _launch_graph(context: LaunchContext) -> list:
     graph = load_graph(GRAPH_FILE, overrides)
     params_dir = tempfile.mkdtemp(prefix="user-launch-params-")
     actions: list = []
-    pending_ends_run: set[int] = set()
+    pending_ends_run: set[str] = set()
 
     def on_exit(event, _context):  # noqa: ANN001, ANN202 (launch's callback signature)
-        spec = by_action[id(event.action)]
+        spec = by_action.pop(id(event.action))
+        if event.returncode != 0 and spec.respawn_delay > 0:
+            # Crash-only respawn, as in the embedded launcher (launch_ros's respawn also restarts
+            # nodes that finished cleanly).
+            return [TimerAction(period=spec.respawn_delay, actions=start(spec))]
         if event.returncode != 0:
             return [Shutdown(reason=f"{spec.label} exited with code {event.returncode}")]
         if not spec.ends_run:
             return [Shutdown(reason=f"{spec.label} exited unexpectedly")]
-        pending_ends_run.discard(id(event.action))
+        pending_ends_run.discard(spec.label)
         if not pending_ends_run:
             return [Shutdown(reason="all ends_run nodes have exited")]
         return None
 
     by_action: dict[int, NodeSpec] = {}
-    for spec in graph.nodes:
+
+    def start(spec: NodeSpec) -> list:
         action = _action(spec, params_dir)
         by_action[id(action)] = spec
+        return [action, RegisterEventHandler(OnProcessExit(target_action=action, on_exit=on_exit))]
+
+    for spec in graph.nodes:
         if spec.ends_run:
-            pending_ends_run.add(id(action))
-        actions.append(action)
-        actions.append(RegisterEventHandler(OnProcessExit(target_action=action, on_exit=on_exit)))
+            pending_ends_run.add(spec.label)
+        actions += start(spec)
     return actions
 
 

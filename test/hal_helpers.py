@@ -27,7 +27,7 @@ def node_cmd(executable: str, params: dict, node_name: str | None = None) -> lis
     """Command line of an installed node executable with ``-p name:=value`` parameters."""
     from ament_index_python.packages import get_package_prefix
 
-    pkg = "user_bringup" if executable == "userctl" else "user_hal"
+    pkg = "user_hal"
     exe = Path(get_package_prefix(pkg)) / "lib" / pkg / executable
     cmd = [str(exe), "--ros-args"]
     if node_name:
@@ -37,3 +37,10 @@ def node_cmd(executable: str, params: dict, node_name: str | None = None) -> lis
             v = "true" if v else "false"
         cmd += ["-p", f"{k}:={v}"]
     return cmd
+
+
+def userctl_cmd(*args: str) -> list[str]:
+    """Command line of the installed ``userctl`` CLI."""
+    from ament_index_python.packages import get_package_prefix
+
+    return [str(Path(get_package_prefix("user_bringup")) / "lib" / "user_bringup" / "userctl"), *args]

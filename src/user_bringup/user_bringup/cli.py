@@ -77,6 +77,8 @@ def format_graph(graph: Graph) -> str:
     for node in graph.nodes:
         exe = f"{node.package}/{node.executable}" if node.package else node.executable
         flags = "   [ends_run]" if node.ends_run else ""
+        if node.respawn_delay > 0:
+            flags += f"   [respawn after {node.respawn_delay:g} s]"
         lines.append(f"  {node.fqn}: {exe}{flags}")
         for key, value in node.parameters.items():
             lines.append(f"      {key}: {value!r}")
@@ -190,7 +192,7 @@ class _RegistryClient:
         self._srv_type = ListRobots
         self._context = rclpy.Context()
         # Keep Python's own Ctrl-C handling (KeyboardInterrupt) for --watch.
-        rclpy.init(context=self._context, signal_handler_options=SignalHandlerOptions.NO)
+        rclpy.init(args=[], context=self._context, signal_handler_options=SignalHandlerOptions.NO)
         self._node = rclpy.create_node(f"userctl_{os.getpid()}", context=self._context)
         self._client = self._node.create_client(ListRobots, LIST_ROBOTS_SERVICE)
 

@@ -16,6 +16,7 @@ A graph is a YAML file in the config directory (e.g. ``config/franka_sac.yaml``)
         per_robot: true           # one instance per robot
         if: {policy: scripted}    # all listed args must match (a list value means any of)
         ends_run: true            # the run ends once every ends_run node has exited
+        respawn_delay: 5.0        # restart the node this many seconds after a crash (0: never)
         parameters: {robot_id: "${robot_id}", seed: "${seed}"}
         remappings: {from: to}    # or a list of [from, to] pairs
         arguments: []             # extra command-line arguments before --ros-args
@@ -43,7 +44,7 @@ _ARG_KEYS = {"default", "help", "choices"}
 _GROUP_KEYS = {"kind", "id_prefix", "count", "ids", "vars"}
 _NODE_KEYS = {
     "name", "package", "executable", "namespace", "parameters", "remappings", "arguments",
-    "per_robot", "if", "ends_run",
+    "per_robot", "if", "ends_run", "respawn_delay",
 }
 _TRUE_WORDS = {"true", "1", "yes", "on"}
 _FALSE_WORDS = {"false", "0", "no", "off"}
@@ -81,6 +82,7 @@ class NodeSpec:
     ends_run: bool = False
     arguments: list[str] = field(default_factory=list)
     robot_id: str | None = None
+    respawn_delay: float = 0.0  # > 0: restart this long after a crash
 
     @property
     def fqn(self) -> str:
@@ -575,6 +577,9 @@ def _build_node(
     arguments = _substitute(item.get("arguments", []) or [], variables, f"{key}.arguments", path, hint)
     if not isinstance(arguments, list) or not all(isinstance(a, (str, int, float)) for a in arguments):
         raise GraphError(f"{path}: {key}.arguments: expected a list of strings")
+    delay = _substitute(item.get("respawn_delay", 0.0), variables, f"{key}.respawn_delay", path, hint)
+    if isinstance(delay, bool) or not isinstance(delay, (int, float)) or delay < 0:
+        raise GraphError(f"{path}: {key}.respawn_delay: expected seconds >= 0, got {delay!r}")
     return NodeSpec(
         package=package,
         executable=executable,
@@ -585,4 +590,5 @@ def _build_node(
         ends_run=bool(item.get("ends_run", False)),
         arguments=[str(a) for a in arguments],
         robot_id=robot_id,
+        respawn_delay=float(delay),
     )

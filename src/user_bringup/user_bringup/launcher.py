@@ -125,7 +125,7 @@ class EpisodeMonitor:
         self._rclpy = rclpy
         self._context = rclpy.Context()
         # The launcher owns SIGINT/SIGTERM; rclpy must not install its own handlers.
-        rclpy.init(context=self._context, signal_handler_options=SignalHandlerOptions.NO)
+        rclpy.init(args=[], context=self._context, signal_handler_options=SignalHandlerOptions.NO)
         self._node = rclpy.create_node(
             f"userctl_launcher_{os.getpid()}", namespace="/user", context=self._context
         )
@@ -310,6 +310,8 @@ class Launcher:
         self.poll_interval = poll_interval
         self.tally = EpisodeTally()
         self._children: list[_Child] = []
+        self._exe: dict[str, str] = {}  # node label -> resolved executable, for respawns
+        self._tmp: Path = Path(tempfile.gettempdir())
         self._lock = threading.Lock()
         self._signals: list[int] = []
         self._own_log: IO[str] | None = None
@@ -383,7 +385,9 @@ class Launcher:
                 f"graph {self.graph.path} with "
                 + ", ".join(f"{k}={v}" for k, v in self.graph.args.items())
             )
+            self._tmp = tmp
             for spec, exe in commands:
+                self._exe[spec.label] = exe
                 self._start(spec, exe, tmp)
             status = self._wait()
         except OSError as exc:
@@ -411,7 +415,7 @@ class Launcher:
         cmd = build_command(spec, exe, write_params_file(spec, tmp))
         log_file = None
         if self.log_dir is not None:
-            log_file = open(self.log_dir / f"{spec.label.replace('/', '__')}.log", "w", encoding="utf-8")
+            log_file = open(self.log_dir / f"{spec.label.replace('/', '__')}.log", "a", encoding="utf-8")
         child = _Child(spec, cmd, log_file)
         self._children.append(child)
         env = dict(os.environ)
@@ -429,19 +433,24 @@ class Launcher:
         self.say(f"started {spec.label} (pid {child.proc.pid}): {' '.join(cmd)}")
 
     def _wait(self) -> int:
-        ends_run = [c for c in self._children if c.spec.ends_run]
         reported: set[int] = set()
+        respawns: list[tuple[float, NodeSpec]] = []  # (when, spec) of crashed nodes to restart
         while True:
             if self._signals:
                 sig = self._signals[0]
                 self.say(f"received {signal.Signals(sig).name}; stopping all nodes")
                 return 128 + sig
-            for i, child in enumerate(self._children):
+            for i, child in enumerate(list(self._children)):
                 code = child.poll()
                 if code is None or i in reported:
                     continue
                 reported.add(i)
                 label = child.spec.label
+                if code != 0 and child.spec.respawn_delay > 0:
+                    delay = child.spec.respawn_delay
+                    self.say(f"node {label} crashed ({describe_exit(code)}); respawning in {delay:g} s")
+                    respawns.append((time.monotonic() + delay, child.spec))
+                    continue
                 if code != 0:
                     self.say(f"node {label} crashed ({describe_exit(code)}); stopping the run")
                     return _exit_status(code)
@@ -449,7 +458,14 @@ class Launcher:
                     self.say(f"node {label} exited unexpectedly (code 0); stopping the run")
                     return 1
                 self.say(f"node {label} finished (code 0)")
-            if ends_run and all(c.poll() is not None for c in ends_run):
+            now = time.monotonic()
+            for when, spec in [r for r in respawns if r[0] <= now]:
+                respawns.remove((when, spec))
+                self._start(spec, self._exe[spec.label], self._tmp)
+            # The newest process of each ends_run node decides; a pending respawn counts as running.
+            latest = {c.spec.label: c for c in self._children if c.spec.ends_run}
+            waiting = {spec.label for _, spec in respawns}
+            if latest and not waiting and all(c.poll() is not None for c in latest.values()):
                 self.say("all ends_run nodes have exited; stopping the run")
                 return 0  # a failed ends_run node has already ended the run as a crash
             time.sleep(self.poll_interval)

@@ -20,6 +20,7 @@ import collections
 import sys
 import threading
 import time
+import zlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -116,7 +117,9 @@ class RobotNode(Node):
         if self.rf == 0 and not backend.simulated:
             raise ConfigError(self.profile.source, "robot.realtime_factor",
                               f"0 (as fast as possible) needs a simulated backend, not {rc.backend!r}")
-        self.cell = RobotCell(self.profile, backend, seed=self.seed)
+        # Each robot mixes its id into the seed so that robots of one run start differently.
+        seq = np.random.SeedSequence([self.seed, zlib.crc32(self.robot_id.encode())])
+        self.cell = RobotCell(self.profile, backend, seed=int(seq.generate_state(1)[0]))
         self.period = self.cell.period
         self.watchdog = rc.watchdog_periods * self.period / (self.rf if self.rf > 0 else 1.0)
 
@@ -242,14 +245,22 @@ class RobotNode(Node):
         s.header.stamp = self.get_clock().now().to_msg()
         s.robot_id = self.robot_id
         s.state = self.state
-        ticks = list(self._tick_times)
-        if len(ticks) >= 2 and time.monotonic() - ticks[-1] < 2.0:
-            s.achieved_control_hz = (len(ticks) - 1) / (ticks[-1] - ticks[0])
+        s.achieved_control_hz = self._achieved_hz()
         s.episode_id, s.step = self.episode_id, self.step_index
         s.episodes_done, s.steps_done, s.held_steps = self.episodes_done, self.steps_done, self.held_steps
         s.rejected_actions, s.policy_version = self.rejected, self.last_policy_version
         s.message = self.status_message
         self.pub_beat.publish(s)
+
+    def _achieved_hz(self) -> float:
+        """Control ticks per second over the recent ticks, not counting pauses for resets."""
+        ticks = np.array(tuple(self._tick_times))  # copied in one C call, safe against the control thread
+        if len(ticks) < 2 or time.monotonic() - ticks[-1] > 2.0:
+            return 0.0
+        gaps = np.diff(ticks)
+        nominal = self.period / self.rf if self.rf > 0 else np.median(gaps)
+        steady = gaps[gaps < 2.5 * nominal]
+        return float(1.0 / steady.mean()) if steady.size else 0.0
 
     # -- control thread -------------------------------------------------------------------------------
     def _control_main(self) -> None:
