@@ -9,20 +9,18 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 from typing import Iterator
 
 import pytest
+import rclpy
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.signals import SignalHandlerOptions
+from user_msgs.msg import RobotDescription, RobotStatus
 
-rclpy = pytest.importorskip("rclpy", reason="rclpy not available: source scripts/env.sh")
-from ament_index_python.packages import get_package_prefix  # noqa: E402
-from rclpy.executors import SingleThreadedExecutor  # noqa: E402
-from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
-from rclpy.signals import SignalHandlerOptions  # noqa: E402
-from user_msgs.msg import RobotDescription, RobotStatus  # noqa: E402
+from hal_helpers import node_cmd, userctl_cmd
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -33,60 +31,10 @@ ANNOUNCE_QOS = QoSProfile(
 )
 
 
-def _domain_id(offset: int = 0) -> int:
-    """Return a ROS domain id for this test process (100..230), unlikely to collide."""
-    return 100 + (os.getpid() * 11 + offset) % 131
-
-
-def _executable(package: str, name: str) -> list[str]:
-    return [str(Path(get_package_prefix(package)) / "lib" / package / name)]
-
-
-def _userctl() -> list[str]:
-    try:
-        return _executable("user_bringup", "userctl")
-    except Exception:  # not installed by colcon: run the module directly
-        return [sys.executable, "-m", "user_bringup.cli"]
-
-
-@pytest.fixture(scope="module")
-def ros_env() -> Iterator[dict[str, str]]:
-    """Point this process and its children at a private, localhost-only ROS domain."""
-    saved = {k: os.environ.get(k) for k in ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE")}
-    os.environ["ROS_DOMAIN_ID"] = str(_domain_id())
-    os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
-    yield dict(os.environ)
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
-
-
 @pytest.fixture
-def registry(ros_env: dict[str, str], tmp_path: Path) -> Iterator[tuple[subprocess.Popen, Path]]:
-    """Run registry_node in its own process group; always stop it."""
-    log = tmp_path / "registry.log"
-    with open(log, "w") as fh:
-        proc = subprocess.Popen(
-            _executable("user_hal", "registry_node")
-            + ["--ros-args", "-p", f"heartbeat_timeout_s:={HEARTBEAT_TIMEOUT_S}"],
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-            env={**ros_env, "PYTHONUNBUFFERED": "1"},
-            start_new_session=True,
-        )
-    try:
-        yield proc, log
-    finally:
-        for sig, wait in ((signal.SIGINT, 5.0), (signal.SIGKILL, 5.0)):
-            if proc.poll() is not None:
-                break
-            try:
-                os.killpg(proc.pid, sig)
-                proc.wait(timeout=wait)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                pass
+def registry(procs):
+    """registry_node as a real process in this test's domain (stopped by the procs fixture)."""
+    return procs.start("registry", node_cmd("registry_node", {"heartbeat_timeout_s": HEARTBEAT_TIMEOUT_S}))
 
 
 class FakeRobot:
@@ -152,7 +100,7 @@ def fake_robot(ros_env: dict[str, str]) -> Iterator[FakeRobot]:
 
 def _robots(env: dict[str, str], timeout: float = 5.0) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        _userctl() + ["robots", "--timeout", str(timeout)],
+        userctl_cmd("robots", "--timeout", str(timeout)),
         capture_output=True, text=True, env=env, timeout=timeout + 20,
     )
 
@@ -167,10 +115,10 @@ def _row(table: str, robot_id: str) -> list[str] | None:
 
 
 def test_userctl_robots_shows_running_then_lost(
-    registry: tuple[subprocess.Popen, Path], fake_robot: FakeRobot, ros_env: dict[str, str]
+    registry, fake_robot: FakeRobot, ros_env: dict[str, str]
 ) -> None:
     """The robot is RUNNING while it beats and LOST after the heartbeat timeout."""
-    proc, log = registry
+    proc = registry.popen
     row = None
     deadline = time.monotonic() + 20.0
     while time.monotonic() < deadline:  # discovery may take a moment on a loaded machine
@@ -197,13 +145,12 @@ def test_userctl_robots_shows_running_then_lost(
     assert proc.poll() is None, "registry_node died"
     os.killpg(proc.pid, signal.SIGINT)
     assert proc.wait(timeout=10) == 0  # Ctrl-C is a clean exit
-    text = log.read_text()
+    text = registry.output()
     assert f"robot {ROBOT_ID} appeared" in text and f"robot {ROBOT_ID} LOST" in text, text
 
 
 def test_userctl_robots_without_registry_fails_clearly(ros_env: dict[str, str]) -> None:
     """With no registry in the domain, `userctl robots` says so and exits 1."""
-    env = {**ros_env, "ROS_DOMAIN_ID": str(_domain_id(offset=57))}
-    result = _robots(env, timeout=1.0)
+    result = _robots(ros_env, timeout=1.0)
     assert result.returncode == 1
     assert "no robot registry answered" in result.stderr and "Traceback" not in result.stderr

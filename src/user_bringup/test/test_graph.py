@@ -35,7 +35,7 @@ def test_franka_sac_defaults() -> None:
     g = load_graph(FRANKA_SAC, {})
     assert g.args == {
         "robot": "sim", "robots": 1, "policy": "scripted",
-        "realtime_factor": 1.0, "episodes": 0, "seed": 0,
+        "realtime_factor": 1.0, "episodes": 0, "seed": 0, "respawn_delay": 5.0,
     }
     assert g.robot_ids == ["franka_0"]
     nodes = by_label(g.nodes)
@@ -52,6 +52,8 @@ def test_franka_sac_defaults() -> None:
     }
     assert isinstance(robot.parameters["realtime_factor"], float)
     assert isinstance(robot.parameters["max_episodes"], int)
+    assert (robot.respawn_delay, registry.respawn_delay, policy.respawn_delay) == (5.0, 0.0, 0.0)
+    assert load_graph(FRANKA_SAC, {"respawn_delay": "0"}).nodes[1].respawn_delay == 0.0
     assert policy.parameters == {"robot_id": "franka_0", "profile": profile, "seed": 0}
     assert g.config_dir == FRANKA_SAC.parent.resolve() or g.config_dir == FRANKA_SAC.parent
 
@@ -198,6 +200,8 @@ BAD_GRAPHS = [
     ("nodes: [{name: a, executable: e, per_robot: yes please}]\n", "nodes[0](a).per_robot"),
     ("nodes: [{name: a, executable: e, ends_run: 1}]\n", "nodes[0](a).ends_run"),
     ("nodes: [{name: a-b, executable: e}]\n", "nodes[0](a-b).name"),
+    ("nodes: [{name: a, executable: e, respawn_delay: -1}]\n", "nodes[0](a).respawn_delay"),
+    ("nodes: [{name: a, executable: e, respawn_delay: soon}]\n", "nodes[0](a).respawn_delay"),
     ("nodes: [{name: a, executable: e, namespace: 'x y'}]\n", "nodes[0](a).namespace"),
     ("nodes: [{name: a, executable: e, remappings: 3}]\n", "nodes[0](a).remappings"),
     ("nodes: [{name: a, executable: e, remappings: [[x]]}]\n", "nodes[0](a).remappings[0]"),

@@ -50,6 +50,12 @@ elif mode == "crash":  # crash DELAY CODE
     time.sleep(float(args[1]))
     print("about to crash", flush=True)
     sys.exit(int(args[2]))
+elif mode == "crash_once":  # crash_once FLAGFILE: exit 3 the first time, then talk and exit 0
+    if not os.path.exists(args[1]):
+        open(args[1], "w").close()
+        print("crashing once", flush=True)
+        sys.exit(3)
+    print("second life", flush=True)
 elif mode == "hold":  # hold PIDFILE [stubborn]: run forever with a child in the same group
     if args[2:] == ["stubborn"]:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # inherited by the child: only SIGKILL works
@@ -208,6 +214,34 @@ def test_crash_is_reported_and_everything_is_torn_down(ros_env: Path) -> None:
         assert "stopped stubborn (signal SIGKILL)" in out
         assert elapsed < 15.0
         assert len(pids) == 4
+        assert _wait_gone(pids) == []
+    finally:
+        _kill_all(pids)
+
+
+def test_crashed_node_with_respawn_delay_is_restarted(ros_env: Path) -> None:
+    """respawn_delay restarts a node after a crash (only): the run goes on and ends normally."""
+    path = _graph(
+        ros_env,
+        """\
+        nodes:
+          - name: flaky
+            package: fakepkg
+            executable: tool
+            arguments: [crash_once, "${config_dir}/flag"]
+            ends_run: true
+            respawn_delay: 0.5
+          - {name: holder, package: fakepkg, executable: tool, arguments: [hold, "${config_dir}/pids"]}
+        """,
+    )
+    code, out, _ = _run(path, monitor_episodes=False)
+    pids = sorted(set(_started_pids(out) + _file_pids(ros_env / "pids")))
+    try:
+        assert code == 0, out
+        assert "[userctl] node flaky crashed (code 3); respawning in 0.5 s" in out
+        assert out.index("[flaky] crashing once") < out.index("[flaky] second life")
+        assert len(re.findall(r"started flaky \(pid", out)) == 2, "a clean exit must not be respawned"
+        assert out.index("second life") < out.index("all ends_run nodes have exited")
         assert _wait_gone(pids) == []
     finally:
         _kill_all(pids)

@@ -14,8 +14,8 @@ import time
 from typing import Any, NoReturn, Sequence
 
 from user_bringup.graph import Graph, GraphError, load_graph, parse_overrides
+from user_hal.topics import LIST_ROBOTS_SERVICE
 
-LIST_ROBOTS_SERVICE = "/user/list_robots"
 STATE_NAMES = {0: "IDLE", 1: "RUNNING", 2: "ERROR", 3: "LOST", 4: "RESETTING"}
 
 

@@ -25,10 +25,10 @@ from typing import IO, Any, Callable
 import yaml
 
 from user_bringup.graph import Graph, NodeSpec
+from user_hal.topics import EPISODES_TOPIC
 
 LAUNCHER_TAG = "userctl"
 EPISODE_TAG = "episode"
-EPISODES_TOPIC = "/user/episodes"
 SUCCESS_WINDOW = 20
 
 

@@ -11,26 +11,20 @@ import math
 import time
 
 import rclpy
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
-from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.qos import HistoryPolicy, QoSProfile
 from user_msgs.msg import RobotDescription, RobotStatus
 from user_msgs.srv import ListRobots
 
+from user_hal.node_main import run_node
 from user_hal.registry import Change, RobotRegistry
 
-DESCRIPTION_TOPIC = "/user/robots/description"
-HEARTBEAT_TOPIC = "/user/robots/heartbeat"
-LIST_ROBOTS_SERVICE = "/user/list_robots"
+from user_hal.qos import DESCRIPTION_TOPIC, HEARTBEAT_TOPIC, LATCHED, LIST_ROBOTS_SERVICE
 
 # Reliable + transient-local like the robots' publishers; a deeper reader queue so a burst of
 # late-joined samples from many robots is not collapsed to one.
 ROBOT_ANNOUNCE_QOS = QoSProfile(
-    history=HistoryPolicy.KEEP_LAST,
-    depth=100,
-    reliability=ReliabilityPolicy.RELIABLE,
-    durability=DurabilityPolicy.TRANSIENT_LOCAL,
-)
+    history=HistoryPolicy.KEEP_LAST, depth=100, reliability=LATCHED.reliability, durability=LATCHED.durability)
 
 
 class RegistryNode(Node):
@@ -113,18 +107,7 @@ def _copy_status(msg: RobotStatus) -> RobotStatus:
 
 def main(args: list[str] | None = None) -> int:
     """Run the registry node until Ctrl-C or SIGTERM."""
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = RegistryNode()
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass  # normal ways to stop: Ctrl-C, SIGTERM, or a context shutdown
-    finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return run_node(RegistryNode, "registry_node", args=args)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import rclpy
 from rclpy.callback_groups import ReentrantCallbackGroup
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import MultiThreadedExecutor
 from rclpy.node import Node
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import String
@@ -39,6 +39,7 @@ from .backend import make_backend
 from .cell import ACTION_NAMES, PROPRIO_NAMES, ActionError, RobotCell, check_action, proprio_vector
 from .config_schema import ConfigError
 from .markers import cell_markers
+from .node_main import run_node
 from .profile import load_profile
 from .ros_convert import image_to_msg
 
@@ -167,7 +168,8 @@ class RobotNode(Node):
     def start(self) -> None:
         self._thread.start()
 
-    def stop(self) -> None:
+    def close(self) -> None:
+        """Stop the control loop; the control thread closes the backend it owns."""
         self._stop.set()
         with self._lock:
             self._lock.notify_all()
@@ -444,34 +446,21 @@ class RobotNode(Node):
         return o
 
 
+def _spin(node: RobotNode) -> int:
+    node.start()
+    executor = MultiThreadedExecutor(num_threads=2)
+    executor.add_node(node)
+    while rclpy.ok() and not node.finished.is_set():
+        executor.spin_once(timeout_sec=0.1)
+    # Let the last messages (episode stats, heartbeat) leave before shutting down.
+    end = time.monotonic() + 0.5
+    while time.monotonic() < end:
+        executor.spin_once(timeout_sec=0.05)
+    return node.exit_code
+
+
 def main(args: list[str] | None = None) -> None:
-    rclpy.init(args=args)
-    node = None
-    code = 0
-    try:
-        node = RobotNode()
-        node.start()
-        executor = MultiThreadedExecutor(num_threads=2)
-        executor.add_node(node)
-        while rclpy.ok() and not node.finished.is_set():
-            executor.spin_once(timeout_sec=0.1)
-        code = node.exit_code
-        # Let the last messages (episode stats, heartbeat) leave before shutting down.
-        end = time.monotonic() + 0.5
-        while time.monotonic() < end:
-            executor.spin_once(timeout_sec=0.05)
-    except ConfigError as exc:
-        print(f"[robot_node] config error: {exc}", file=sys.stderr)
-        code = 2
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            node.stop()
-            node.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
-    sys.exit(code)
+    sys.exit(run_node(RobotNode, "robot_node", _spin, args))
 
 
 if __name__ == "__main__":

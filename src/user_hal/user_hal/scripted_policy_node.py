@@ -4,13 +4,12 @@ from __future__ import annotations
 import sys
 
 import numpy as np
-import rclpy
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from user_msgs.msg import Action, Observation
 
 from . import qos
 from .config_schema import ConfigError
+from .node_main import run_node
 from .profile import load_profile
 from .scripted_policy import ScriptedInsertion
 
@@ -45,23 +44,7 @@ class ScriptedPolicyNode(Node):
 
 
 def main(args: list[str] | None = None) -> None:
-    rclpy.init(args=args)
-    code = 0
-    node = None
-    try:
-        node = ScriptedPolicyNode()
-        rclpy.spin(node)
-    except ConfigError as exc:
-        print(f"[scripted_policy] config error: {exc}", file=sys.stderr)
-        code = 2
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            node.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
-    sys.exit(code)
+    sys.exit(run_node(ScriptedPolicyNode, "scripted_policy", args=args))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,17 @@
+"""Names of USER's shared topics and services (plain strings: importable without ROS)."""
+
+DESCRIPTION_TOPIC = "/user/robots/description"
+HEARTBEAT_TOPIC = "/user/robots/heartbeat"
+EPISODES_TOPIC = "/user/episodes"
+TRANSITIONS_TOPIC = "/user/transitions"
+LIST_ROBOTS_SERVICE = "/user/list_robots"
+
+
+def robot_topic(robot_id: str, name: str) -> str:
+    """Absolute per-robot topic name, e.g. ``/franka_0/observation``."""
+    return f"/{robot_id}/{name}"
+
+
+def camera_topic(robot_id: str, camera: str) -> str:
+    """realsense2_camera-style image topic of one camera of a robot."""
+    return f"/{robot_id}/camera/{camera}/color/image_raw"
