@@ -148,3 +148,66 @@ def test_unknown_backend_exits_nonzero_naming_the_key(procs, tmp_path):
     assert robot.popen.wait(timeout=30) != 0
     out = robot.output()
     assert "robot.backend" in out and "warp_drive" in out, out[-2000:]
+
+
+def test_transitions_are_held_until_acknowledged_and_resent_to_a_late_consumer(procs, ros_node, tmp_path):
+    """With ack_consumers, nothing produced while no consumer listens is lost: it is resent."""
+    prof = profile_with(tmp_path, **{"robot.cameras": []})
+    procs.start("robot", node_cmd("robot_node", {
+        "robot_id": "franka_0", "profile": str(prof), "realtime_factor": 0.0,
+        "ack_consumers": "[learner]"}))
+    procs.start("policy", node_cmd("scripted_policy", {"robot_id": "franka_0", "profile": str(prof)}))
+    beats = Watcher(ros_node, RobotStatus, "/user/robots/heartbeat", LATCHED)
+    beats.wait(lambda m: m and m[-1].unacked_transitions >= 20, 60, "20 unacknowledged transitions")
+    episodes_before = beats.msgs[-1].episodes_done
+    assert episodes_before >= 1
+
+    from user_msgs.msg import Transition, TransitionAck
+
+    ack_pub = ros_node.create_publisher(TransitionAck, "/user/transitions/ack", RELIABLE)
+    got = Watcher(ros_node, Transition, "/user/transitions", QoSProfile(depth=200, reliability=ReliabilityPolicy.RELIABLE))
+    end = time.monotonic() + 30
+    acked = 0
+    while time.monotonic() < end:
+        with got.cv:
+            new = got.msgs[acked:]
+        if new:
+            ack_pub.publish(TransitionAck(consumer="learner", session=1, robot_id="franka_0",
+                                          episode_ids=[t.episode_id for t in new], steps=[t.step for t in new]))
+            acked += len(new)
+        if beats.msgs[-1].unacked_transitions < 5 and beats.msgs[-1].episodes_done > episodes_before + 1:
+            break
+        time.sleep(0.2)
+    keys = {(t.episode_id, t.step) for t in got.msgs}
+    by_episode = {}
+    for ep, step in keys:
+        by_episode.setdefault(ep, set()).add(step)
+    complete = [ep for ep, steps in by_episode.items() if steps == set(range(max(steps) + 1))]
+    assert len(complete) >= episodes_before + 1, (
+        f"episodes from before the consumer appeared must arrive whole; got steps per episode "
+        f"{ {ep: sorted(s) for ep, s in by_episode.items()} }")
+    assert beats.msgs[-1].unacked_transitions < 20, "acknowledged transitions must be released"
+    assert beats.msgs[-1].dropped_transitions == 0
+
+
+def test_without_auto_reset_the_robot_waits_for_the_reset_service(procs, ros_node, tmp_path):
+    prof = profile_with(tmp_path, **{"robot.cameras": []})
+    procs.start("robot", node_cmd("robot_node", {
+        "robot_id": "franka_0", "profile": str(prof), "realtime_factor": 0.0, "auto_reset": False}))
+    procs.start("policy", node_cmd("scripted_policy", {"robot_id": "franka_0", "profile": str(prof)}))
+    episodes = Watcher(ros_node, EpisodeStats, "/user/episodes")
+    beats = Watcher(ros_node, RobotStatus, "/user/robots/heartbeat", LATCHED)
+    episodes.wait(lambda m: len(m) >= 1, 60, "the first episode")
+    beats.wait(lambda m: m and m[-1].state == RobotStatus.STATE_IDLE and m[-1].episodes_done == 1, 10,
+               "the robot idle after its episode")
+    time.sleep(1.5)
+    assert len(episodes.msgs) == 1, "the robot must not start another episode on its own"
+    cli = ros_node.create_client(ResetRobot, "/franka_0/reset")
+    assert cli.wait_for_service(timeout_sec=10)
+    fut = cli.call_async(ResetRobot.Request(robot_id="franka_0"))
+    end = time.monotonic() + 30
+    while not fut.done() and time.monotonic() < end:
+        time.sleep(0.05)
+    assert fut.result() is not None and fut.result().success
+    episodes.wait(lambda m: len(m) >= 2, 60, "a second episode after the reset")
+    assert beats.msgs[-1].episodes_done <= 2

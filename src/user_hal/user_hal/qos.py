@@ -2,7 +2,8 @@
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
 from .topics import (DESCRIPTION_TOPIC, EPISODES_TOPIC, HEARTBEAT_TOPIC, LIST_ROBOTS_SERVICE,  # noqa: F401
-                     TRANSITIONS_TOPIC, camera_topic, robot_topic)
+                     POLICY_STATUS_TOPIC, TRANSITION_ACK_TOPIC, TRANSITIONS_TOPIC, WEIGHTS_TOPIC, camera_topic,
+                     robot_topic)
 
 #: Announcements a late joiner must still get: robot descriptions, heartbeats, robot_description.
 LATCHED = QoSProfile(depth=1, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE,

@@ -31,7 +31,8 @@ from rclpy.node import Node
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import String
 from visualization_msgs.msg import MarkerArray
-from user_msgs.msg import Action, CameraSpec, EpisodeStats, Observation, RobotDescription, RobotStatus, Transition
+from user_msgs.msg import (Action, CameraSpec, EpisodeStats, Observation, RobotDescription, RobotStatus, Transition,
+                           TransitionAck)
 from user_msgs.srv import ResetRobot
 
 from . import qos
@@ -40,6 +41,7 @@ from .cell import ACTION_NAMES, PROPRIO_NAMES, ActionError, RobotCell, check_act
 from .config_schema import ConfigError
 from .markers import cell_markers
 from .node_main import run_node
+from .outbox import Outbox
 from .profile import load_profile
 from .ros_convert import image_to_msg
 
@@ -66,6 +68,7 @@ class EpisodeTally:
     interventions: int = 0
     policy_version: int = 0
     success: bool = False
+    finished: bool = False
 
 
 @dataclass
@@ -89,6 +92,11 @@ class RobotNode(Node):
         self.declare_parameter("max_episodes", 0)
         self.declare_parameter("seed", 0)
         self.declare_parameter("frame_prefix", "")
+        # Consumers (e.g. "learner") that must acknowledge each transition; empty: fire and forget.
+        self.declare_parameter("ack_consumers", [""])
+        self.declare_parameter("outbox_max_mb", 1024)
+        # False: after an episode the robot holds until its reset service is called (sync training).
+        self.declare_parameter("auto_reset", True)
         p = self.get_parameter
         self.robot_id: str = p("robot_id").value
         overrides = {}
@@ -103,6 +111,10 @@ class RobotNode(Node):
         self.max_episodes: int = p("max_episodes").value
         self.seed: int = p("seed").value
         self.frame_prefix: str = p("frame_prefix").value
+        self.auto_reset: bool = p("auto_reset").value
+        consumers = [c for c in p("ack_consumers").value if c]
+        self.outbox = Outbox(consumers, p("outbox_max_mb").value << 20) if consumers else None
+        self._outbox_lock = threading.Lock()
         rc = self.profile.robot
         self.rf = rc.realtime_factor
 
@@ -141,6 +153,10 @@ class RobotNode(Node):
                                  callback_group=cb)
         self.create_service(ResetRobot, qos.robot_topic(rid, "reset"), self._on_reset, callback_group=cb)
         self.create_timer(1.0 / rc.heartbeat_hz, self._heartbeat, callback_group=cb)
+        if self.outbox is not None:
+            self.create_subscription(TransitionAck, qos.TRANSITION_ACK_TOPIC, self._on_ack, qos.DATA,
+                                     callback_group=cb)
+            self.create_timer(0.5, self._resend, callback_group=cb)
 
         self._lock = threading.Condition()
         self._pending: PendingAction | None = None
@@ -162,6 +178,7 @@ class RobotNode(Node):
         self._last_obs: Observation | None = None
         self._tally: EpisodeTally | None = None
         self._evaluation = False
+        self._awaiting_reset = False
         self._thread = threading.Thread(target=self._control_main, name=f"{rid}-control", daemon=True)
 
     # -- startup / shutdown -------------------------------------------------------------------------
@@ -242,6 +259,21 @@ class RobotNode(Node):
             resp.success, resp.message, resp.episode_id = not r.error, r.error or "ok", r.episode_id
         return resp
 
+    def _on_ack(self, msg: TransitionAck) -> None:
+        if msg.robot_id != self.robot_id:
+            return
+        with self._outbox_lock:
+            self.outbox.ack(msg.consumer, zip(msg.episode_ids, msg.steps))
+
+    def _resend(self) -> None:
+        """Resend transitions nobody acknowledged, once a consumer is on the topic again."""
+        if self.pub_trans.get_subscription_count() == 0:
+            return
+        with self._outbox_lock:
+            due = self.outbox.due(time.monotonic(), limit=100)
+        for t in due:
+            self.pub_trans.publish(t)
+
     def _heartbeat(self) -> None:
         s = RobotStatus()
         s.header.stamp = self.get_clock().now().to_msg()
@@ -252,6 +284,8 @@ class RobotNode(Node):
         s.episodes_done, s.steps_done, s.held_steps = self.episodes_done, self.steps_done, self.held_steps
         s.rejected_actions, s.policy_version = self.rejected, self.last_policy_version
         s.message = self.status_message
+        if self.outbox is not None:
+            s.unacked_transitions, s.dropped_transitions = len(self.outbox), self.outbox.dropped
         self.pub_beat.publish(s)
 
     def _achieved_hz(self) -> float:
@@ -306,6 +340,11 @@ class RobotNode(Node):
                 req.episode_id = self.episode_id
                 req.done.set()
                 next_tick = time.monotonic()
+            if self._awaiting_reset:
+                self.cell.hold()
+                self._stop.wait(self.period / self.rf if self.rf > 0 else 0.01)
+                next_tick = time.monotonic()
+                continue
             action = self._next_action(next_tick)
             if self._stop.is_set():
                 break
@@ -367,6 +406,9 @@ class RobotNode(Node):
         t.reward, t.success = res.outcome.reward, res.outcome.success
         t.terminated, t.truncated = res.terminated, res.truncated
         self.pub_trans.publish(t)
+        if self.outbox is not None:
+            with self._outbox_lock:
+                self.outbox.add((t.episode_id, t.step), t, _transition_bytes(t), time.monotonic())
         tally = self._tally
         tally.ret += res.outcome.reward
         tally.steps += 1
@@ -379,7 +421,11 @@ class RobotNode(Node):
                 self._summarize()
                 self._stop.set()
                 return
-            self._begin_episode(seed=-1)
+            if self.auto_reset:
+                self._begin_episode(seed=-1)
+            else:  # sync training: hold until somebody calls the reset service
+                self._awaiting_reset = True
+                self.state = RobotStatus.STATE_IDLE
 
     def _begin_episode(self, seed: int, evaluation: bool = False) -> None:
         self.state = RobotStatus.STATE_RESETTING
@@ -392,6 +438,7 @@ class RobotNode(Node):
         index = self._tally.index + 1 if self._tally else 0
         self._tally = EpisodeTally(self.episode_id, index, time.monotonic(), evaluation=evaluation)
         self._evaluation = evaluation
+        self._awaiting_reset = False
         self.state = RobotStatus.STATE_RUNNING
         self._publish_observation(state)
 
@@ -400,8 +447,9 @@ class RobotNode(Node):
 
     def _finish_episode(self, interrupted: bool) -> None:
         t = self._tally
-        if t is None or t.steps == 0:
+        if t is None or t.steps == 0 or t.finished:
             return
+        t.finished = True
         self.episodes_done += 1
         self.successes += int(t.success)
         e = EpisodeStats()
@@ -444,6 +492,12 @@ class RobotNode(Node):
         self.pub_joints.publish(js)
         self.pub_markers.publish(cell_markers(self.cell, state, stamp, f"{self.frame_prefix}base"))
         return o
+
+
+def _transition_bytes(t: Transition) -> int:
+    """Approximate memory held by a transition (its images dominate)."""
+    images = sum(len(img.data) for img in t.obs.images) + sum(len(img.data) for img in t.next_obs.images)
+    return images + 4 * (len(t.obs.proprio) + len(t.next_obs.proprio)) + 512
 
 
 def _spin(node: RobotNode) -> int:

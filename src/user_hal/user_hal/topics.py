@@ -4,6 +4,9 @@ DESCRIPTION_TOPIC = "/user/robots/description"
 HEARTBEAT_TOPIC = "/user/robots/heartbeat"
 EPISODES_TOPIC = "/user/episodes"
 TRANSITIONS_TOPIC = "/user/transitions"
+TRANSITION_ACK_TOPIC = "/user/transitions/ack"
+WEIGHTS_TOPIC = "/user/policy/weights"
+POLICY_STATUS_TOPIC = "/user/inference/status"
 LIST_ROBOTS_SERVICE = "/user/list_robots"
 
 
