@@ -67,6 +67,8 @@ def _launch_graph(context: LaunchContext) -> list:
             return [TimerAction(period=spec.respawn_delay, actions=start(spec))]
         if event.returncode != 0:
             return [Shutdown(reason=f"{spec.label} exited with code {event.returncode}")]
+        if spec.stops_run:
+            return [Shutdown(reason=f"{spec.label} finished")]
         if not spec.ends_run:
             return [Shutdown(reason=f"{spec.label} exited unexpectedly")]
         pending_ends_run.discard(spec.label)

@@ -190,10 +190,10 @@ def test_transitions_are_held_until_acknowledged_and_resent_to_a_late_consumer(p
     assert beats.msgs[-1].dropped_transitions == 0
 
 
-def test_without_auto_reset_the_robot_waits_for_the_reset_service(procs, ros_node, tmp_path):
+def test_with_wait_for_reset_the_robot_waits_for_the_reset_service(procs, ros_node, tmp_path):
     prof = profile_with(tmp_path, **{"robot.cameras": []})
     procs.start("robot", node_cmd("robot_node", {
-        "robot_id": "franka_0", "profile": str(prof), "realtime_factor": 0.0, "auto_reset": False}))
+        "robot_id": "franka_0", "profile": str(prof), "realtime_factor": 0.0, "wait_for_reset": True}))
     procs.start("policy", node_cmd("scripted_policy", {"robot_id": "franka_0", "profile": str(prof)}))
     episodes = Watcher(ros_node, EpisodeStats, "/user/episodes")
     beats = Watcher(ros_node, RobotStatus, "/user/robots/heartbeat", LATCHED)

@@ -17,4 +17,10 @@ setup(
     maintainer_email="dev@user-robotics.org",
     description="USER learning: policies, algorithms, rewards, inference and learner nodes, weight sync.",
     license="Apache-2.0",
+    entry_points={
+        "console_scripts": [
+            "inference_node = user_learner.inference_node:main",
+            "learner_node = user_learner.learner_node:main",
+        ],
+    },
 )

@@ -77,6 +77,8 @@ def format_graph(graph: Graph) -> str:
     for node in graph.nodes:
         exe = f"{node.package}/{node.executable}" if node.package else node.executable
         flags = "   [ends_run]" if node.ends_run else ""
+        if node.stops_run:
+            flags += "   [stops_run]"
         if node.respawn_delay > 0:
             flags += f"   [respawn after {node.respawn_delay:g} s]"
         lines.append(f"  {node.fqn}: {exe}{flags}")

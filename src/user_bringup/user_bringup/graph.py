@@ -16,6 +16,7 @@ A graph is a YAML file in the config directory (e.g. ``config/franka_sac.yaml``)
         per_robot: true           # one instance per robot
         if: {policy: scripted}    # all listed args must match (a list value means any of)
         ends_run: true            # the run ends once every ends_run node has exited
+        stops_run: true           # ...or as soon as this node exits cleanly (e.g. a learner's budget)
         respawn_delay: 5.0        # restart the node this many seconds after a crash (0: never)
         parameters: {robot_id: "${robot_id}", seed: "${seed}"}
         remappings: {from: to}    # or a list of [from, to] pairs
@@ -44,7 +45,7 @@ _ARG_KEYS = {"default", "help", "choices"}
 _GROUP_KEYS = {"kind", "id_prefix", "count", "ids", "vars"}
 _NODE_KEYS = {
     "name", "package", "executable", "namespace", "parameters", "remappings", "arguments",
-    "per_robot", "if", "ends_run", "respawn_delay",
+    "per_robot", "if", "ends_run", "stops_run", "respawn_delay",
 }
 _TRUE_WORDS = {"true", "1", "yes", "on"}
 _FALSE_WORDS = {"false", "0", "no", "off"}
@@ -80,6 +81,7 @@ class NodeSpec:
     parameters: dict[str, Any] = field(default_factory=dict)
     remappings: list[tuple[str, str]] = field(default_factory=list)
     ends_run: bool = False
+    stops_run: bool = False  # a clean exit of this node ends the whole run
     arguments: list[str] = field(default_factory=list)
     robot_id: str | None = None
     respawn_delay: float = 0.0  # > 0: restart this long after a crash
@@ -516,7 +518,7 @@ def _parse_nodes(
         for needed in ("name", "executable"):
             if needed not in item:
                 raise GraphError(f"{path}: {key}.{needed}: missing key")
-        for flag in ("per_robot", "ends_run"):
+        for flag in ("per_robot", "ends_run", "stops_run"):
             if not isinstance(item.get(flag, False), bool):
                 raise GraphError(f"{path}: {key}.{flag}: expected true or false")
         if "if" in item and not _check_condition(item["if"], specs, args, f"{key}.if", path):
@@ -588,6 +590,7 @@ def _build_node(
         parameters=params,
         remappings=_parse_remappings(remaps, f"{key}.remappings", path),
         ends_run=bool(item.get("ends_run", False)),
+        stops_run=bool(item.get("stops_run", False)),
         arguments=[str(a) for a in arguments],
         robot_id=robot_id,
         respawn_delay=float(delay),

@@ -454,6 +454,9 @@ class Launcher:
                 if code != 0:
                     self.say(f"node {label} crashed ({describe_exit(code)}); stopping the run")
                     return _exit_status(code)
+                if child.spec.stops_run:
+                    self.say(f"node {label} finished (code 0); stopping the run")
+                    return 0
                 if not child.spec.ends_run:
                     self.say(f"node {label} exited unexpectedly (code 0); stopping the run")
                     return 1

@@ -17,3 +17,6 @@ DATA = QoSProfile(depth=200, history=HistoryPolicy.KEEP_LAST, reliability=Reliab
 #: Sensor streams for humans and rviz (cameras, joint states, markers).
 SENSOR = QoSProfile(depth=2, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE,
                     durability=DurabilityPolicy.VOLATILE)
+#: What a consumer of /user/transitions buffers while it is busy (a learner between updates).
+TRANSITIONS_IN = QoSProfile(depth=1000, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE,
+                            durability=DurabilityPolicy.VOLATILE)

@@ -95,8 +95,8 @@ class RobotNode(Node):
         # Consumers (e.g. "learner") that must acknowledge each transition; empty: fire and forget.
         self.declare_parameter("ack_consumers", [""])
         self.declare_parameter("outbox_max_mb", 1024)
-        # False: after an episode the robot holds until its reset service is called (sync training).
-        self.declare_parameter("auto_reset", True)
+        # True: after an episode the robot holds until its reset service is called (sync training).
+        self.declare_parameter("wait_for_reset", False)
         p = self.get_parameter
         self.robot_id: str = p("robot_id").value
         overrides = {}
@@ -111,7 +111,7 @@ class RobotNode(Node):
         self.max_episodes: int = p("max_episodes").value
         self.seed: int = p("seed").value
         self.frame_prefix: str = p("frame_prefix").value
-        self.auto_reset: bool = p("auto_reset").value
+        self.wait_for_reset: bool = p("wait_for_reset").value
         consumers = [c for c in p("ack_consumers").value if c]
         self.outbox = Outbox(consumers, p("outbox_max_mb").value << 20) if consumers else None
         self._outbox_lock = threading.Lock()
@@ -314,6 +314,8 @@ class RobotNode(Node):
         except ConfigError as exc:
             self._fail(str(exc), code=2)
         except Exception as exc:  # a backend fault: stop and report, never hang
+            if self._stop.is_set() or not self.context.ok():
+                return  # shutting down (Ctrl-C): publishing into a closed context is expected to fail
             self._fail(f"{type(exc).__name__}: {exc}", code=1)
         finally:
             # The control thread owns the backend (a renderer's GL context is bound to this thread).
@@ -421,7 +423,7 @@ class RobotNode(Node):
                 self._summarize()
                 self._stop.set()
                 return
-            if self.auto_reset:
+            if not self.wait_for_reset:
                 self._begin_episode(seed=-1)
             else:  # sync training: hold until somebody calls the reset service
                 self._awaiting_reset = True

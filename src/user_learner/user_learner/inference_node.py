@@ -1,0 +1,126 @@
+"""The inference node: observations in, actions out, for every robot it serves (edge side).
+
+For each ``robot_ids`` entry it subscribes ``/<id>/observation`` and answers on ``/<id>/action``
+with the current policy, stamping the action with the policy version. New weights arrive on
+``/user/policy/weights`` (transient-local: a late start gets the newest at once); a worker thread
+builds a shadow policy from them and the next observation swaps it in with one reference
+assignment, so weights never change during a forward pass. With no learner around it keeps acting
+with the last weights it has. Evaluation episodes (``Observation.evaluation``) get the mean action.
+Publishes ``/user/inference/status`` (version in use, latency p50/p99) twice a second.
+"""
+from __future__ import annotations
+
+import collections
+import sys
+import threading
+import time
+
+import numpy as np
+import rclpy
+import torch
+from rclpy.node import Node
+from user_msgs.msg import Action, Observation, PolicyStatus
+
+from user_hal import qos
+from user_hal.config_schema import ConfigError
+from user_hal.node_main import run_node
+
+from .convert import ObservationMismatch, observation_arrays
+from .learner_config import load_learner_config
+from .sac import Policy
+from .weight_sync import WeightSubscriber
+
+
+class InferenceNode(Node):
+    """Serves one policy to several robots."""
+
+    def __init__(self) -> None:
+        super().__init__("inference")
+        self.declare_parameter("config", "")
+        self.declare_parameter("robot_ids", ["franka_0"])
+        self.declare_parameter("seed", 0)
+        path = self.get_parameter("config").value
+        if not path:
+            raise ConfigError("<parameters>", "config", "no learner config given (parameter 'config')")
+        self.cfg = load_learner_config(path)
+        torch.set_num_threads(self.cfg.learner.torch_threads)
+        torch.manual_seed(int(self.get_parameter("seed").value))
+        self.spec = self.cfg.obs.spec()
+        self.policy = Policy(self.spec, self.cfg.sac)
+        self.version = 0
+        self._shadow: tuple[int, Policy] | None = None
+        self._shadow_lock = threading.Lock()
+        self.robot_ids = [r for r in self.get_parameter("robot_ids").value if r]
+        self.latencies: collections.deque[float] = collections.deque(maxlen=500)
+        self.actions_sent = 0
+        self._pubs = {}
+        for rid in self.robot_ids:
+            self._pubs[rid] = self.create_publisher(Action, qos.robot_topic(rid, "action"), qos.CONTROL)
+            self.create_subscription(Observation, qos.robot_topic(rid, "observation"), self._on_obs, qos.CONTROL)
+        self.weights = WeightSubscriber(self, on_weights=self._on_weights)
+        self.pub_status = self.create_publisher(PolicyStatus, qos.POLICY_STATUS_TOPIC, qos.SENSOR)
+        self.create_timer(0.5, self._status)
+        self.get_logger().info(
+            f"inference for {', '.join(self.robot_ids)}: {len(self.spec.cameras)} cameras "
+            f"{list(self.spec.cameras)}, state {self.spec.state_dim}, config {self.cfg.source}")
+
+    def _on_weights(self, version: int, state_dict: dict) -> None:
+        """Worker thread: build the next policy off the control path."""
+        shadow = Policy(self.spec, self.cfg.sac)
+        shadow.load_policy_state_dict(state_dict)
+        with self._shadow_lock:
+            self._shadow = (version, shadow)
+
+    def _on_obs(self, obs: Observation) -> None:
+        t0 = time.perf_counter()
+        if self._shadow is not None:  # swap between steps, never during a forward pass
+            with self._shadow_lock:
+                (self.version, self.policy), self._shadow = self._shadow, None
+        try:
+            state, pixels = observation_arrays(obs, self.spec)
+        except ObservationMismatch as exc:
+            self.get_logger().error(f"cannot act: {exc}", throttle_duration_sec=2.0)
+            return
+        action = self.policy.act(state, pixels, deterministic=obs.evaluation)
+        a = Action()
+        a.header.stamp = obs.header.stamp
+        a.robot_id, a.episode_id, a.step = obs.robot_id, obs.episode_id, obs.step
+        a.action = np.asarray(action, dtype=np.float32).tolist()
+        a.policy_version = self.version
+        a.source = Action.SOURCE_POLICY
+        pub = self._pubs.get(obs.robot_id)
+        if pub is None:
+            return
+        pub.publish(a)
+        self.actions_sent += 1
+        self.latencies.append(time.perf_counter() - t0)
+
+    def latency_ms(self) -> tuple[float, float]:
+        lat = np.array(tuple(self.latencies))
+        if lat.size == 0:
+            return 0.0, 0.0
+        return float(np.percentile(lat, 50) * 1e3), float(np.percentile(lat, 99) * 1e3)
+
+    def _status(self) -> None:
+        s = PolicyStatus()
+        s.header.stamp = self.get_clock().now().to_msg()
+        s.node = self.get_fully_qualified_name()
+        s.policy_version = self.version
+        s.actions_sent = self.actions_sent
+        s.latency_p50_ms, s.latency_p99_ms = self.latency_ms()
+        s.robot_ids = list(self.robot_ids)
+        self.pub_status.publish(s)
+
+    def close(self) -> None:
+        p50, p99 = self.latency_ms()
+        self.get_logger().info(f"inference done: {self.actions_sent} actions, policy version {self.version}, "
+                               f"latency p50 {p50:.2f} ms, p99 {p99:.2f} ms")
+        self.weights.close()
+
+
+def main(args: list[str] | None = None) -> None:
+    sys.exit(run_node(InferenceNode, "inference", args=args))
+
+
+if __name__ == "__main__":
+    main()

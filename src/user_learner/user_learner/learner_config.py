@@ -1,0 +1,71 @@
+"""The learning configuration: observation layout, SAC hyper-parameters and the learner's schedule.
+
+One YAML file (``config/sac_peg.yaml``, ``config/sac_peg_cnn.yaml``) is read by both the learner
+and the inference node, so the networks on both sides are built alike. Validated at load: a bad
+value raises ``ConfigError`` naming the file and the dotted key.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Literal
+
+from user_hal.config_schema import ConfigError, apply_overrides, load_dataclass, non_negative, positive, read_yaml
+
+from .batch import ObsSpec
+from .sac import SACConfig
+
+
+@dataclasses.dataclass
+class ObsConfig:
+    """What the policy sees; must match the robots' RobotDescription (proprio length, cameras)."""
+
+    state_dim: int = dataclasses.field(default=20, metadata=positive())
+    cameras: list[str] = dataclasses.field(default_factory=list)   # [] -> state-only policy
+    image_size: tuple[int, int] = (128, 128)                       # width, height
+    action_dim: int = dataclasses.field(default=7, metadata=positive())
+
+    def spec(self) -> ObsSpec:
+        return ObsSpec(state_dim=self.state_dim, cameras=tuple(self.cameras), image_size=tuple(self.image_size),
+                       action_dim=self.action_dim)
+
+
+@dataclasses.dataclass
+class LearnerOptions:
+    """When and how much the learner trains, publishes and checkpoints."""
+
+    mode: Literal["async", "sync"] = "async"
+    min_buffer: int = dataclasses.field(default=500, metadata=non_negative())   # transitions before training
+    max_utd: float = dataclasses.field(default=0.0, metadata=non_negative())    # updates per env step cap; 0 = none
+    sync_updates_per_episode: int = dataclasses.field(default=200, metadata=positive())  # sync mode: K
+    publish_every_updates: int = dataclasses.field(default=50, metadata=positive())
+    publish_every_s: float = dataclasses.field(default=2.0, metadata=positive())
+    checkpoint_every_updates: int = dataclasses.field(default=1000, metadata=positive())
+    keep_checkpoints: int = dataclasses.field(default=3, metadata=positive())
+    checkpoint_replay: bool = True      # put the replay contents in checkpoints (fine for state policies)
+    replay_capacity: int = dataclasses.field(default=100_000, metadata=positive())
+    max_env_steps: int = dataclasses.field(default=0, metadata=non_negative())  # budget; 0 = none
+    max_minutes: float = dataclasses.field(default=0.0, metadata=non_negative())
+    torch_threads: int = dataclasses.field(default=1, metadata=positive())
+    log_every_s: float = dataclasses.field(default=5.0, metadata=positive())
+
+
+@dataclasses.dataclass
+class LearnerConfig:
+    obs: ObsConfig = dataclasses.field(default_factory=ObsConfig)
+    sac: SACConfig = dataclasses.field(default_factory=SACConfig)
+    learner: LearnerOptions = dataclasses.field(default_factory=LearnerOptions)
+    source: str = "<defaults>"
+
+
+def load_learner_config(path: str | Path, overrides: dict[str, Any] | None = None) -> LearnerConfig:
+    """Load and validate a learning configuration file; ``overrides`` use dotted keys."""
+    source = str(path)
+    data = read_yaml(path)
+    if "source" in data:
+        raise ConfigError(source, "source", "reserved key")
+    if overrides:
+        data = apply_overrides(data, overrides)
+    cfg = load_dataclass(LearnerConfig, data, source)
+    cfg.source = source
+    return cfg

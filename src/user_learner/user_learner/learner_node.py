@@ -1,0 +1,376 @@
+"""The learner node: transitions in, SAC updates, versioned weights out, checkpoints on disk.
+
+Async mode (default): a training thread updates continuously once ``min_buffer`` transitions are in,
+capped at ``max_utd`` updates per environment step, while robots and inference never wait for it.
+Sync mode, for comparison: robots run with ``auto_reset:=false``; after each episode the learner
+trains ``sync_updates_per_episode`` updates, publishes the weights, waits until the inference node
+uses them, and only then resets the robot for its next episode: the traditional loop.
+
+Durability: with ``checkpoint_replay`` the replay contents go into every checkpoint, and the learner
+acknowledges transitions (``/user/transitions/ack``) only once a checkpoint holds them; robots keep
+the rest and resend it, so a learner killed with SIGKILL resumes from its newest checkpoint and loses
+no transition. Without it, transitions are acknowledged on receipt.
+"""
+from __future__ import annotations
+
+import collections
+import math
+import os
+import queue
+import random
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import rclpy
+import torch
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.executors import MultiThreadedExecutor
+from rclpy.node import Node
+from user_msgs.msg import EpisodeStats, PolicyStatus, Transition, TransitionAck
+from user_msgs.srv import ResetRobot
+
+from user_hal import qos
+from user_hal.config_schema import ConfigError
+from user_hal.node_main import run_node
+
+from .batch import batch_from_numpy
+from .checkpoint import checkpoint_path, load_latest_checkpoint, save_checkpoint
+from .convert import ObservationMismatch, transition_arrays
+from .learner_config import load_learner_config
+from .progress import Progress
+from .replay import MemoryReplay, load_replay_state_dict, replay_state_dict
+from .sac import SACAgent
+from .weight_sync import WeightPublisher
+
+CONSUMER = "learner"
+SEEN_PER_ROBOT = 50_000       # keys remembered per robot to drop resent duplicates
+
+
+class LearnerNode(Node):
+    """ROS shell around ``SACAgent`` + a replay buffer."""
+
+    def __init__(self) -> None:
+        super().__init__("learner")
+        self.declare_parameter("config", "")
+        self.declare_parameter("run_name", "franka_sac")
+        self.declare_parameter("runs_dir", "runs")
+        self.declare_parameter("logs_dir", "logs")
+        self.declare_parameter("sync", False)
+        self.declare_parameter("resume", True)
+        self.declare_parameter("seed", 0)
+        self.declare_parameter("max_env_steps", 0)   # 0: the config's budget
+        self.declare_parameter("max_minutes", 0.0)
+        p = self.get_parameter
+        path = p("config").value
+        if not path:
+            raise ConfigError("<parameters>", "config", "no learner config given (parameter 'config')")
+        overrides = {}
+        if p("sync").value:
+            overrides["learner.mode"] = "sync"
+        if p("max_env_steps").value > 0:
+            overrides["learner.max_env_steps"] = int(p("max_env_steps").value)
+        if p("max_minutes").value > 0:
+            overrides["learner.max_minutes"] = float(p("max_minutes").value)
+        seed = int(p("seed").value)
+        overrides.setdefault("sac.seed", seed)
+        self.cfg = load_learner_config(path, overrides)
+        L = self.cfg.learner
+        self.opts = L
+        torch.set_num_threads(L.torch_threads)
+        random.seed(seed)
+        self.spec = self.cfg.obs.spec()
+        self.agent = SACAgent(self.spec, self.cfg.sac)
+        self.replay = MemoryReplay(self.spec, L.replay_capacity, seed=seed)
+        run = str(p("run_name").value)
+        self.ckpt_dir = Path(p("runs_dir").value) / run / "checkpoints"
+        # Versions must grow across restarts (inference ignores older ones): the last one published
+        # is kept next to the checkpoints; a process crash leaves the page cache intact.
+        self.version_file = self.ckpt_dir.parent / "weights_version"
+        self.log_dir = Path(p("logs_dir").value) / run
+        self.session = random.getrandbits(63)
+        self.version = 0
+        self.env_steps = 0
+        self.duplicates = 0
+        self.rejected = 0
+        self._seen: dict[str, collections.OrderedDict] = {}
+        self._unacked: dict[str, list[tuple[int, int]]] = collections.defaultdict(list)  # not yet durable
+        self._ackable: dict[str, list[tuple[int, int]]] = collections.defaultdict(list)  # durable, to send
+        self._data_lock = threading.Lock()
+        self.staleness: collections.deque[int] = collections.deque(maxlen=2000)
+        self.inference_version = 0
+        self._episode_ends: queue.SimpleQueue[str] = queue.SimpleQueue()
+        self.resumed_from: str | None = None
+        if p("resume").value:
+            self._resume()
+            try:
+                self.version = max(self.version, int(self.version_file.read_text()))
+            except (OSError, ValueError):
+                pass
+
+        data_cb = MutuallyExclusiveCallbackGroup()
+        other = ReentrantCallbackGroup()
+        self.create_subscription(Transition, qos.TRANSITIONS_TOPIC, self._on_transition,
+                                 qos.TRANSITIONS_IN, callback_group=data_cb)
+        self.create_subscription(EpisodeStats, qos.EPISODES_TOPIC, self._on_episode, qos.DATA, callback_group=other)
+        self.create_subscription(PolicyStatus, qos.POLICY_STATUS_TOPIC, self._on_policy_status, qos.SENSOR,
+                                 callback_group=other)
+        self.pub_ack = self.create_publisher(TransitionAck, qos.TRANSITION_ACK_TOPIC, qos.DATA)
+        self.create_timer(0.25, self._send_acks, callback_group=other)
+        self.weights = WeightPublisher(self, policy_name="sac")
+        self._reset_clients: dict[str, object] = {}
+        self._cb_other = other
+        self.progress = Progress(self.cfg, self.log_dir, self.get_logger())
+        self._stop = threading.Event()
+        self.finished = threading.Event()
+        self.exit_code = 0
+        self._thread = threading.Thread(target=self._train_main, name="learner-train", daemon=True)
+        self.get_logger().info(
+            f"learner ({L.mode}): {'images ' + str(list(self.spec.cameras)) if self.spec.cameras else 'state'} "
+            f"policy, config {self.cfg.source}, checkpoints {self.ckpt_dir}, TensorBoard {self.log_dir}"
+            + (f", resumed from {self.resumed_from}" if self.resumed_from else ""))
+
+    # -- checkpoints ----------------------------------------------------------------------------------
+    def _resume(self) -> None:
+        found = load_latest_checkpoint(self.ckpt_dir)
+        if found is None:
+            return
+        path, payload = found
+        self.agent.load_state_dict(payload["agent"])
+        self.version = int(payload["version"])
+        self.env_steps = int(payload["env_steps"])
+        if "replay" in payload:
+            load_replay_state_dict(self.replay, payload["replay"])
+        for rid, keys in payload.get("seen", {}).items():
+            self._seen[rid] = collections.OrderedDict((tuple(k), None) for k in keys.tolist())
+        self.resumed_from = str(path)
+
+    def _checkpoint(self) -> None:
+        """Write a checkpoint; afterwards every transition it holds may be acknowledged."""
+        with self._data_lock:
+            payload = {"agent": self.agent.state_dict(), "version": self.version, "env_steps": self.env_steps,
+                       "seen": {rid: torch.tensor(list(s.keys()), dtype=torch.int64).reshape(-1, 2)
+                                for rid, s in self._seen.items()}}
+            if self.opts.checkpoint_replay:
+                payload["replay"] = replay_state_dict(self.replay)
+                durable = {rid: keys for rid, keys in self._unacked.items()}
+                self._unacked = collections.defaultdict(list)
+        save_checkpoint(checkpoint_path(self.ckpt_dir, self.agent.num_updates), payload,
+                        keep=self.opts.keep_checkpoints)
+        if self.opts.checkpoint_replay:
+            with self._data_lock:
+                for rid, keys in durable.items():
+                    self._ackable[rid].extend(keys)
+        self._last_ckpt = time.monotonic()
+
+    # -- data (executor threads) ------------------------------------------------------------------------
+    def _on_transition(self, msg: Transition) -> None:
+        key = (int(msg.episode_id), int(msg.step))
+        rid = msg.robot_id
+        with self._data_lock:
+            seen = self._seen.setdefault(rid, collections.OrderedDict())
+            if key in seen:
+                self.duplicates += 1
+                self._ackable[rid].append(key)  # we hold it already: release the robot's copy
+                return
+        try:
+            t = transition_arrays(msg, self.spec)
+        except ObservationMismatch as exc:
+            self.rejected += 1
+            self.get_logger().error(f"dropping transition: {exc}", throttle_duration_sec=2.0)
+            return
+        with self._data_lock:
+            self.replay.add(t)
+            seen[key] = None
+            if len(seen) > SEEN_PER_ROBOT:
+                seen.popitem(last=False)
+            self.env_steps += 1
+            (self._unacked if self.opts.checkpoint_replay else self._ackable)[rid].append(key)
+            self.staleness.append(max(0, self.version - int(msg.policy_version)))
+        if msg.terminated or msg.truncated:
+            self._episode_ends.put(rid)
+
+    def _send_acks(self) -> None:
+        with self._data_lock:
+            pending, self._ackable = self._ackable, collections.defaultdict(list)
+        for rid, keys in pending.items():
+            for i in range(0, len(keys), 2000):
+                part = keys[i:i + 2000]
+                ack = TransitionAck(consumer=CONSUMER, session=self.session, robot_id=rid,
+                                    episode_ids=[k[0] for k in part], steps=[k[1] for k in part])
+                ack.header.stamp = self.get_clock().now().to_msg()
+                self.pub_ack.publish(ack)
+
+    def _on_episode(self, msg: EpisodeStats) -> None:
+        self.progress.episode(msg)
+
+    def _on_policy_status(self, msg: PolicyStatus) -> None:
+        self.inference_version = int(msg.policy_version)
+        self.progress.inference(msg)
+
+    # -- training thread ----------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30.0)
+        self.weights.close()
+        self.progress.close()
+
+    def _train_main(self) -> None:
+        try:
+            self._publish(sync=False)
+            self._t0 = time.monotonic()
+            self._last_ckpt = self._t0
+            self._last_publish = self._t0
+            if self.opts.mode == "sync":
+                self._sync_loop()
+            else:
+                self._async_loop()
+            if not self._stop.is_set():  # budget reached
+                self._checkpoint()
+                self.progress.summary(self._stats(), final=True)
+        except Exception as exc:  # report, never hang
+            self.get_logger().error(f"learner failed: {type(exc).__name__}: {exc}")
+            self.exit_code = 1
+        finally:
+            self.finished.set()
+
+    def _budget_left(self) -> bool:
+        L = self.opts
+        if L.max_env_steps and self.env_steps >= L.max_env_steps:
+            return False
+        if L.max_minutes and time.monotonic() - self._t0 >= 60.0 * L.max_minutes:
+            return False
+        return True
+
+    def _update_once(self) -> None:
+        with self._data_lock:
+            arrays = self.replay.sample(self.cfg.sac.batch_size)
+        metrics = self.agent.update(batch_from_numpy(arrays))
+        self.progress.update(metrics, self.agent.num_updates)
+
+    def _periodic(self) -> None:
+        now = time.monotonic()
+        L = self.opts
+        if (self.agent.num_updates and self.agent.num_updates % L.publish_every_updates == 0) or \
+                now - self._last_publish >= L.publish_every_s:
+            self._publish(sync=False)
+        if (self.agent.num_updates and self.agent.num_updates % L.checkpoint_every_updates == 0) or \
+                now - self._last_ckpt >= 30.0:
+            self._checkpoint()
+        self.progress.maybe_log(self._stats())
+
+    def _async_loop(self) -> None:
+        L = self.opts
+        while not self._stop.is_set() and self._budget_left():
+            ready = len(self.replay) >= max(L.min_buffer, 1)
+            capped = L.max_utd > 0 and self.agent.num_updates >= L.max_utd * max(self.env_steps - L.min_buffer, 0)
+            if not ready or capped:
+                self._stop.wait(0.005)
+                self._periodic_idle()
+                continue
+            self._update_once()
+            self._periodic()
+
+    def _periodic_idle(self) -> None:
+        now = time.monotonic()
+        if now - self._last_ckpt >= 30.0:
+            self._checkpoint()
+        self.progress.maybe_log(self._stats())
+
+    def _sync_loop(self) -> None:
+        L = self.opts
+        while not self._stop.is_set() and self._budget_left():
+            try:
+                rid = self._episode_ends.get(timeout=0.2)
+            except queue.Empty:
+                self._periodic_idle()
+                continue
+            if len(self.replay) >= max(L.min_buffer, 1):
+                for _ in range(L.sync_updates_per_episode):
+                    if self._stop.is_set():
+                        return
+                    self._update_once()
+                version = self._publish(sync=True)
+                self._wait_inference(version, timeout=30.0)
+                if self.agent.num_updates % L.checkpoint_every_updates < L.sync_updates_per_episode:
+                    self._checkpoint()  # crossed a multiple of checkpoint_every_updates
+            self._periodic_idle()
+            self._reset_robot(rid)
+
+    def _publish(self, sync: bool) -> int:
+        self.version += 1
+        self.version_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.version_file.with_suffix(".tmp")
+        tmp.write_text(str(self.version))
+        os.replace(tmp, self.version_file)
+        sd = self.agent.policy_state_dict()
+        if sync:
+            self.weights.publish(sd, self.version)
+        else:
+            self.weights.publish_async(sd, self.version)
+        self._last_publish = time.monotonic()
+        return self.version
+
+    def _wait_inference(self, version: int, timeout: float) -> None:
+        end = time.monotonic() + timeout
+        while self.inference_version < version and time.monotonic() < end and not self._stop.is_set():
+            time.sleep(0.005)
+
+    def _reset_robot(self, robot_id: str) -> None:
+        cli = self._reset_clients.get(robot_id)
+        if cli is None:
+            cli = self.create_client(ResetRobot, qos.robot_topic(robot_id, "reset"), callback_group=self._cb_other)
+            self._reset_clients[robot_id] = cli
+        if not cli.wait_for_service(timeout_sec=10.0):
+            self.get_logger().error(f"sync: reset service of {robot_id} not available")
+            return
+        fut = cli.call_async(ResetRobot.Request(robot_id=robot_id))
+        end = time.monotonic() + 60.0
+        while not fut.done() and time.monotonic() < end and not self._stop.is_set():
+            time.sleep(0.01)
+
+    def _stats(self) -> dict[str, float]:
+        stale = np.array(tuple(self.staleness)) if self.staleness else np.zeros(1)
+        elapsed = time.monotonic() - self._t0
+        return {
+            "elapsed_s": elapsed, "env_steps": self.env_steps, "updates": self.agent.num_updates,
+            "version": self.version, "inference_version": self.inference_version,
+            "staleness_mean": float(stale.mean()), "staleness_p99": float(np.percentile(stale, 99)),
+            "buffer": len(self.replay), "duplicates": self.duplicates,
+            "budget_fraction": self._budget_fraction(elapsed),
+        }
+
+    def _budget_fraction(self, elapsed: float) -> float:
+        L = self.opts
+        fractions = []
+        if L.max_env_steps:
+            fractions.append(self.env_steps / L.max_env_steps)
+        if L.max_minutes:
+            fractions.append(elapsed / (60.0 * L.max_minutes))
+        return max(fractions) if fractions else math.nan
+
+
+def _spin(node: LearnerNode) -> int:
+    node.start()
+    executor = MultiThreadedExecutor(num_threads=3)
+    executor.add_node(node)
+    while rclpy.ok() and not node.finished.is_set():
+        executor.spin_once(timeout_sec=0.1)
+    end = time.monotonic() + 1.0  # let the last acks and weights leave
+    while time.monotonic() < end:
+        executor.spin_once(timeout_sec=0.05)
+    return node.exit_code
+
+
+def main(args: list[str] | None = None) -> None:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    sys.exit(run_node(LearnerNode, "learner", _spin, args))
+
+
+if __name__ == "__main__":
+    main()

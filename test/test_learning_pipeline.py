@@ -1,0 +1,173 @@
+"""The learning graph as real processes: async and sync runs, and the two fault drills of the
+asynchronous design (kill -9 of the learner, kill -9 of the inference node)."""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from user_msgs.msg import EpisodeStats, Observation, RobotStatus, Transition
+
+from hal_helpers import ROOT, userctl_cmd
+
+pytestmark = pytest.mark.timeout(300)
+RELIABLE = QoSProfile(depth=500, reliability=ReliabilityPolicy.RELIABLE)
+LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+
+
+def config_dir(tmp_path: Path, **learner) -> Path:
+    """A copy of config/ whose sac_peg.yaml has small, fast learner settings for tests."""
+    d = tmp_path / "config"
+    shutil.copytree(ROOT / "config", d)
+    cfg = yaml.safe_load((d / "sac_peg.yaml").read_text())
+    cfg["learner"].update({"min_buffer": 100, "publish_every_updates": 20, "checkpoint_every_updates": 100,
+                           "sync_updates_per_episode": 20, "log_every_s": 2.0, **learner})
+    cfg["sac"].update({"batch_size": 64, "hidden_dims": [64, 64]})
+    (d / "sac_peg.yaml").write_text(yaml.safe_dump(cfg))
+    prof = yaml.safe_load((d / "robot_sim.yaml").read_text())
+    prof["robot"]["cameras"] = []
+    prof["robot"]["max_episode_steps"] = 30
+    (d / "robot_sim.yaml").write_text(yaml.safe_dump(prof))
+    return d
+
+
+def launch(procs, tmp_path: Path, cfg_dir: Path, *args: str):
+    return procs.start("userctl", userctl_cmd("launch", str(cfg_dir / "franka_sac.yaml"), "run_name:=test", *args))
+
+
+class Collect:
+    def __init__(self, node, msg_type, topic, qos=RELIABLE):
+        self.msgs: list = []
+        self.lock = threading.Lock()
+        node.create_subscription(msg_type, topic, self._cb, qos)
+
+    def _cb(self, m):
+        with self.lock:
+            self.msgs.append(m)
+
+    def wait(self, pred, timeout: float, what: str):
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            with self.lock:
+                if pred(self.msgs):
+                    return
+            time.sleep(0.05)
+        pytest.fail(f"timed out after {timeout} s waiting for {what} ({len(self.msgs)} messages)")
+
+
+def started_pid(proc, label: str) -> int:
+    found = re.findall(rf"started {re.escape(label)} \(pid (\d+)\)", proc.output())
+    assert found, f"{label} was not started:\n{proc.output()[-2000:]}"
+    return int(found[-1])
+
+
+@pytest.fixture
+def in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the learner writes runs/ and logs/ relative to the working directory
+    return tmp_path
+
+
+def test_async_run_trains_publishes_and_checkpoints(procs, ros_node, in_tmp):
+    cfg = config_dir(in_tmp)
+    transitions = Collect(ros_node, Transition, "/user/transitions")
+    run = launch(procs, in_tmp, cfg, "realtime_factor:=0", "max_env_steps:=400")
+    assert run.popen.wait(timeout=240) == 0, run.output()[-3000:]
+    out = run.output()
+    assert "node user/learner finished (code 0); stopping the run" in out
+    summary = re.search(r"summary: (\d+) env steps, (\d+) updates", out)
+    assert summary and int(summary.group(1)) >= 400 and int(summary.group(2)) > 0, out[-3000:]
+    versions = {t.policy_version for t in transitions.msgs}
+    assert max(versions) > 1, f"robots never acted with learned weights: versions {sorted(versions)}"
+    ckpts = sorted((in_tmp / "runs/test/checkpoints").glob("ckpt_*.pt"))
+    assert ckpts, "no checkpoint written"
+    assert list((in_tmp / "logs/test").glob("events.out.tfevents.*")), "no TensorBoard log"
+    assert re.search(r"episodes \d+, success \d+% \(last \d+\).*updates \d+ \([\d.]+/s\).*weights v\d+", out)
+
+
+def test_sync_run_alternates_collection_and_training(procs, ros_node, in_tmp):
+    cfg = config_dir(in_tmp)
+    episodes = Collect(ros_node, EpisodeStats, "/user/episodes")
+    transitions = Collect(ros_node, Transition, "/user/transitions")
+    run = launch(procs, in_tmp, cfg, "realtime_factor:=0", "sync:=true", "max_env_steps:=240")
+    assert run.popen.wait(timeout=240) == 0, run.output()[-3000:]
+    assert "learner (sync)" in run.output()
+    # In sync mode every episode runs with one policy version, newer than the previous episode's once
+    # training has started.
+    by_episode: dict[int, set[int]] = {}
+    for t in transitions.msgs:
+        by_episode.setdefault(t.episode_id, set()).add(t.policy_version)
+    assert all(len(v) == 1 for v in by_episode.values()), f"versions changed within an episode: {by_episode}"
+    seq = [next(iter(by_episode[e])) for e in sorted(by_episode)]
+    assert seq == sorted(seq) and seq[-1] > seq[0], f"versions per episode: {seq}"
+    assert len(episodes.msgs) >= 4
+
+
+def test_kill_learner_robots_keep_going_no_transition_lost_and_resume(procs, ros_node, in_tmp):
+    cfg = config_dir(in_tmp, checkpoint_every_updates=50)
+    transitions = Collect(ros_node, Transition, "/user/transitions")
+    episodes = Collect(ros_node, EpisodeStats, "/user/episodes")
+    beats = Collect(ros_node, RobotStatus, "/user/robots/heartbeat", LATCHED)
+    run = launch(procs, in_tmp, cfg, "realtime_factor:=0", "max_env_steps:=900", "respawn_delay:=4.0")
+    ckpt_dir = in_tmp / "runs/test/checkpoints"
+    end = time.monotonic() + 120
+    while not list(ckpt_dir.glob("ckpt_*.pt")) and time.monotonic() < end:
+        time.sleep(0.2)
+    assert list(ckpt_dir.glob("ckpt_*.pt")), "learner wrote no checkpoint"
+    learner_pid = started_pid(run, "user/learner")
+    os.killpg(learner_pid, signal.SIGKILL)
+    killed_at = time.monotonic()
+    n_episodes = len(episodes.msgs)
+    run.wait_for(r"node user/learner crashed \(signal SIGKILL\); respawning", 10)
+    # Robots keep running on the last weights while the learner is gone.
+    episodes.wait(lambda m: len(m) >= n_episodes + 2, 30, "episodes while the learner is down")
+    with beats.lock:
+        held = max(b.unacked_transitions for b in beats.msgs if b.header.stamp.sec >= 0)
+    assert held > 0, "robots must hold the transitions the dead learner did not acknowledge"
+    run.wait_for(r"resumed from .*ckpt_\d+\.pt", 60)
+    assert time.monotonic() - killed_at >= 4.0
+    assert run.popen.wait(timeout=240) == 0, run.output()[-3000:]
+    final = sorted(ckpt_dir.glob("ckpt_*.pt"))[-1]
+    seen = torch.load(final, weights_only=True)["seen"]
+    for rid, keys in seen.items():
+        stored = {tuple(k) for k in keys.tolist()}
+        last = max(stored)
+        produced = {(t.episode_id, t.step) for t in transitions.msgs if t.robot_id == rid}
+        missing = sorted(k for k in produced if k <= last and k not in stored)
+        assert not missing, f"{len(missing)} transitions of {rid} produced before the final checkpoint are lost: {missing[:5]}"
+    with beats.lock:
+        assert all(b.dropped_transitions == 0 for b in beats.msgs)
+
+
+def test_kill_inference_robot_holds_then_resumes(procs, ros_node, in_tmp):
+    cfg = config_dir(in_tmp)
+    obs = Collect(ros_node, Observation, "/franka_0/observation", QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE))
+    run = launch(procs, in_tmp, cfg, "realtime_factor:=1.0", "respawn_delay:=3.0")
+    obs.wait(lambda m: len(m) > 30 and m[-1].step > 5, 90, "the robot acting")
+    os.killpg(started_pid(run, "franka_0/inference"), signal.SIGKILL)
+    killed = time.monotonic()
+    grace_end = time.time() + 0.2  # two control periods
+
+    def stamp(m) -> float:
+        return m.header.stamp.sec + m.header.stamp.nanosec * 1e-9
+
+    # Judge by the robot's own stamps, not by when this process got around to reading them.
+    obs.wait(lambda m: sum(stamp(x) > grace_end for x in m) >= 8, 10, "observations after the kill")
+    with obs.lock:
+        tail = [m for m in obs.msgs if stamp(m) > grace_end][:8]
+    assert len({(m.episode_id, m.step) for m in tail}) == 1, "the robot kept stepping without inference"
+    pos = np.array([m.proprio[:3] for m in tail])
+    assert np.ptp(pos, axis=0).max() < 0.002, f"the robot moved while holding: {np.ptp(pos, axis=0)}"
+    run.wait_for(r"started franka_0/inference \(pid \d+\).*\n(.*\n)*.*inference for franka_0", 30)
+    held_key = (tail[-1].episode_id, tail[-1].step)
+    obs.wait(lambda m: m[-1].episode_id != held_key[0] or m[-1].step > held_key[1] + 3, 30,
+             "the robot acting again after inference returned")
+    assert time.monotonic() - killed > 3.0
