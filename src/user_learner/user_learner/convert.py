@@ -13,12 +13,17 @@ class ObservationMismatch(ValueError):
     """An observation does not fit the policy's ObsSpec (wrong proprio size, missing camera...)."""
 
 
-def observation_arrays(obs, spec: ObsSpec) -> tuple[np.ndarray, np.ndarray | None]:
-    """``(state, pixels)`` of a ``user_msgs/Observation``; pixels ordered as ``spec.cameras``."""
+def observation_arrays(obs, spec: ObsSpec, normalize=None) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(state, pixels)`` of a ``user_msgs/Observation``; pixels ordered as ``spec.cameras``.
+
+    ``normalize`` (e.g. ``ObsConfig.normalizer()``) maps the raw proprio to what the policy sees.
+    """
     state = np.asarray(obs.proprio, dtype=np.float32)
     if state.shape[0] != spec.state_dim:
         raise ObservationMismatch(f"{obs.robot_id}: proprio has {state.shape[0]} values, policy expects "
                                   f"{spec.state_dim}")
+    if normalize is not None:
+        state = normalize(state)
     if not spec.cameras:
         return state, None
     names = list(obs.camera_names)
@@ -35,10 +40,10 @@ def observation_arrays(obs, spec: ObsSpec) -> tuple[np.ndarray, np.ndarray | Non
     return state, np.stack(frames)
 
 
-def transition_arrays(msg, spec: ObsSpec) -> TransitionArrays:
-    """A ``user_msgs/Transition`` as ``TransitionArrays``."""
-    state, pixels = observation_arrays(msg.obs, spec)
-    next_state, next_pixels = observation_arrays(msg.next_obs, spec)
+def transition_arrays(msg, spec: ObsSpec, normalize=None) -> TransitionArrays:
+    """A ``user_msgs/Transition`` as ``TransitionArrays`` (states normalized like observations)."""
+    state, pixels = observation_arrays(msg.obs, spec, normalize)
+    next_state, next_pixels = observation_arrays(msg.next_obs, spec, normalize)
     action = np.asarray(msg.action, dtype=np.float32)
     if action.shape[0] != spec.action_dim:
         raise ObservationMismatch(f"{msg.robot_id}: action has {action.shape[0]} values, policy expects "

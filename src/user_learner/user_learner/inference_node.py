@@ -46,6 +46,7 @@ class InferenceNode(Node):
         torch.set_num_threads(self.cfg.learner.torch_threads)
         torch.manual_seed(int(self.get_parameter("seed").value))
         self.spec = self.cfg.obs.spec()
+        self.normalize = self.cfg.obs.normalizer()
         self.policy = Policy(self.spec, self.cfg.sac)
         self.version = 0
         self._shadow: tuple[int, Policy] | None = None
@@ -77,7 +78,7 @@ class InferenceNode(Node):
             with self._shadow_lock:
                 (self.version, self.policy), self._shadow = self._shadow, None
         try:
-            state, pixels = observation_arrays(obs, self.spec)
+            state, pixels = observation_arrays(obs, self.spec, self.normalize)
         except ObservationMismatch as exc:
             self.get_logger().error(f"cannot act: {exc}", throttle_duration_sec=2.0)
             return

@@ -16,6 +16,23 @@ from .batch import ObsSpec
 from .sac import SACConfig
 
 
+class StateNormalizer:
+    """``(state - offset) / scale``, the same on the learner and the inference side."""
+
+    def __init__(self, offset: list[float], scale: list[float]) -> None:
+        import numpy as np
+
+        self.offset = np.asarray(offset, np.float32) if offset else None
+        self.inv_scale = (1.0 / np.asarray(scale, np.float32)) if scale else None
+
+    def __call__(self, state):
+        if self.offset is not None:
+            state = state - self.offset
+        if self.inv_scale is not None:
+            state = state * self.inv_scale
+        return state.astype("float32", copy=False)
+
+
 @dataclasses.dataclass
 class ObsConfig:
     """What the policy sees; must match the robots' RobotDescription (proprio length, cameras)."""
@@ -24,6 +41,21 @@ class ObsConfig:
     cameras: list[str] = dataclasses.field(default_factory=list)   # [] -> state-only policy
     image_size: tuple[int, int] = (128, 128)                       # width, height
     action_dim: int = dataclasses.field(default=7, metadata=positive())
+    # The policy sees (proprio - state_offset) / state_scale: metres, newtons and radians brought to
+    # similar ranges. Empty lists mean no normalization.
+    state_offset: list[float] = dataclasses.field(default_factory=list)
+    state_scale: list[float] = dataclasses.field(default_factory=list)
+
+    def validate(self) -> None:
+        for name in ("state_offset", "state_scale"):
+            v = getattr(self, name)
+            if v and len(v) != self.state_dim:
+                raise ValueError(f"{name}: has {len(v)} values, state_dim is {self.state_dim}")
+        if any(x <= 0 for x in self.state_scale):
+            raise ValueError(f"state_scale: must be > 0, got {self.state_scale}")
+
+    def normalizer(self) -> "StateNormalizer":
+        return StateNormalizer(self.state_offset, self.state_scale)
 
     def spec(self) -> ObsSpec:
         return ObsSpec(state_dim=self.state_dim, cameras=tuple(self.cameras), image_size=tuple(self.image_size),

@@ -82,6 +82,7 @@ class LearnerNode(Node):
         torch.set_num_threads(L.torch_threads)
         random.seed(seed)
         self.spec = self.cfg.obs.spec()
+        self.normalize = self.cfg.obs.normalizer()
         self.agent = SACAgent(self.spec, self.cfg.sac)
         self.replay = MemoryReplay(self.spec, L.replay_capacity, seed=seed)
         run = str(p("run_name").value)
@@ -176,7 +177,7 @@ class LearnerNode(Node):
                 self._ackable[rid].append(key)  # we hold it already: release the robot's copy
                 return
         try:
-            t = transition_arrays(msg, self.spec)
+            t = transition_arrays(msg, self.spec, self.normalize)
         except ObservationMismatch as exc:
             self.rejected += 1
             self.get_logger().error(f"dropping transition: {exc}", throttle_duration_sec=2.0)
@@ -224,6 +225,7 @@ class LearnerNode(Node):
         try:
             self._publish(sync=False)
             self._t0 = time.monotonic()
+            self._first_update_at: float | None = None
             self._last_ckpt = self._t0
             self._last_publish = self._t0
             if self.opts.mode == "sync":
@@ -250,6 +252,8 @@ class LearnerNode(Node):
     def _update_once(self) -> None:
         with self._data_lock:
             arrays = self.replay.sample(self.cfg.sac.batch_size)
+        if self._first_update_at is None:
+            self._first_update_at = time.monotonic() - self._t0
         metrics = self.agent.update(batch_from_numpy(arrays))
         self.progress.update(metrics, self.agent.num_updates)
 
@@ -343,6 +347,7 @@ class LearnerNode(Node):
             "staleness_mean": float(stale.mean()), "staleness_p99": float(np.percentile(stale, 99)),
             "buffer": len(self.replay), "duplicates": self.duplicates,
             "budget_fraction": self._budget_fraction(elapsed),
+            "first_update_s": self._first_update_at if self._first_update_at is not None else math.nan,
         }
 
     def _budget_fraction(self, elapsed: float) -> float:

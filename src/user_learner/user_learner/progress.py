@@ -103,7 +103,8 @@ class Progress:
         self.log(stats)
         self.logger.info(
             f"summary: {stats['env_steps']} env steps, {stats['updates']} updates, {self.episodes} episodes in "
-            f"{_fmt_duration(stats['elapsed_s'])}; success over the last {len(self.results)}: "
+            f"{_fmt_duration(stats['elapsed_s'])} (first update after {stats['first_update_s']:.1f} s); "
+            f"success over the last {len(self.results)}: "
             f"{100 * self.success_rate():.0f}%; weights v{stats['version']}; staleness mean "
             f"{stats['staleness_mean']:.1f}, p99 {stats['staleness_p99']:.0f} versions; inference latency p50 "
             f"{self.latency[0]:.2f} ms, p99 {self.latency[1]:.2f} ms")
