@@ -1,8 +1,8 @@
 # USER: two commands on a fresh machine.
-#   make demo   set up, then run the main job on the simulated Franka
+#   make demo   set up, then train SAC online on the simulated Franka (MINUTES=10)
 #   make test   set up, then run the whole test suite
 SHELL := /bin/bash
-EPISODES ?= 10
+MINUTES ?= 10
 ARGS ?=
 
 .PHONY: setup demo test clean
@@ -11,7 +11,7 @@ setup:
 	@bash scripts/setup.sh
 
 demo: setup
-	@source scripts/env.sh && userctl launch franka_sac robot:=sim episodes:=$(EPISODES) $(ARGS)
+	@source scripts/env.sh && userctl launch franka_sac robot:=sim max_minutes:=$(MINUTES) $(ARGS)
 
 test: setup
 	@source scripts/env.sh && python -m pytest $(PYTEST_ARGS)

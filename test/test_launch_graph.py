@@ -40,7 +40,7 @@ def alive(pid: int) -> bool:
 
 def test_launcher_lists_robot_detects_kill_and_respawns(procs, ros_env):
     launcher = procs.start("userctl", userctl_cmd(
-        "launch", "franka_sac", "respawn_delay:=6.0", "realtime_factor:=1.0"))
+        "launch", "franka_sac", "policy:=scripted", "respawn_delay:=6.0", "realtime_factor:=1.0"))
     launcher.wait_for(r"started franka_0/robot \(pid \d+\)", 30)
     table = wait_table(ros_env, r"franka_0\s*\|\s*franka_fr3\s*\|\s*sim\s*\|\s*(RUNNING|RESETTING)", 60)
     assert re.search(r"\d+\.\d / 10\.0", table), f"achieved / nominal control rate missing:\n{table}"

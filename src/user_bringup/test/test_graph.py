@@ -31,31 +31,47 @@ def by_label(nodes: list[NodeSpec]) -> dict[str, NodeSpec]:
 
 
 def test_franka_sac_defaults() -> None:
-    """Defaults: one robot, a registry, a robot node (ends_run) and a scripted policy."""
+    """Defaults: one robot trained with SAC: registry, robot (ends_run), inference, learner (stops_run)."""
     g = load_graph(FRANKA_SAC, {})
     assert g.args == {
-        "robot": "sim", "robots": 1, "policy": "scripted",
+        "robot": "sim", "robots": 1, "policy": "sac", "config": "sac_peg", "sync": False,
+        "max_env_steps": 0, "max_minutes": 0.0, "run_name": "franka_sac",
         "realtime_factor": 1.0, "episodes": 0, "seed": 0, "respawn_delay": 5.0,
     }
     assert g.robot_ids == ["franka_0"]
     nodes = by_label(g.nodes)
-    assert list(nodes) == ["user/registry", "franka_0/robot", "franka_0/scripted_policy"]
-    registry, robot, policy = nodes.values()
+    assert list(nodes) == ["user/registry", "franka_0/robot", "franka_0/inference", "user/learner"]
+    registry, robot, inference, learner = nodes.values()
     assert (registry.package, registry.executable, registry.ends_run) == ("user_hal", "registry_node", False)
     assert (robot.package, robot.executable, robot.ends_run) == ("user_hal", "robot_node", True)
-    assert (policy.package, policy.executable, policy.ends_run) == ("user_hal", "scripted_policy", False)
+    assert (inference.package, inference.executable) == ("user_learner", "inference_node")
+    assert (learner.package, learner.executable, learner.stops_run) == ("user_learner", "learner_node", True)
     assert robot.namespace == "/franka_0" and robot.fqn == "/franka_0/robot"
     profile = str(g.config_dir / "robot_sim.yaml")
     assert robot.parameters == {
-        "robot_id": "franka_0", "profile": profile, "backend": "sim",
-        "realtime_factor": 1.0, "max_episodes": 0, "seed": 0,
+        "robot_id": "franka_0", "profile": profile, "backend": "sim", "realtime_factor": 1.0,
+        "max_episodes": 0, "seed": 0, "wait_for_reset": False, "ack_consumers": ["learner"],
     }
     assert isinstance(robot.parameters["realtime_factor"], float)
     assert isinstance(robot.parameters["max_episodes"], int)
-    assert (robot.respawn_delay, registry.respawn_delay, policy.respawn_delay) == (5.0, 0.0, 0.0)
+    assert (robot.respawn_delay, registry.respawn_delay, learner.respawn_delay) == (5.0, 0.0, 5.0)
     assert load_graph(FRANKA_SAC, {"respawn_delay": "0"}).nodes[1].respawn_delay == 0.0
-    assert policy.parameters == {"robot_id": "franka_0", "profile": profile, "seed": 0}
+    learning = str(g.config_dir / "sac_peg.yaml")
+    assert inference.parameters == {"config": learning, "robot_ids": ["franka_0"], "seed": 0}
+    assert learner.parameters["config"] == learning and learner.parameters["sync"] is False
     assert g.config_dir == FRANKA_SAC.parent.resolve() or g.config_dir == FRANKA_SAC.parent
+
+
+def test_franka_sac_scripted_and_sync_variants() -> None:
+    """policy:=scripted swaps inference + learner for the scripted expert; sync:=true reaches both sides."""
+    g = load_graph(FRANKA_SAC, {"policy": "scripted"})
+    assert [n.label for n in g.nodes] == ["user/registry", "franka_0/robot", "franka_0/scripted_policy"]
+    assert "ack_consumers" not in g.nodes[1].parameters
+    g = load_graph(FRANKA_SAC, {"sync": "true", "config": "sac_peg_cnn"})
+    by = by_label(g.nodes)
+    assert by["franka_0/robot"].parameters["wait_for_reset"] is True
+    assert by["user/learner"].parameters["sync"] is True
+    assert by["user/learner"].parameters["config"].endswith("sac_peg_cnn.yaml")
 
 
 def test_franka_sac_found_by_name() -> None:
@@ -65,7 +81,8 @@ def test_franka_sac_found_by_name() -> None:
 
 def test_franka_sac_overrides_three_robots() -> None:
     """robots:=3 gives three robot and three policy nodes in distinct namespaces, typed args."""
-    overrides = parse_overrides(["robots:=3", "seed:=7", "episodes:=4", "realtime_factor:=2.5"])
+    overrides = parse_overrides(["robots:=3", "seed:=7", "episodes:=4", "realtime_factor:=2.5",
+                                 "policy:=scripted"])
     g = load_graph(FRANKA_SAC, overrides)
     assert g.args["robots"] == 3 and g.args["realtime_factor"] == 2.5
     assert g.robot_ids == ["franka_0", "franka_1", "franka_2"]
@@ -83,9 +100,9 @@ def test_franka_sac_overrides_three_robots() -> None:
 
 
 def test_franka_sac_zero_robots_keeps_registry_only() -> None:
-    """robots:=0 leaves only the shared nodes."""
+    """robots:=0 leaves only the shared nodes (registry and learner)."""
     g = load_graph(FRANKA_SAC, {"robots": "0"})
-    assert [n.label for n in g.nodes] == ["user/registry"]
+    assert [n.label for n in g.nodes] == ["user/registry", "user/learner"]
 
 
 # --- general features -------------------------------------------------------------------------------
@@ -276,7 +293,7 @@ def test_cli_graph_prints_resolved_nodes(capsys: pytest.CaptureFixture[str]) -> 
     """`userctl graph` lists every node that would be launched."""
     assert cli.main(["graph", str(FRANKA_SAC), "robots:=2"]) == 0
     out = capsys.readouterr().out
-    for fqn in ("/user/registry", "/franka_0/robot", "/franka_1/robot", "/franka_1/scripted_policy"):
+    for fqn in ("/user/registry", "/franka_0/robot", "/franka_1/robot", "/franka_1/inference", "/user/learner"):
         assert fqn in out
     assert "robots = 2   (default 1)" in out
 
@@ -289,7 +306,7 @@ def test_cli_graph_prints_resolved_nodes(capsys: pytest.CaptureFixture[str]) -> 
         ["graph", str(FRANKA_SAC), "robot:=real"],
         ["graph", str(FRANKA_SAC), "robots=2"],
         ["graph", "no_such_graph"],
-        ["launch", str(FRANKA_SAC), "policy:=sac"],
+        ["launch", str(FRANKA_SAC), "policy:=dqn"],
         ["robots", "--timeout", "0"],
     ],
 )
