@@ -72,11 +72,16 @@ class InferenceNode(Node):
         with self._shadow_lock:
             self._shadow = (version, shadow)
 
-    def _on_obs(self, obs: Observation) -> None:
-        t0 = time.perf_counter()
-        if self._shadow is not None:  # swap between steps, never during a forward pass
+    def _swap(self) -> None:
+        """Adopt the newest shadow policy. Runs only in executor callbacks, which never overlap a forward
+        pass (one single-threaded executor serves observations and the status timer)."""
+        if self._shadow is not None:
             with self._shadow_lock:
                 (self.version, self.policy), self._shadow = self._shadow, None
+
+    def _on_obs(self, obs: Observation) -> None:
+        t0 = time.perf_counter()
+        self._swap()  # between steps, never during a forward pass
         try:
             state, pixels = observation_arrays(obs, self.spec, self.normalize)
         except ObservationMismatch as exc:
@@ -103,6 +108,7 @@ class InferenceNode(Node):
         return float(np.percentile(lat, 50) * 1e3), float(np.percentile(lat, 99) * 1e3)
 
     def _status(self) -> None:
+        self._swap()  # a robot waiting for its reset sends no observations: adopt new weights anyway
         s = PolicyStatus()
         s.header.stamp = self.get_clock().now().to_msg()
         s.node = self.get_fully_qualified_name()
@@ -114,8 +120,9 @@ class InferenceNode(Node):
 
     def close(self) -> None:
         p50, p99 = self.latency_ms()
-        self.get_logger().info(f"inference done: {self.actions_sent} actions, policy version {self.version}, "
-                               f"latency p50 {p50:.2f} ms, p99 {p99:.2f} ms")
+        # print, not the ROS logger: after Ctrl-C the context (and /rosout) may already be gone
+        print(f"[inference] done: {self.actions_sent} actions, policy version {self.version}, "
+              f"latency p50 {p50:.2f} ms, p99 {p99:.2f} ms", flush=True)
         self.weights.close()
 
 

@@ -218,6 +218,8 @@ class LearnerNode(Node):
     def close(self) -> None:
         self._stop.set()
         self._thread.join(timeout=30.0)
+        if self._thread.ident is not None and self.exit_code == 0:
+            self._checkpoint()  # a clean stop keeps everything received so far
         self.weights.close()
         self.progress.close()
 
