@@ -87,6 +87,19 @@ def load_dataclass(cls: type[T], data: Any, source: str, prefix: str = "") -> T:
     return obj
 
 
+def load_config_file(cls: type[T], path: str | Path, overrides: dict[str, Any] | None = None) -> T:
+    """Read a YAML file into dataclass ``cls`` (which has a ``source`` field), with dotted overrides."""
+    source = str(path)
+    data = read_yaml(path)
+    if "source" in data:
+        raise ConfigError(source, "source", "reserved key")
+    if overrides:
+        data = apply_overrides(data, overrides)
+    obj = load_dataclass(cls, data, source)
+    obj.source = source  # type: ignore[attr-defined]
+    return obj
+
+
 def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     """Return a copy of ``data`` with dotted-key overrides (``{"robot.control_hz": 5}``) applied."""
     out = _deep_copy(data)

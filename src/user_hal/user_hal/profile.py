@@ -10,7 +10,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any, Literal
 
-from .config_schema import ConfigError, apply_overrides, load_dataclass, non_negative, positive, read_yaml
+from .config_schema import load_config_file, non_negative, positive
 
 Vec3 = tuple[float, float, float]
 
@@ -107,12 +107,4 @@ class RobotProfile:
 
 def load_profile(path: str | Path, overrides: dict[str, Any] | None = None) -> RobotProfile:
     """Load and validate a robot profile; ``overrides`` are dotted keys, e.g. ``robot.backend``."""
-    source = str(path)
-    data = read_yaml(path)
-    if "source" in data:
-        raise ConfigError(source, "source", "reserved key")
-    if overrides:
-        data = apply_overrides(data, overrides)
-    profile = load_dataclass(RobotProfile, data, source)
-    profile.source = source
-    return profile
+    return load_config_file(RobotProfile, path, overrides)

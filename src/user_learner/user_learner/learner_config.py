@@ -10,7 +10,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any, Literal
 
-from user_hal.config_schema import ConfigError, apply_overrides, load_dataclass, non_negative, positive, read_yaml
+from user_hal.config_schema import load_config_file, non_negative, positive
 
 from .batch import ObsSpec
 from .sac import SACConfig
@@ -92,12 +92,4 @@ class LearnerConfig:
 
 def load_learner_config(path: str | Path, overrides: dict[str, Any] | None = None) -> LearnerConfig:
     """Load and validate a learning configuration file; ``overrides`` use dotted keys."""
-    source = str(path)
-    data = read_yaml(path)
-    if "source" in data:
-        raise ConfigError(source, "source", "reserved key")
-    if overrides:
-        data = apply_overrides(data, overrides)
-    cfg = load_dataclass(LearnerConfig, data, source)
-    cfg.source = source
-    return cfg
+    return load_config_file(LearnerConfig, path, overrides)

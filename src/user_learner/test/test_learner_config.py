@@ -1,0 +1,43 @@
+"""Learning configurations: the shipped ones load; bad values name the file and the key."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from user_hal.config_schema import ConfigError
+from user_learner.learner_config import load_learner_config
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+@pytest.mark.parametrize("name, cameras", [("sac_peg", ()), ("sac_peg_cnn", ("wrist", "side"))])
+def test_shipped_configs_load(name, cameras):
+    cfg = load_learner_config(ROOT / "config" / f"{name}.yaml")
+    spec = cfg.obs.spec()
+    assert spec.cameras == cameras and spec.state_dim == 20 and spec.action_dim == 7
+    assert cfg.sac.batch_size == 256 and cfg.learner.mode == "async"
+    raw = np.zeros(20, np.float32)
+    raw[:3] = (0.55, 0.05, 0.15)
+    assert np.allclose(cfg.obs.normalizer()(raw)[:3], (1.0, 1.0, 1.0))
+
+
+@pytest.mark.parametrize("data, key, words", [
+    ({"learner": {"mode": "fast"}}, "learner.mode", "must be one of"),
+    ({"learner": {"min_buffer": -1}}, "learner.min_buffer", ">= 0"),
+    ({"sac": {"discount": "high"}}, "sac.discount", "expected a number"),
+    ({"sac": {"batch_size": 0}}, "sac.batch_size", ""),
+    ({"obs": {"state_scale": [1.0, 2.0]}}, "obs.state_scale", "state_dim is 20"),
+    ({"obs": {"camras": []}}, "obs.camras", "unknown key"),
+])
+def test_bad_values_name_file_and_key(tmp_path, data, key, words):
+    path = tmp_path / "bad_learning.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError) as err:
+        load_learner_config(path)
+    assert err.value.key == key and str(path) in str(err.value) and words in str(err.value), str(err.value)
+
+
+def test_overrides_apply():
+    cfg = load_learner_config(ROOT / "config" / "sac_peg.yaml", {"learner.mode": "sync", "learner.max_env_steps": 9})
+    assert cfg.learner.mode == "sync" and cfg.learner.max_env_steps == 9
