@@ -40,8 +40,10 @@ class ConvTrunk(nn.Module):
     """
 
     def __init__(self, image_size: tuple[int, int], channels: int = 32,
-                 strides: Sequence[int] = (2, 2, 2, 1)) -> None:
+                 strides: Sequence[int] = (2, 2, 2, 1), downsample: int = 1) -> None:
         super().__init__()
+        # Average-pool the input by this factor first: 2 makes the trunk about 4x cheaper on a CPU.
+        self.downsample = int(downsample)
         layers: list[nn.Module] = []
         in_ch = 3
         for stride in strides:
@@ -51,13 +53,16 @@ class ConvTrunk(nn.Module):
         self.net = nn.Sequential(*layers)
         width, height = image_size
         with torch.no_grad():
-            self.out_dim = int(self.net(torch.zeros(1, 3, height, width)).numel())
+            probe = torch.zeros(1, 3, height // self.downsample, width // self.downsample)
+            self.out_dim = int(self.net(probe).numel())
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         """Encode ``[B, n, H, W, 3]`` uint8 pixels into ``[B, n, out_dim]`` features."""
         b, n, h, w, c = pixels.shape
         # The permute keeps NHWC memory (channels_last), which the CPU convolutions handle well.
         x = pixels.reshape(b * n, h, w, c).permute(0, 3, 1, 2).float().div_(255.0).sub_(0.5)
+        if self.downsample > 1:
+            x = F.avg_pool2d(x, self.downsample)
         return self.net(x).reshape(b, n, -1)
 
 

@@ -57,6 +57,7 @@ class SACConfig:
     encoder_dim: int = 64                 # per camera bottleneck (and state embedding) width
     conv_channels: int = 32
     image_augment_pad: int = 4            # DrQ random shift, pixels; 0 disables
+    image_downsample: int = 1             # average-pool images by this factor inside the encoder
     backup_entropy: bool = False          # SERL / RLPD: no entropy term in the TD target
     log_std_min: float = -5.0
     log_std_max: float = 2.0
@@ -69,7 +70,7 @@ class SACConfig:
     def validate(self) -> None:
         """Raise ``ValueError("key: problem")`` for an unusable value (the form ``load_dataclass`` reports)."""
         positive = ("batch_size", "actor_lr", "critic_lr", "temp_lr", "init_temperature", "critic_actor_ratio",
-                    "critic_ensemble", "encoder_dim", "conv_channels")
+                    "critic_ensemble", "encoder_dim", "conv_channels", "image_downsample")
         for key in positive:
             if not getattr(self, key) > 0:
                 raise ValueError(f"{key}: must be > 0, got {getattr(self, key)!r}")
@@ -90,7 +91,7 @@ class SACConfig:
 
 def _build_policy_nets(spec: ObsSpec, cfg: SACConfig) -> tuple[ConvTrunk | None, Actor]:
     """The networks inference needs; built first so Agent and Policy start from identical weights."""
-    conv = ConvTrunk(spec.image_size, cfg.conv_channels) if spec.cameras else None
+    conv = ConvTrunk(spec.image_size, cfg.conv_channels, downsample=cfg.image_downsample) if spec.cameras else None
     actor = Actor(spec, conv.out_dim if conv else 0, cfg.encoder_dim, cfg.hidden_dims,
                   cfg.log_std_min, cfg.log_std_max)
     return conv, actor
