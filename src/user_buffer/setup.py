@@ -13,6 +13,11 @@ setup(
     ],
     install_requires=["setuptools"],
     zip_safe=True,
+    entry_points={
+        "console_scripts": [
+            "buffer_node = user_buffer.buffer_node:main",
+        ],
+    },
     maintainer="USER developers",
     maintainer_email="dev@user-robotics.org",
     description="USER replay buffer: rosbag2-compatible MCAP store, index, cache, sampling, recovery.",

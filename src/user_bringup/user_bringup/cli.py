@@ -1,4 +1,5 @@
-"""``userctl``: launch a node graph, show what it would launch, and list the robots.
+"""``userctl``: launch a node graph, show what it would launch, list the robots, and inspect, replay
+or export a recorded transition bag (``userctl bag``).
 
 Exit codes: 0 success; 1 runtime failure (no registry answered, a node failed); 2 bad input.
 """
@@ -52,6 +53,31 @@ def build_parser() -> argparse.ArgumentParser:
         "--timeout", type=float, default=3.0, help="seconds to wait for the registry (default 3)"
     )
     p.add_argument("--watch", action="store_true", help="refresh every second until Ctrl-C")
+
+    p = sub.add_parser("bag", help="inspect, replay or export a recorded transition bag (read-only)")
+    bag = p.add_subparsers(dest="bag_command", metavar="BAG_COMMAND", parser_class=_Parser)
+    bag.required = True
+    bag_help = "the bag directory (holding metadata.yaml and <bag>_<N>.mcap files)"
+    p = bag.add_parser("info", help="summarize a bag: files, transitions, robots, episodes, problems")
+    p.add_argument("bag_dir", help=bag_help)
+    p.add_argument("--episodes", action="store_true",
+                   help="also list every episode with its return (reads every transition)")
+    p = bag.add_parser("replay", help="republish an episode's observations and camera images at the recorded pace")
+    p.add_argument("bag_dir", help=bag_help)
+    p.add_argument("--episode", type=int, metavar="ID", help="episode id (default: the first episode)")
+    p.add_argument("--robot", metavar="R", help="robot id (needed when several robots have that episode id)")
+    p.add_argument("--rate", type=float, default=1.0, metavar="X", help="speed factor (default 1: recorded pace)")
+    p.add_argument("--prefix", default="/replay",
+                   help='topic prefix (default /replay, so a replay never feeds a running system; "" for '
+                        "the live topic names)")
+    p.add_argument("--loop", action="store_true", help="start over at the end, until Ctrl-C")
+    p = bag.add_parser("export", help="write an episode's camera frames as PNGs plus steps.csv or episode.npz")
+    p.add_argument("bag_dir", help=bag_help)
+    p.add_argument("--episode", type=int, metavar="ID", required=True, help="episode id")
+    p.add_argument("--robot", metavar="R", help="robot id (needed when several robots have that episode id)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder (new or empty)")
+    p.add_argument("--format", choices=("csv", "npz"), default="csv",
+                   help="steps.csv (default) or episode.npz next to the <camera>/<step>.png frames")
     return parser
 
 
@@ -255,15 +281,55 @@ def cmd_robots(args: argparse.Namespace) -> int:
         client.close()
 
 
+# --- bag ------------------------------------------------------------------------------------------
+
+
+def cmd_bag(args: argparse.Namespace) -> int:
+    """``userctl bag info|replay|export``: offline tools on a transition bag (opened read-only)."""
+    from user_buffer import bag_tools
+    from user_buffer.codec import DecodeError
+
+    if args.bag_command == "replay" and not (args.rate > 0 and math.isfinite(args.rate)):
+        raise UsageError(f"--rate must be a positive number, got {args.rate}")
+    if getattr(args, "episode", None) is not None and args.episode < 0:
+        raise UsageError(f"--episode must be >= 0, got {args.episode}")
+    try:
+        store = bag_tools.open_bag(args.bag_dir)
+        try:
+            if args.bag_command == "info":
+                print(bag_tools.format_info(bag_tools.bag_summary(store, per_step=args.episodes),
+                                            episodes=args.episodes))
+            elif args.bag_command == "replay":
+                ep = bag_tools.find_episode(store, args.episode, args.robot)
+                out = lambda line: print(line, flush=True)  # noqa: E731
+                bag_tools.replay_episode(store, ep, rate=args.rate, prefix=args.prefix, loop=args.loop, out=out)
+            else:
+                ep = bag_tools.find_episode(store, args.episode, args.robot)
+                done = bag_tools.export_episode(store, ep, args.out, args.format,
+                                                progress=lambda line: print(line, flush=True))
+                cams = ", ".join(f"{c} ({n} PNGs)" for c, n in done["cameras"].items()) or "none"
+                print(f"exported {ep.robot_id} episode {ep.episode_id}: {done['steps']} steps -> {done['file']}; "
+                      f"cameras: {cams}")
+        finally:
+            store.close()
+    except bag_tools.BagToolError as exc:
+        raise UsageError(str(exc)) from None
+    except (DecodeError, OSError, RuntimeError) as exc:
+        print(f"userctl bag {args.bag_command}: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``userctl``."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    handlers = {"launch": cmd_launch, "graph": cmd_graph, "robots": cmd_robots}
+    handlers = {"launch": cmd_launch, "graph": cmd_graph, "robots": cmd_robots, "bag": cmd_bag}
     try:
         return handlers[args.command](args)
     except (GraphError, UsageError) as exc:
-        print(f"userctl {args.command}: error: {exc}", file=sys.stderr)
+        command = " ".join(filter(None, (args.command, getattr(args, "bag_command", None))))
+        print(f"userctl {command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -74,8 +74,8 @@ class LearnerOptions:
     publish_every_s: float = dataclasses.field(default=2.0, metadata=positive())
     checkpoint_every_updates: int = dataclasses.field(default=1000, metadata=positive())
     keep_checkpoints: int = dataclasses.field(default=3, metadata=positive())
-    checkpoint_replay: bool = True      # put the replay contents in checkpoints (fine for state policies)
-    replay_capacity: int = dataclasses.field(default=100_000, metadata=positive())
+    checkpoint_replay: bool = True      # replay.kind memory: put the replay contents in checkpoints
+    replay_capacity: int = dataclasses.field(default=100_000, metadata=positive())  # replay.kind memory
     max_env_steps: int = dataclasses.field(default=0, metadata=non_negative())  # budget; 0 = none
     max_minutes: float = dataclasses.field(default=0.0, metadata=non_negative())
     torch_threads: int = dataclasses.field(default=1, metadata=positive())
@@ -83,10 +83,36 @@ class LearnerOptions:
 
 
 @dataclasses.dataclass
+class ReplayConfig:
+    """Where the learner keeps transitions: ``bag`` (persistent MCAP buffer) or ``memory``."""
+
+    kind: Literal["bag", "memory"] = "bag"
+    dir: str = ""                       # "" -> <runs_dir>/<run_name>/replay
+    cache_mb: float = dataclasses.field(default=1024.0, metadata=non_negative())  # decoded RAM cache
+    window: int = dataclasses.field(default=0, metadata=non_negative())   # 0: uniform over all data
+    demo_dir: str = ""                  # a bag of demonstrations (RLPD), opened read-only
+    demo_ratio: float = dataclasses.field(default=0.0, metadata=non_negative())  # share of each batch
+    robots: list[str] = dataclasses.field(default_factory=list)         # sample only these ([] = all)
+    embodiments: list[str] = dataclasses.field(default_factory=list)
+    prefetch: int = dataclasses.field(default=2, metadata=non_negative())  # batches prepared ahead
+    readers: int = dataclasses.field(default=2, metadata=non_negative())   # disk reader threads
+    sync_every_s: float = dataclasses.field(default=1.0, metadata=positive())  # fsync + ack period
+    split_mb: float = dataclasses.field(default=512.0, metadata=positive())    # start a new file
+    chunk_mb: float = dataclasses.field(default=4.0, metadata=positive())
+
+    def validate(self) -> None:
+        if self.demo_ratio > 1.0:
+            raise ValueError(f"demo_ratio: must be in [0, 1], got {self.demo_ratio}")
+        if self.demo_ratio > 0 and not self.demo_dir:
+            raise ValueError("demo_ratio: > 0 needs demo_dir (a bag of demonstrations)")
+
+
+@dataclasses.dataclass
 class LearnerConfig:
     obs: ObsConfig = dataclasses.field(default_factory=ObsConfig)
     sac: SACConfig = dataclasses.field(default_factory=SACConfig)
     learner: LearnerOptions = dataclasses.field(default_factory=LearnerOptions)
+    replay: ReplayConfig = dataclasses.field(default_factory=ReplayConfig)
     source: str = "<defaults>"
 
 

@@ -6,10 +6,12 @@ Sync mode, for comparison: robots run with ``auto_reset:=false``; after each epi
 trains ``sync_updates_per_episode`` updates, publishes the weights, waits until the inference node
 uses them, and only then resets the robot for its next episode: the traditional loop.
 
-Durability: with ``checkpoint_replay`` the replay contents go into every checkpoint, and the learner
-acknowledges transitions (``/user/transitions/ack``) only once a checkpoint holds them; robots keep
-the rest and resend it, so a learner killed with SIGKILL resumes from its newest checkpoint and loses
-no transition. Without it, transitions are acknowledged on receipt.
+Replay (``replay.kind``): ``bag`` (default) records every transition, exactly as received, into the
+persistent MCAP buffer (``user_buffer``) and samples through its RAM cache; transitions are
+acknowledged (``/user/transitions/ack``) once fsynced, so robots keep and resend the rest and a learner
+killed with SIGKILL loses nothing. ``memory`` keeps a RAM ring buffer; with ``checkpoint_replay`` its
+contents go into every checkpoint and acknowledgements wait for the checkpoint, otherwise
+transitions are acknowledged on receipt.
 """
 from __future__ import annotations
 
@@ -32,6 +34,9 @@ from rclpy.node import Node
 from user_msgs.msg import EpisodeStats, PolicyStatus, Transition, TransitionAck
 from user_msgs.srv import ResetRobot
 
+from user_buffer.codec import DecodeError, decode_transition
+from user_buffer.replay import Layout, LayoutMismatch, PersistentReplay
+from user_buffer.store import BagLocked, StoreOptions, TransitionStore
 from user_hal import qos
 from user_hal.config_schema import ConfigError
 from user_hal.node_main import run_node
@@ -84,8 +89,13 @@ class LearnerNode(Node):
         self.spec = self.cfg.obs.spec()
         self.normalize = self.cfg.obs.normalizer()
         self.agent = SACAgent(self.spec, self.cfg.sac)
-        self.replay = MemoryReplay(self.spec, L.replay_capacity, seed=seed)
         run = str(p("run_name").value)
+        R = self.cfg.replay
+        self.bag_mode = R.kind == "bag"
+        if self.bag_mode:
+            self.replay = self._open_bag(R, Path(p("runs_dir").value) / run / "replay", seed)
+        else:
+            self.replay = MemoryReplay(self.spec, L.replay_capacity, seed=seed)
         self.ckpt_dir = Path(p("runs_dir").value) / run / "checkpoints"
         # Versions must grow across restarts (inference ignores older ones): the last one published
         # is kept next to the checkpoints; a process crash leaves the page cache intact.
@@ -113,8 +123,12 @@ class LearnerNode(Node):
 
         data_cb = MutuallyExclusiveCallbackGroup()
         other = ReentrantCallbackGroup()
-        self.create_subscription(Transition, qos.TRANSITIONS_TOPIC, self._on_transition,
-                                 qos.TRANSITIONS_IN, callback_group=data_cb)
+        if self.bag_mode:   # raw CDR bytes: stored exactly as received, decoded without rclpy objects
+            self.create_subscription(Transition, qos.TRANSITIONS_TOPIC, self._on_raw_transition,
+                                     qos.TRANSITIONS_IN, callback_group=data_cb, raw=True)
+        else:
+            self.create_subscription(Transition, qos.TRANSITIONS_TOPIC, self._on_transition,
+                                     qos.TRANSITIONS_IN, callback_group=data_cb)
         self.create_subscription(EpisodeStats, qos.EPISODES_TOPIC, self._on_episode, qos.DATA, callback_group=other)
         self.create_subscription(PolicyStatus, qos.POLICY_STATUS_TOPIC, self._on_policy_status, qos.SENSOR,
                                  callback_group=other)
@@ -128,10 +142,31 @@ class LearnerNode(Node):
         self.finished = threading.Event()
         self.exit_code = 0
         self._thread = threading.Thread(target=self._train_main, name="learner-train", daemon=True)
+        where = (f"replay bag {self.replay.online.store.dir} ({len(self.replay)} transitions)" if self.bag_mode
+                 else "replay in memory")
         self.get_logger().info(
             f"learner ({L.mode}): {'images ' + str(list(self.spec.cameras)) if self.spec.cameras else 'state'} "
-            f"policy, config {self.cfg.source}, checkpoints {self.ckpt_dir}, TensorBoard {self.log_dir}"
+            f"policy, config {self.cfg.source}, {where}, checkpoints {self.ckpt_dir}, TensorBoard {self.log_dir}"
             + (f", resumed from {self.resumed_from}" if self.resumed_from else ""))
+
+    def _open_bag(self, R, default_dir: Path, seed: int) -> PersistentReplay:
+        directory = Path(R.dir) if R.dir else default_dir
+        try:
+            store = TransitionStore(directory, options=StoreOptions(
+                split_bytes=int(R.split_mb * 2**20), chunk_bytes=int(R.chunk_mb * 2**20)))
+            demos = TransitionStore(R.demo_dir, writable=False) if R.demo_dir else None
+        except (BagLocked, FileNotFoundError) as exc:
+            raise ConfigError(self.cfg.source, "replay.dir" if isinstance(exc, BagLocked) else "replay.demo_dir",
+                              str(exc)) from None
+        for problem in store.problems + (demos.problems if demos else []):
+            self.get_logger().warning(problem)
+        spec = self.spec
+        layout = Layout(state_dim=spec.state_dim, action_dim=spec.action_dim, cameras=tuple(spec.cameras),
+                        image_size=tuple(spec.image_size))
+        return PersistentReplay(store, layout, cache_bytes=int(R.cache_mb * 2**20), window=R.window,
+                                robots=R.robots, embodiments=R.embodiments, demos=demos, demo_ratio=R.demo_ratio,
+                                seed=seed, batch_size=self.cfg.sac.batch_size, prefetch=R.prefetch,
+                                readers=R.readers, sync_every_s=R.sync_every_s)
 
     # -- checkpoints ----------------------------------------------------------------------------------
     def _resume(self) -> None:
@@ -142,7 +177,7 @@ class LearnerNode(Node):
         self.agent.load_state_dict(payload["agent"])
         self.version = int(payload["version"])
         self.env_steps = int(payload["env_steps"])
-        if "replay" in payload:
+        if "replay" in payload and not self.bag_mode:
             load_replay_state_dict(self.replay, payload["replay"])
         for rid, keys in payload.get("seen", {}).items():
             self._seen[rid] = collections.OrderedDict((tuple(k), None) for k in keys.tolist())
@@ -154,13 +189,13 @@ class LearnerNode(Node):
             payload = {"agent": self.agent.state_dict(), "version": self.version, "env_steps": self.env_steps,
                        "seen": {rid: torch.tensor(list(s.keys()), dtype=torch.int64).reshape(-1, 2)
                                 for rid, s in self._seen.items()}}
-            if self.opts.checkpoint_replay:
+            if self.opts.checkpoint_replay and not self.bag_mode:
                 payload["replay"] = replay_state_dict(self.replay)
                 durable = {rid: keys for rid, keys in self._unacked.items()}
                 self._unacked = collections.defaultdict(list)
         save_checkpoint(checkpoint_path(self.ckpt_dir, self.agent.num_updates), payload,
                         keep=self.opts.keep_checkpoints)
-        if self.opts.checkpoint_replay:
+        if self.opts.checkpoint_replay and not self.bag_mode:
             with self._data_lock:
                 for rid, keys in durable.items():
                     self._ackable[rid].extend(keys)
@@ -193,7 +228,31 @@ class LearnerNode(Node):
         if msg.terminated or msg.truncated:
             self._episode_ends.put(rid)
 
+    def _on_raw_transition(self, data: bytes) -> None:
+        try:
+            t = decode_transition(data)
+            added = self.replay.add(data, t)
+        except (DecodeError, LayoutMismatch) as exc:
+            self.rejected += 1
+            self.get_logger().error(f"not training on a transition: {exc}", throttle_duration_sec=2.0)
+            return
+        with self._data_lock:
+            if not added:
+                self.duplicates += 1
+                self._ackable[t.robot_id].append((t.episode_id, t.step))  # stored already: release it
+                return
+            self.env_steps += 1
+            self.staleness.append(max(0, self.version - t.policy_version))
+        if t.terminated or t.truncated:
+            self._episode_ends.put(t.robot_id)
+
     def _send_acks(self) -> None:
+        if self.bag_mode:
+            self.replay.maybe_sync()
+            durable = self.replay.take_durable()
+            with self._data_lock:
+                for rid, episode, step in durable:
+                    self._ackable[rid].append((episode, step))
         with self._data_lock:
             pending, self._ackable = self._ackable, collections.defaultdict(list)
         for rid, keys in pending.items():
@@ -222,6 +281,8 @@ class LearnerNode(Node):
             self._checkpoint()  # a clean stop keeps everything received so far
         self.weights.close()
         self.progress.close()
+        if self.bag_mode:
+            self.replay.close()   # summary + footer + index: the bag is complete
 
     def _train_main(self) -> None:
         try:
@@ -252,8 +313,13 @@ class LearnerNode(Node):
         return True
 
     def _update_once(self) -> None:
-        with self._data_lock:
+        if self.bag_mode:   # thread-safe and prefetched; states are stored raw, normalized here
             arrays = self.replay.sample(self.cfg.sac.batch_size)
+            arrays["state"] = self.normalize(arrays["state"])
+            arrays["next_state"] = self.normalize(arrays["next_state"])
+        else:
+            with self._data_lock:
+                arrays = self.replay.sample(self.cfg.sac.batch_size)
         if self._first_update_at is None:
             self._first_update_at = time.monotonic() - self._t0
         metrics = self.agent.update(batch_from_numpy(arrays))
@@ -348,6 +414,8 @@ class LearnerNode(Node):
             "version": self.version, "inference_version": self.inference_version,
             "staleness_mean": float(stale.mean()), "staleness_p99": float(np.percentile(stale, 99)),
             "buffer": len(self.replay), "duplicates": self.duplicates,
+            **({"cache_hit_rate": self.replay.stats()["cache_hit_rate"],
+                "sample_wait_ms": self.replay.stats()["sample_wait_ms"]} if self.bag_mode else {}),
             "budget_fraction": self._budget_fraction(elapsed),
             "first_update_s": self._first_update_at if self._first_update_at is not None else math.nan,
         }

@@ -1,0 +1,533 @@
+#!/usr/bin/env python3
+"""Benchmark: sampling throughput of the disk-backed, cache-aware replay versus RAM and TorchRL.
+
+Writes ``--gb`` of real serialized ``user_msgs/Transition`` messages (8 robots, 100-step episodes,
+two 128x128 rgb8 cameras plus a 20-dim state, for obs and next_obs) into a ``TransitionStore`` bag,
+holds the same data in a ``MemoryReplay`` and in a TorchRL ``LazyMemmapStorage`` replay, then calls
+``sample(256)`` in a loop for ``--seconds`` (after a short warm-up) for each configuration:
+
+  (a) MemoryReplay: everything in RAM (the reference);
+  (b) PersistentReplay, cache = ``--cache-frac`` of the data, window = what fits the cache, prefetch on;
+  (c) PersistentReplay, same cache, uniform over all data (window 0), prefetch on;
+  (d) PersistentReplay, pure disk: no cache, no prefetch, no reader threads (read + decode in sample());
+  (e) TorchRL ``ReplayBuffer(LazyMemmapStorage)`` holding the same tensors, uniform; warm (page cache
+      holds the memmap files) and cold (evicted).
+
+Disk reads are made real: before (b), (c), (d) the bag files are evicted from the OS page cache
+(fsync + ``posix_fadvise(DONTNEED)``), and again every ``--evict-every`` seconds during their
+measurement, since this machine's RAM would otherwise hold the whole bag after the first pass (a bag
+much larger than RAM is what the disk-backed replay is for). The TorchRL memmap files get the same
+treatment for (e, cold) (msync + ``madvise(DONTNEED)`` of the mapping + ``posix_fadvise(DONTNEED)``).
+The "disk MB/s" column is what the process read from the block device (``/proc/self/io``).
+
+Also (f) ingest: transitions/s that ``TransitionStore.add`` + ``sync()`` at each episode end sustain
+(measured while writing the data set), and the same through ``PersistentReplay.add`` (decode + store
++ cache), against the target of 10x what 8 robots at 10 Hz with two 128x128 cameras produce.
+
+    source scripts/env.sh && python bench/buffer.py                   # ~2 GB of data, 10 s per measurement
+    python bench/buffer.py --gb 0.2 --seconds 3                        # quick look
+    python bench/buffer.py --gb 8 --json runs/bench_buffer.json --keep
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import logging
+import mmap
+import os
+import platform
+import shlex
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src" / "user_buffer" / "test"))  # buffer_helpers: real Transition messages
+
+CAMERAS = ("wrist", "side")
+IMAGE = 128
+STATE_DIM = 20
+ACTION_DIM = 7
+BATCH = 256
+EPISODE_STEPS = 100
+ROBOTS = 8
+HZ = 10.0
+TARGET_FACTOR = 10
+
+
+# ------------------------------------------------------------------------------------------- machine facts
+
+def _cpu_model() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def _mem_total_gb() -> float:
+    try:
+        for line in open("/proc/meminfo"):
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) * 1024 / 1e9
+    except OSError:
+        pass
+    return float("nan")
+
+
+def _mount_of(path: Path) -> tuple[str, str, str]:
+    """(device, mount point, filesystem type) holding ``path``."""
+    best = ("?", "/", "?")
+    p = str(path.resolve())
+    try:
+        for line in open("/proc/mounts"):
+            dev, mnt, fs = line.split()[:3]
+            if (p == mnt or p.startswith(mnt.rstrip("/") + "/")) and len(mnt) >= len(best[1]):
+                best = (dev, mnt, fs)
+    except OSError:
+        pass
+    return best
+
+
+def _read_bytes() -> int:
+    """Bytes this process (all threads) had fetched from the block layer."""
+    try:
+        for line in open("/proc/self/io"):
+            if line.startswith("read_bytes:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+# ---------------------------------------------------------------------------------------- page cache
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+_libc.msync.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+MADV_DONTNEED, MS_SYNC = 4, 4
+
+
+def evict_files(paths: list[Path]) -> None:
+    """Write back and drop the page cache of these files (pages mapped by a process are not dropped)."""
+    for p in paths:
+        try:
+            fd = os.open(p, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def files_under(d: Path) -> list[Path]:
+    return [p for p in d.rglob("*") if p.is_file()]
+
+
+def unmap_pages(ptr: int, nbytes: int) -> None:
+    """msync + madvise(DONTNEED) the whole pages of one file mapping (so fadvise can then drop them)."""
+    page = mmap.PAGESIZE
+    start = -(-ptr // page) * page          # never touch a page that may belong to another mapping
+    end = (ptr + nbytes) // page * page
+    if end - start <= 0:
+        return
+    if _libc.msync(start, end - start, MS_SYNC) != 0 or _libc.madvise(start, end - start, MADV_DONTNEED) != 0:
+        raise OSError(ctypes.get_errno(), "msync/madvise of a memmap tensor failed")
+
+
+# ---------------------------------------------------------------------------------------------- data
+
+class Messages:
+    """Distinct serialized Transitions with unique (robot, episode, step) keys, built from a small pool."""
+
+    def __init__(self, pool: int) -> None:
+        from buffer_helpers import transition_msg  # noqa: PLC0415 - needs the test helpers on sys.path
+        from rclpy.serialization import serialize_message  # noqa: PLC0415
+
+        self._ser = serialize_message
+        self.pool = [transition_msg(f"franka_{i % ROBOTS}", 0, i, cams=CAMERAS, size=IMAGE) for i in range(pool)]
+
+    def episode(self, episode: int) -> list[bytes]:
+        """The 100 steps of one episode of robot ``episode % 8`` (the last one terminated)."""
+        out = []
+        robot = f"franka_{episode % ROBOTS}"
+        for s in range(EPISODE_STEPS):
+            m = self.pool[(episode * EPISODE_STEPS + s) % len(self.pool)]
+            m.robot_id, m.episode_id, m.step = robot, episode, s
+            for o, k in ((m.obs, s), (m.next_obs, s + 1)):
+                o.robot_id, o.episode_id, o.step = robot, episode, k
+            m.reward = 1.0 if s == EPISODE_STEPS - 1 else 0.0
+            m.terminated = s == EPISODE_STEPS - 1
+            m.policy_version = episode
+            out.append(bytes(self._ser(m)))
+        return out
+
+
+def arrays_of(view):
+    from user_learner.replay import TransitionArrays  # noqa: PLC0415
+
+    return TransitionArrays(state=view.obs.proprio, action=view.action, reward=view.reward,
+                            terminated=view.terminated, next_state=view.next_obs.proprio,
+                            pixels=np.stack(view.obs.images), next_pixels=np.stack(view.next_obs.images))
+
+
+# ------------------------------------------------------------------------------------------ measuring
+
+def check_batch(batch) -> None:
+    """The batch holds what the benchmark claims to measure (shapes and dtypes of every key)."""
+    want = {"state": ((BATCH, STATE_DIM), "float32"), "next_state": ((BATCH, STATE_DIM), "float32"),
+            "action": ((BATCH, ACTION_DIM), "float32"), "reward": ((BATCH,), "float32"),
+            "terminated": ((BATCH,), "float32"), "pixels": ((BATCH, len(CAMERAS), IMAGE, IMAGE, 3), "uint8"),
+            "next_pixels": ((BATCH, len(CAMERAS), IMAGE, IMAGE, 3), "uint8")}
+    for k, (shape, dtype) in want.items():
+        a = batch[k]
+        if tuple(a.shape) != shape or str(a.dtype).rsplit(".", 1)[-1] != dtype:
+            raise AssertionError(f"batch[{k!r}] is {tuple(a.shape)} {a.dtype}, expected {shape} {dtype}")
+
+
+def measure(sample, seconds: float, warmup: float, evict=None, evict_every: float = 0.0, counters=None) -> dict:
+    """Call ``sample()`` for ``seconds`` after ``warmup`` s; eviction pauses are not counted."""
+    check_batch(sample())
+    t_end = time.perf_counter() + warmup
+    n = 1
+    while n < 2 or time.perf_counter() < t_end:
+        sample()
+        n += 1
+    if evict is not None:
+        evict()
+    c0 = counters() if counters else None
+    io0 = _read_bytes()
+    calls, wait, paused = 0, 0.0, 0.0
+    t0 = time.perf_counter()
+    next_evict = t0 + evict_every
+    while True:
+        a = time.perf_counter()
+        if a - t0 - paused >= seconds:
+            break
+        sample()
+        b = time.perf_counter()
+        wait += b - a
+        calls += 1
+        if evict is not None and evict_every > 0 and b >= next_evict:
+            evict()
+            c = time.perf_counter()
+            paused += c - b
+            next_evict = c + evict_every
+    elapsed = time.perf_counter() - t0 - paused
+    res = {"calls": calls, "seconds": elapsed, "samples_per_s": BATCH * calls / elapsed,
+           "wait_ms": 1e3 * wait / calls, "disk_mb_per_s": (_read_bytes() - io0) / 1e6 / elapsed}
+    if counters:
+        h0, m0 = c0
+        h1, m1 = counters()
+        looked = (h1 - h0) + (m1 - m0)
+        res["hit_rate"] = (h1 - h0) / looked if looked else float("nan")
+    return res
+
+
+def open_replay(bag: Path, layout, args, **kw):
+    from user_buffer.replay import PersistentReplay  # noqa: PLC0415
+    from user_buffer.store import TransitionStore  # noqa: PLC0415
+
+    return PersistentReplay(TransitionStore(bag, writable=False), layout, seed=args.seed, batch_size=BATCH, **kw)
+
+
+def wait_cache_warm(rep, target: int, timeout: float = 3600.0) -> tuple[int, float]:
+    """Wait until the replay's background warm-up has filled ``target`` cache rows (or finished)."""
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < timeout:
+        rows = int(rep.stats()["cache_rows"])
+        if rows >= target or not any(t.is_alive() for t in rep._warmers):
+            return rows, time.perf_counter() - t0
+        time.sleep(0.02)
+    raise TimeoutError(f"cache warm-up did not finish in {timeout:.0f} s")
+
+
+def ingest_replay(msgs: Messages, d: Path, layout, cache_bytes: int, seconds: float, max_rows: int,
+                  first_episode: int) -> dict:
+    """PersistentReplay.add (decode + store add + cache put; syncs at every episode end) into a fresh bag."""
+    from user_buffer.replay import PersistentReplay  # noqa: PLC0415
+    from user_buffer.store import TransitionStore  # noqa: PLC0415
+
+    rep = PersistentReplay(TransitionStore(d), layout, cache_bytes=cache_bytes, prefetch=0, readers=0)
+    n, nbytes, spent = 0, 0, 0.0
+    ep = first_episode
+    try:
+        while (spent < seconds or n == 0) and n < max_rows:
+            batch = msgs.episode(ep)      # serialization is not counted
+            ep += 1
+            t0 = time.perf_counter()
+            for b in batch:
+                rep.add(b)
+            spent += time.perf_counter() - t0
+            n += len(batch)
+            nbytes += sum(len(b) for b in batch)
+    finally:
+        rep.close()
+    return {"transitions": n, "seconds": spent, "per_s": n / spent, "mb_per_s": nbytes / 1e6 / spent}
+
+
+# ---------------------------------------------------------------------------------------------- main
+
+def run(args, work: Path) -> dict:
+    import torch  # noqa: PLC0415
+    import torchrl  # noqa: PLC0415
+    from tensordict import TensorDict  # noqa: PLC0415
+    from torchrl.data import LazyMemmapStorage, ReplayBuffer  # noqa: PLC0415
+    logging.getLogger("torchrl").setLevel(logging.WARNING)
+    from user_buffer.codec import decode_transition  # noqa: PLC0415
+    from user_buffer.replay import Layout  # noqa: PLC0415
+    from user_buffer.store import StoreOptions, TransitionStore  # noqa: PLC0415
+    from user_learner.batch import ObsSpec  # noqa: PLC0415
+    from user_learner.replay import MemoryReplay  # noqa: PLC0415
+
+    layout = Layout(state_dim=STATE_DIM, action_dim=ACTION_DIM, cameras=CAMERAS, image_size=(IMAGE, IMAGE))
+    spec = ObsSpec(state_dim=STATE_DIM, cameras=CAMERAS, image_size=(IMAGE, IMAGE), action_dim=ACTION_DIM)
+    bpt = layout.bytes_per_transition()
+    episodes = max(2, round(args.gb * 1e9 / bpt / EPISODE_STEPS))
+    n = episodes * EPISODE_STEPS
+    data_bytes = n * bpt
+    cache_bytes = int(args.cache_frac * data_bytes)
+    window = cache_bytes // bpt
+    opts = StoreOptions()
+    res: dict = {"command": " ".join(shlex.quote(a) for a in [sys.executable.rsplit("/", 1)[-1]] + sys.argv),
+                 "transitions": n, "episodes": episodes, "bytes_per_transition": bpt, "data_bytes": data_bytes,
+                 "cache_bytes": cache_bytes, "window": window, "dir": str(work), "load_start": os.getloadavg()[0],
+                 "gpu": "GPU present (unused)" if torch.cuda.is_available() else "no GPU",
+                 "versions": {"python": platform.python_version(), "numpy": np.__version__,
+                              "torch": torch.__version__, "torchrl": torchrl.__version__}}
+    dev, mnt, fs = _mount_of(work)
+    print(f"writing {n} transitions ({episodes} episodes x {EPISODE_STEPS} steps, {ROBOTS} robots) = "
+          f"{data_bytes / 1e9:.2f} GB decoded into {work} ({dev} on {mnt}, {fs}) ...", flush=True)
+    if fs in ("tmpfs", "ramfs"):
+        print(f"WARNING: {work} is on {fs}: 'disk' reads come from RAM; pass --dir on a real disk", flush=True)
+
+    # -- the data set: bag (timed: ingest through TransitionStore), MemoryReplay and TorchRL (not timed)
+    msgs = Messages(args.pool)
+    bag = work / "bag"
+    store = TransitionStore(bag, options=opts)
+    memory = MemoryReplay(spec, capacity=n, seed=args.seed)
+    rb = ReplayBuffer(storage=LazyMemmapStorage(n, scratch_dir=work / "torchrl"), batch_size=BATCH)
+    add_s, msg_bytes = 0.0, 0
+    t_build = time.perf_counter()
+    for ep in range(episodes):
+        batch = msgs.episode(ep)
+        t0 = time.perf_counter()
+        for b in batch:
+            store.add(b)
+        store.sync()
+        add_s += time.perf_counter() - t0
+        msg_bytes += sum(len(b) for b in batch)
+        first = len(memory)
+        for b in batch:
+            memory.add(arrays_of(decode_transition(b)))
+        sl = slice(first, first + len(batch))
+        rb.extend(TensorDict({k: torch.from_numpy(getattr(memory, k)[sl]) for k in
+                              ("state", "next_state", "action", "reward", "terminated", "pixels", "next_pixels")},
+                             batch_size=[len(batch)]))
+    store.close()
+    build_s = time.perf_counter() - t_build
+    bag_files = files_under(bag)
+    bag_bytes = sum(p.stat().st_size for p in bag_files)
+    tr_files = files_under(work / "torchrl")
+    res.update(bag_bytes=bag_bytes, bag_files=len([p for p in bag_files if p.suffix == ".mcap"]),
+               message_bytes=msg_bytes, build_s=build_s, torchrl_bytes=sum(p.stat().st_size for p in tr_files))
+    res["ingest_store"] = {"transitions": n, "seconds": add_s, "per_s": n / add_s, "mb_per_s": msg_bytes / 1e6 / add_s}
+    assert len(memory) == n and len(rb) == n, (len(memory), len(rb))
+    print(f"  built in {build_s:.0f} s: bag {bag_bytes / 1e9:.2f} GB in {res['bag_files']} MCAP files; "
+          f"TorchRL memmap {res['torchrl_bytes'] / 1e9:.2f} GB", flush=True)
+
+    def evict_bag() -> None:
+        evict_files(bag_files)
+
+    rows: dict[str, dict] = {}
+    warm: dict[str, tuple[int, float]] = {}
+
+    def report(key: str, r: dict) -> None:
+        rows[key] = r
+        print(f"  {key}: {r['samples_per_s']:.0f} samples/s", flush=True)
+
+    # (a) everything in RAM
+    print(f"(a) MemoryReplay for {args.seconds:g} s ...", flush=True)
+    report("a", measure(lambda: memory.sample(BATCH), args.seconds, args.warmup))
+    del memory
+
+    # (b) cache-aware, window = what fits the cache; (c) the same cache, uniform over all data
+    for key, win in (("b", window), ("c", 0)):
+        print(f"({key}) PersistentReplay cache {cache_bytes / 1e6:.0f} MB, window {win} for {args.seconds:g} s ...",
+              flush=True)
+        evict_bag()
+        rep = open_replay(bag, layout, args, cache_bytes=cache_bytes, window=win, prefetch=args.prefetch,
+                          readers=args.readers)
+        try:
+            warm[key] = wait_cache_warm(rep, min(window, n))
+            report(key, measure(lambda: rep.sample(BATCH), args.seconds, args.warmup, evict_bag, args.evict_every,
+                                counters=lambda: (rep.hits, rep.misses)))
+        finally:
+            rep.close()
+
+    # (d) pure disk
+    print(f"(d) PersistentReplay pure disk for {args.seconds:g} s ...", flush=True)
+    evict_bag()
+    rep = open_replay(bag, layout, args, cache_bytes=0, window=0, prefetch=0, readers=0)
+    try:
+        report("d", measure(lambda: rep.sample(BATCH), args.seconds, args.warmup, evict_bag, args.evict_every,
+                            counters=lambda: (rep.hits, rep.misses)))
+    finally:
+        rep.close()
+
+    # (e) TorchRL peer, warm then cold
+    tensors = list(rb.storage._storage.values(include_nested=True, leaves_only=True))
+
+    def evict_torchrl() -> None:
+        for t in tensors:
+            unmap_pages(t.data_ptr(), t.numel() * t.element_size())
+        evict_files(tr_files)
+
+    print(f"(e) TorchRL LazyMemmapStorage, warm page cache, for {args.seconds:g} s ...", flush=True)
+    report("e_warm", measure(lambda: rb.sample(), args.seconds, args.warmup))
+    if not args.no_cold_peer:
+        print(f"(e) TorchRL LazyMemmapStorage, cold page cache, for {args.seconds:g} s ...", flush=True)
+        report("e_cold", measure(lambda: rb.sample(), args.seconds, args.warmup, evict_torchrl, args.evict_every))
+    del rb, tensors
+
+    # (f) ingest through PersistentReplay.add
+    print(f"(f) PersistentReplay.add for {args.seconds:g} s (at most {n} transitions) ...", flush=True)
+    d = work / "ingest"
+    res["ingest_replay"] = ingest_replay(msgs, d, layout, cache_bytes, args.seconds, n, episodes)
+    shutil.rmtree(d, ignore_errors=True)
+    res["rows"], res["cache_warmup"] = rows, {k: {"rows": r, "seconds": s} for k, (r, s) in warm.items()}
+    return res
+
+
+def print_report(res: dict, args) -> None:
+    dev, mnt, fs = _mount_of(Path(res["dir"]))
+    rows, bpt = res["rows"], res["bytes_per_transition"]
+    load = os.getloadavg()
+    print()
+    print(f"replay buffer benchmark: {os.cpu_count()} CPU cores ({_cpu_model()}), {_mem_total_gb():.0f} GB RAM, "
+          f"{res['gpu']}; load average (1 min) at the start {res['load_start']:.2f}, at the end {load[0]:.2f}")
+    v = res["versions"]
+    print(f"python {v['python']}, numpy {v['numpy']}, torch {v['torch']}, torchrl {v['torchrl']}")
+    print(f"command: {res['command']}")
+    print(f"data: {res['transitions']} transitions (two {IMAGE}x{IMAGE} rgb8 cameras + {STATE_DIM}-dim state, obs "
+          f"and next_obs; {bpt / 1e3:.1f} kB decoded each) = {res['data_bytes'] / 1e9:.2f} GB decoded; bag "
+          f"{res['bag_bytes'] / 1e9:.2f} GB in {res['bag_files']} MCAP files on {dev} ({fs}); TorchRL memmap "
+          f"{res['torchrl_bytes'] / 1e9:.2f} GB on the same disk")
+    print(f"cache: {res['cache_bytes'] / 1e6:.0f} MB = {100 * args.cache_frac:g}% of the data = {res['window']} "
+          f"transitions (the (b) window); batch {BATCH}; prefetch {args.prefetch}, readers {args.readers}; "
+          f"{args.seconds:g} s per measurement after {args.warmup:g} s of warm-up")
+    every = f"and every {args.evict_every:g} s during" if args.evict_every > 0 else "only before"
+    print(f"page cache: bag files evicted (fsync + posix_fadvise DONTNEED) before opening (b), (c), (d) {every} "
+          f"their measurement; TorchRL memmap files evicted (msync + madvise + fadvise DONTNEED) the same way "
+          f"for (e, cold); eviction time is not counted")
+    for k, w in res["cache_warmup"].items():
+        print(f"cache warm-up from disk after opening ({k}): {w['rows']} rows in {w['seconds']:.1f} s")
+    print()
+    a = rows["a"]["samples_per_s"]
+    names = {
+        "a": "(a) MemoryReplay, all in RAM",
+        "b": f"(b) PersistentReplay, cache 10%, window {res['window']}, prefetch",
+        "c": "(c) PersistentReplay, cache 10%, uniform, prefetch",
+        "d": "(d) PersistentReplay, pure disk (no cache/prefetch)",
+        "e_warm": "(e) TorchRL LazyMemmapStorage, warm page cache",
+        "e_cold": "(e) TorchRL LazyMemmapStorage, cold page cache",
+    }
+    if args.cache_frac != 0.1:
+        names["b"] = names["b"].replace("10%", f"{100 * args.cache_frac:g}%")
+        names["c"] = names["c"].replace("10%", f"{100 * args.cache_frac:g}%")
+    w = max(len(s) for s in names.values())
+    print(f"| {'configuration':<{w}} | {'samples/s':>9} | {'vs (a)':>6} | {'cache hit':>9} | "
+          f"{'wait ms/sample()':>16} | {'disk MB/s':>9} |")
+    print(f"|{'-' * (w + 2)}|{'-' * 10}:|{'-' * 7}:|{'-' * 10}:|{'-' * 17}:|{'-' * 10}:|")
+    for key, name in names.items():
+        r = rows.get(key)
+        if r is None:
+            continue
+        hit = f"{100 * r['hit_rate']:.1f}%" if "hit_rate" in r else "-"
+        print(f"| {name:<{w}} | {r['samples_per_s']:>9.0f} | {r['samples_per_s'] / a:>6.2f} | {hit:>9} | "
+              f"{r['wait_ms']:>16.2f} | {r['disk_mb_per_s']:>9.0f} |")
+    print()
+    target = TARGET_FACTOR * ROBOTS * HZ
+    per_msg = res["message_bytes"] / res["transitions"]
+    print(f"ingest target: {TARGET_FACTOR}x what {ROBOTS} robots at {HZ:g} Hz with two {IMAGE}x{IMAGE} cameras "
+          f"produce = {target:.0f} transitions/s = {target * per_msg / 1e6:.0f} MB/s ({per_msg / 1e3:.1f} kB/message)")
+    ing = {"store": ("(f) TransitionStore.add + sync() per 100-step episode", res["ingest_store"]),
+           "replay": ("(f) PersistentReplay.add (decode + store + cache)", res["ingest_replay"])}
+    for _, (name, r) in ing.items():
+        print(f"  {name}: {r['per_s']:.0f} transitions/s, {r['mb_per_s']:.0f} MB/s "
+              f"({r['transitions']} transitions in {r['seconds']:.1f} s)")
+    print()
+
+    def check(text: str, ratio: float, need: float, extra: str = "") -> dict:
+        ok = ratio >= need
+        print(f"{'PASS' if ok else 'MISS'}  {text}: measured {ratio:.2f} (needs >= {need:g}){extra}")
+        return {"check": text, "ratio": ratio, "need": need, "pass": ok}
+
+    s = {k: r["samples_per_s"] for k, r in rows.items()}
+    checks = [check("(b) >= 80% of (a)", s["b"] / a, 0.8),
+              check("(c) >= 3x (d)", s["c"] / s["d"], 3.0)]
+    extra = f"; vs the cold peer {s['b'] / s['e_cold']:.2f}" if "e_cold" in s else ""
+    checks.append(check("(b) >= TorchRL peer (warm page cache)", s["b"] / s["e_warm"], 1.0, extra))
+    for key, (name, r) in ing.items():
+        checks.append(check(f"ingest {key} >= {TARGET_FACTOR}x {ROBOTS} robots ({target:.0f}/s)",
+                            r["per_s"] / target, 1.0))
+    res["checks"] = checks
+    res["target_transitions_per_s"] = target
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--gb", type=float, default=2.0, help="data size in GB (1e9 bytes) of decoded transitions")
+    ap.add_argument("--seconds", type=float, default=10.0, help="duration of each measurement")
+    ap.add_argument("--warmup", type=float, default=None, help="warm-up seconds before each measurement "
+                    "(default: 20%% of --seconds, at most 1)")
+    ap.add_argument("--cache-frac", type=float, default=0.10, help="cache size as a fraction of the data size")
+    ap.add_argument("--prefetch", type=int, default=2, help="(b), (c): batches prefetched in the background")
+    ap.add_argument("--readers", type=int, default=2, help="(b), (c): threads reading cache misses")
+    ap.add_argument("--evict-every", type=float, default=1.0,
+                    help="evict the files from the page cache every this many seconds during the disk-backed "
+                         "measurements (0: only before)")
+    ap.add_argument("--no-cold-peer", action="store_true", help="skip the cold-page-cache TorchRL measurement")
+    ap.add_argument("--pool", type=int, default=16, help="distinct message contents to build the data from")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--dir", type=Path, default=ROOT / "runs" / "bench_buffer",
+                    help="a fresh directory is made inside it (on the disk under test; not tmpfs)")
+    ap.add_argument("--keep", action="store_true", help="keep the data (bag + TorchRL memmap) at the end")
+    ap.add_argument("--json", type=Path, help="also save the results here")
+    args = ap.parse_args()
+    if args.warmup is None:
+        args.warmup = min(1.0, 0.2 * args.seconds)
+    made_parent = not args.dir.exists()
+    args.dir.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="run-", dir=args.dir))
+    try:
+        res = run(args, work)
+        print_report(res, args)
+    finally:
+        if args.keep:
+            print(f"data kept in {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+            if made_parent:
+                try:
+                    args.dir.rmdir()
+                except OSError:
+                    pass
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(res, indent=1))
+        print(f"results: {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
