@@ -155,8 +155,10 @@ def test_remote_replay_samples_from_a_running_buffer_node(procs, ros_node, tmp_p
     demos.close()
     start_buffer(procs, "buffer", tmp_path / "bag", demo_dir=str(tmp_path / "demos"), sync_every_s=0.2)
     pub = ros_node.create_publisher(Transition, "/user/transitions", RELIABLE)
+    acks = Collect(ros_node, TransitionAck, "/user/transitions/ack")
     end = time.monotonic() + 20
-    while pub.get_subscription_count() == 0 and time.monotonic() < end:
+    while (pub.get_subscription_count() == 0 or ros_node.count_publishers("/user/transitions/ack") == 0) \
+            and time.monotonic() < end:
         time.sleep(0.05)
     sent: dict[str, list[Transition]] = {"robot_a": [], "robot_b": []}
 
@@ -189,6 +191,15 @@ def test_remote_replay_samples_from_a_running_buffer_node(procs, ros_node, tmp_p
         bb = b.sample(8)
         assert np.all(bb["reward"] == 2.0) and len(b) == 10
         assert len(both.sample(32)["reward"]) == 32 and len(both) == 30
+
+        # A robot resending what the node holds already: acknowledged again, not stored again.
+        acks.wait(lambda m: sum(len(x.steps) for x in m if x.robot_id == "robot_b") >= 10, 10, "robot_b's acks")
+        for t in sent["robot_b"][:10]:
+            pub.publish(t)
+        acks.wait(lambda m: sum(len(x.steps) for x in m if x.robot_id == "robot_b") >= 20, 10,
+                  "the resent transitions acknowledged")
+        b.sample(8)
+        assert len(b) == 10
 
         publish("robot_a", 3, range(15), reward=1.0)   # the node keeps its sources up to date
         deadline = time.monotonic() + 20
@@ -230,6 +241,32 @@ def test_remote_replay_samples_from_a_running_buffer_node(procs, ros_node, tmp_p
             time.sleep(0.02)
         resp = fut.result()
         assert resp is not None and not resp.success and words in resp.message, (req, resp and resp.message)
+
+
+def test_acknowledges_only_durable_transitions_and_durable_duplicates_at_once(procs, ros_node, tmp_path):
+    start_buffer(procs, "buffer", tmp_path / "bag", sync_every_s=30.0)   # syncs only at episode ends here
+    pub = ros_node.create_publisher(Transition, "/user/transitions", RELIABLE)
+    acks = Collect(ros_node, TransitionAck, "/user/transitions/ack")
+    end = time.monotonic() + 20
+    while (pub.get_subscription_count() == 0 or ros_node.count_publishers("/user/transitions/ack") == 0) \
+            and time.monotonic() < end:
+        time.sleep(0.05)
+
+    def acked() -> list[int]:
+        with acks.lock:
+            return sorted(s for a in acks.msgs for s in a.steps)
+
+    first = transition_msg("robot_a", 4, 0)
+    pub.publish(first)
+    pub.publish(first)               # resent before the first copy is durable: no ack yet either
+    time.sleep(1.5)
+    assert acked() == [], "nothing may be acknowledged before it is fsynced"
+    pub.publish(transition_msg("robot_a", 4, 1, last=True))    # episode end: sync, then acks
+    acks.wait(lambda m: len(acked()) >= 2, 10, "acks after the episode end")
+    time.sleep(0.5)
+    assert acked() == [0, 1], "each durable transition is acknowledged once"
+    pub.publish(first)               # durable already: acknowledged at once
+    acks.wait(lambda m: acked() == [0, 0, 1], 5, "the durable duplicate acknowledged")
 
 
 def test_kill_9_recovers_the_bag_loses_nothing_acknowledged_and_stores_resends_once(procs, ros_node, tmp_path):
@@ -277,3 +314,26 @@ def test_kill_9_recovers_the_bag_loses_nothing_acknowledged_and_stores_resends_o
         store.close()
     keys = mcap_keys(bag)
     assert len(keys) == len(set(keys)) == final.steps_done, "resent transitions must be stored once"
+
+
+@pytest.mark.parametrize("params, words", [
+    ({}, "bag_dir: no bag directory given"),
+    ({"bag_dir": "BAG", "chunk_mb": -1}, "chunk_mb: must be > 0, got -1"),
+    ({"bag_dir": "BAG", "demo_dir": "NOWHERE"}, "demo_dir: no bag directory"),
+    ({"bag_dir": "LOCKED"}, "another process is writing this bag"),
+])
+def test_bad_parameters_exit_2_with_one_clear_line(procs, tmp_path, params, words):
+    locked = None
+    if params.get("bag_dir") == "LOCKED":
+        locked = TransitionStore(tmp_path / "locked")   # this process holds the bag's write lock
+    params = {k: {"BAG": tmp_path / "bag", "NOWHERE": tmp_path / "nowhere", "LOCKED": tmp_path / "locked"}.get(v, v)
+              for k, v in params.items()}
+    try:
+        p = procs.start("buffer", buffer_cmd(**params))
+        code = p.popen.wait(timeout=30)
+    finally:
+        if locked is not None:
+            locked.close()
+    out = p.output()
+    assert code == 2 and words in out, out[-2000:]
+    assert "Traceback" not in out, out[-2000:]

@@ -284,6 +284,10 @@ def cmd_robots(args: argparse.Namespace) -> int:
 # --- bag ------------------------------------------------------------------------------------------
 
 
+def _say(line: str) -> None:
+    print(line, flush=True)
+
+
 def cmd_bag(args: argparse.Namespace) -> int:
     """``userctl bag info|replay|export``: offline tools on a transition bag (opened read-only)."""
     from user_buffer import bag_tools
@@ -301,12 +305,10 @@ def cmd_bag(args: argparse.Namespace) -> int:
                                             episodes=args.episodes))
             elif args.bag_command == "replay":
                 ep = bag_tools.find_episode(store, args.episode, args.robot)
-                out = lambda line: print(line, flush=True)  # noqa: E731
-                bag_tools.replay_episode(store, ep, rate=args.rate, prefix=args.prefix, loop=args.loop, out=out)
+                bag_tools.replay_episode(store, ep, rate=args.rate, prefix=args.prefix, loop=args.loop, out=_say)
             else:
                 ep = bag_tools.find_episode(store, args.episode, args.robot)
-                done = bag_tools.export_episode(store, ep, args.out, args.format,
-                                                progress=lambda line: print(line, flush=True))
+                done = bag_tools.export_episode(store, ep, args.out, args.format, progress=_say)
                 cams = ", ".join(f"{c} ({n} PNGs)" for c, n in done["cameras"].items()) or "none"
                 print(f"exported {ep.robot_id} episode {ep.episode_id}: {done['steps']} steps -> {done['file']}; "
                       f"cameras: {cams}")

@@ -120,6 +120,17 @@ def test_info_reports_damage_without_repairing(bag, tmp_path, capsys):
     assert _state(copy) == before
 
 
+def test_info_counts_a_step_stored_twice_once(bag, tmp_path, capsys):
+    copy = tmp_path / "dup" / "demo"
+    shutil.copytree(bag, copy)
+    shutil.copy(copy / "demo_0.mcap", copy / "demo_1.mcap")     # every transition on disk twice
+    (copy / "user_index.npz").unlink()
+    assert main(["bag", "info", str(copy), "--episodes"]) == 0
+    out = capsys.readouterr().out
+    assert "transitions: 20 (+20 duplicate copies, ignored) in 5 episodes (3 ended)" in out, out
+    assert [line.split()[2] for line in out.splitlines() if line.startswith("  franka_0  ")][-3:] == ["4", "6", "2"]
+
+
 def test_bad_input_exits_2_with_one_line(bag, tmp_path, capsys):
     assert main(["bag", "export", str(bag), "--episode", "99", "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err.strip()

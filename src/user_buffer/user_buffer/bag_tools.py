@@ -51,13 +51,7 @@ def open_bag(path: str | os.PathLike) -> TransitionStore:
     store = TransitionStore(p, writable=False)
     if not store.mcap_files() and not (p / "metadata.yaml").exists():
         store.close()
-        others = sorted(q.name for q in p.glob("*.mcap"))
-        if others:
-            # The store finds its files as <directory name>_<N>.mcap: a renamed bag folder looks empty.
-            raise BagToolError(f"{p} holds {', '.join(others[:3])}{' ...' if len(others) > 3 else ''} but no "
-                               f"{p.name}_<N>.mcap files; was the bag folder renamed? (its files must be named "
-                               f"after it)")
-        raise BagToolError(f"{p} is not a transition bag (no metadata.yaml and no {p.name}_<N>.mcap files)")
+        raise BagToolError(f"{p} is not a transition bag (no metadata.yaml and no .mcap files)")
     return store
 
 
@@ -103,9 +97,10 @@ def list_episodes(store: TransitionStore) -> list[EpisodeInfo]:
         end = ("terminated" if last & FLAG_TERMINATED else "truncated" if last & FLAG_TRUNCATED
                else "terminated" if np.any(flags & FLAG_TERMINATED) else
                "truncated" if np.any(flags & FLAG_TRUNCATED) else "")
-        out.append(EpisodeInfo(ep["robot_id"], ep["embodiment"], int(ep["episode_id"]), rows, steps,
-                               snap["log_time"][rows], end, ep["file"], int(len(keep) - keep.sum()),
-                               int(ep["start_ns"]), int(ep["end_ns"])))
+        log_times = snap["log_time"][rows]
+        out.append(EpisodeInfo(ep["robot_id"], ep["embodiment"], int(ep["episode_id"]), rows, steps, log_times,
+                               end, store.files[int(snap["file"][rows[0]])].name, int(len(keep) - keep.sum()),
+                               int(log_times.min()), int(log_times.max())))
     return out
 
 

@@ -8,7 +8,8 @@ what it recorded:
 - makes them durable (chunk + fsync) at every episode end and every ``sync_every_s``, and only then
   acknowledges them on ``/user/transitions/ack`` as consumer ``consumer`` (default ``buffer``), so
   a robot releases its copy only once the data is on disk. A transition already in the bag (a robot
-  resending after a crash of this node) is acknowledged at once and not stored twice;
+  resending after a crash of this node) is not stored twice, and acknowledged at once if its first
+  copy is durable (else with that copy, after the next sync);
 - serves ``/user/buffer/sample`` (``user_msgs/srv/SampleBatch``): a batch of stored transitions,
   drawn uniformly (or from the newest ``window``) among those matching the request's robot ids and
   embodiments, ``demo_ratio`` of it from the read-only demo bag, returned as the stored bytes.
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import array
 import collections
+import logging
 import math
 import os
 import random
@@ -37,7 +39,6 @@ import time
 from typing import Iterable
 
 import numpy as np
-import rclpy
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.executors import MultiThreadedExecutor
@@ -63,6 +64,7 @@ ACK_KEYS_PER_MSG = 2000
 MAX_SOURCES = 8
 
 _PARAMS = "<parameters>"
+_STORE_LOG = logging.getLogger("user_buffer")
 
 
 class BufferNode(Node):
@@ -100,6 +102,11 @@ class BufferNode(Node):
         if demo_dir and os.path.abspath(demo_dir) == os.path.abspath(bag_dir):
             raise ConfigError(_PARAMS, "demo_dir", f"must differ from bag_dir ({bag_dir})")
 
+        # The store reports repairs and damage through Python logging: route it into this node's log.
+        self._log_handler = _RosLogHandler(self.get_logger())
+        _STORE_LOG.addHandler(self._log_handler)
+        _STORE_LOG.setLevel(logging.INFO)
+        _STORE_LOG.propagate = False
         options = StoreOptions(split_bytes=int(split_mb * (1 << 20)), chunk_bytes=max(1, int(chunk_mb * (1 << 20))),
                                compression=compression)
         self.store = self._open_store(bag_dir, "bag_dir", writable=True, options=options)
@@ -110,8 +117,6 @@ class BufferNode(Node):
             except ConfigError:
                 self.store.close()
                 raise
-        for problem in self.store.problems + (self.demos.problems if self.demos else []):
-            self.get_logger().warning(f"bag repair: {problem}")
 
         self.session = random.getrandbits(63)
         self.rng = np.random.default_rng(int(p("seed").value))
@@ -123,6 +128,7 @@ class BufferNode(Node):
         self._sources: collections.OrderedDict[tuple, tuple[SampleSource, SampleSource | None]] = \
             collections.OrderedDict()
         self._ackable: dict[str, list[tuple[int, int]]] = collections.defaultdict(list)
+        self._unsynced_keys: set[tuple[str, int, int]] = set()   # stored since the last sync
         self._last_sync = time.monotonic()
         self.received = self.added = self.duplicates = self.rejected = self.store_errors = 0
         self.acked = self.batches = self.refused = 0
@@ -186,11 +192,14 @@ class BufferNode(Node):
                 return
             if row >= 0:
                 self.added += 1
+                self._unsynced_keys.add((robot, episode, step))
                 if terminated or truncated or time.monotonic() - self._last_sync >= self.sync_every_s:
                     self._sync_locked()
                 return
-        self.duplicates += 1
-        with self._ack_lock:   # already in the bag: release the robot's copy
+            self.duplicates += 1
+            if (robot, episode, step) in self._unsynced_keys:
+                return   # its first copy is not durable yet: acknowledged with it after the next sync
+        with self._ack_lock:   # already durable in the bag: release the robot's copy at once
             self._ackable[robot].append((episode, step))
 
     def _sync_if_due(self) -> None:
@@ -209,6 +218,7 @@ class BufferNode(Node):
             self.get_logger().error(f"syncing the bag failed: {exc}", throttle_duration_sec=2.0)
             return
         self._last_sync = time.monotonic()
+        self._unsynced_keys.clear()
         durable = self.store.take_durable()
         if durable:
             with self._ack_lock:
@@ -362,8 +372,29 @@ class BufferNode(Node):
                 self._send_acks()
             except Exception:  # noqa: BLE001 - the robots resend; they are acknowledged after a restart
                 pass
+        _STORE_LOG.removeHandler(self._log_handler)
         print(f"[buffer_node] closed bag {self.store.dir}: {len(self.store)} transitions, "
               f"{self.added} added, {self.duplicates} duplicates this session", flush=True)
+
+
+class _RosLogHandler(logging.Handler):
+    """Python logging records (of ``user_buffer``) into a ROS logger."""
+
+    def __init__(self, ros_logger) -> None:
+        super().__init__()
+        self.ros = ros_logger
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            msg = record.getMessage()
+            if record.levelno >= logging.ERROR:
+                self.ros.error(msg)
+            elif record.levelno >= logging.WARNING:
+                self.ros.warning(msg)
+            else:
+                self.ros.info(msg)
+        except Exception:  # noqa: BLE001 - logging must never break the caller
+            self.handleError(record)
 
 
 def _ids(table: list[str], names: Iterable[str]) -> list[int]:

@@ -174,7 +174,6 @@ class McapWriter:
         self.chunks = 0
         self._buf = bytearray()
         self._entries: list[MessageEntry] = []
-        self._crc = 0              # running CRC of the data section
         self.closed = False
         self._write(MAGIC + _record(OP_HEADER, _s(profile) + _s(library)))
 
@@ -182,9 +181,8 @@ class McapWriter:
     def position(self) -> int:
         return self.f.tell()
 
-    def _write(self, data: bytes) -> None:
+    def _write(self, data: bytes | memoryview) -> None:
         self.f.write(data)
-        self._crc = zlib.crc32(data, self._crc)
 
     def add_schema(self, name: str, encoding: str, data: bytes) -> int:
         sid = len(self.schemas) + 1
@@ -227,17 +225,16 @@ class McapWriter:
         """Write the open chunk (if any) and its message indexes; returns where it went."""
         if not self._entries:
             return None
-        records = bytes(self._buf)
-        stored = _compress(records, self.compression)
+        records = memoryview(self._buf)
+        stored = _compress(records, self.compression) if self.compression else records
         t0 = min(e.log_time for e in self._entries)
         t1 = max(e.log_time for e in self._entries)
         comp = _s(self.compression)
-        content = (_CHUNK_HEAD.pack(t0, t1, len(records), zlib.crc32(records)) + comp
-                   + struct.pack("<Q", len(stored)) + stored)
+        head = _CHUNK_HEAD.pack(t0, t1, len(records), zlib.crc32(records)) + comp + struct.pack("<Q", len(stored))
         start = self.position
-        self._write(_REC.pack(OP_CHUNK, len(content)))
-        self._write(content)
-        chunk_len = _REC.size + len(content)
+        self._write(_REC.pack(OP_CHUNK, len(head) + len(stored)) + head)
+        self._write(stored)   # no copy of the records: written straight from the chunk buffer
+        chunk_len = _REC.size + len(head) + len(stored)
         records_start = start + _REC.size + _CHUNK_HEAD.size + len(comp) + 8
         # Message indexes, one per channel present in the chunk.
         idx_start = self.position
@@ -256,6 +253,7 @@ class McapWriter:
                                         + struct.pack("<QQ", len(stored), len(records))))
         info = ChunkInfo(start, chunk_len, records_start, self.compression, len(stored), len(records), t0, t1,
                          self._entries, self.position)
+        del records, stored
         self._buf = bytearray()
         self._entries = []
         self.chunks += 1
@@ -274,7 +272,7 @@ class McapWriter:
         if self.closed:
             return
         self.flush()
-        self._write(_record(OP_DATA_END, struct.pack("<I", self._crc)))
+        self._write(_record(OP_DATA_END, struct.pack("<I", 0)))   # 0: data-section CRC not computed (chunks have theirs)
         write_summary(self.f, self.schemas, self.channels, self.chunk_index, self.message_count,
                       self.channel_counts, self.first_time or 0, self.last_time, self.chunks)
         self.f.flush()

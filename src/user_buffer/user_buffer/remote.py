@@ -51,7 +51,7 @@ class RemoteReplay:
                  prefetch: int = 2, service: str = SAMPLE_SERVICE, timeout_s: float = 30.0,
                  refresh_s: float = 1.0) -> None:
         self.batch_size = _check_batch_size(batch_size)
-        if not isinstance(window, int) or isinstance(window, bool) or not 0 <= window < 2**32:
+        if not isinstance(window, (int, np.integer)) or isinstance(window, bool) or not 0 <= window < 2**32:
             raise ValueError(f"window must be an integer >= 0, got {window!r}")
         if not isinstance(demo_ratio, (int, float)) or not (math.isfinite(demo_ratio) and 0.0 <= demo_ratio <= 1.0):
             raise ValueError(f"demo_ratio must be in [0, 1], got {demo_ratio!r}")
@@ -63,7 +63,7 @@ class RemoteReplay:
             raise ValueError(f"refresh_s must be > 0, got {refresh_s!r}")
         self.node = node
         self.layout = layout
-        self.window = window
+        self.window = int(window)
         self.robot_ids = _names("robot_ids", robot_ids)
         self.embodiments = _names("embodiments", embodiments)
         self.demo_ratio = float(demo_ratio)

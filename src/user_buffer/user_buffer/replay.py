@@ -3,10 +3,11 @@
 ``PersistentReplay`` offers the four calls the learner uses (``add``, ``sample``, ``len``,
 ``stats``). Every transition goes to disk (the store) and into a RAM cache of decoded arrays whose
 size is given in bytes. The cache keeps the newest transitions (the hot set a recent-window sampler
-draws from); a separate demo store is cached on its own. Batches are drawn and assembled by a
-background thread ahead of time: cached rows are gathered with one fancy-index copy, the rest are
-read from disk (one ``pread`` + decode each) by a small pool of reader threads. When the sampling
-window fits the cache the learner therefore never waits on the disk.
+draws from); a separate demo store is cached on its own. ``sample`` draws the row numbers of the next
+batches itself (so a seed fixes them) and hands their assembly to builder threads ``prefetch``
+batches ahead: cached rows are gathered with one ``take`` per array, the rest are read from disk
+(one ``pread`` + decode each) by a pool of reader threads. When the sampling window fits the cache
+the learner therefore never waits on the disk.
 
 Sampling is uniform over all eligible transitions or over the newest ``window`` of them; eligibility
 filters by robot id and embodiment; ``demo_ratio`` of each batch comes from the demo store (RLPD
@@ -14,9 +15,9 @@ uses 0.5). Given a seed and unchanging data, the sequence of batches is determin
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
-import queue
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -55,13 +56,14 @@ class Layout:
         return n
 
     def empty(self, n: int) -> dict[str, np.ndarray]:
-        out = {"state": np.zeros((n, self.state_dim), np.float32),
-               "next_state": np.zeros((n, self.state_dim), np.float32),
-               "action": np.zeros((n, self.action_dim), np.float32),
-               "reward": np.zeros(n, np.float32), "terminated": np.zeros(n, np.float32)}
+        """Uninitialized arrays for ``n`` transitions."""
+        out = {"state": np.empty((n, self.state_dim), np.float32),
+               "next_state": np.empty((n, self.state_dim), np.float32),
+               "action": np.empty((n, self.action_dim), np.float32),
+               "reward": np.empty(n, np.float32), "terminated": np.empty(n, np.float32)}
         if self.cameras:
-            out["pixels"] = np.zeros((n, *self.image_shape), np.uint8)
-            out["next_pixels"] = np.zeros((n, *self.image_shape), np.uint8)
+            out["pixels"] = np.empty((n, *self.image_shape), np.uint8)
+            out["next_pixels"] = np.empty((n, *self.image_shape), np.uint8)
         return out
 
     def fill(self, out: dict[str, np.ndarray], i: int, t: TransitionView) -> None:
@@ -98,8 +100,10 @@ class SlotCache:
         self.slots = max(0, int(max_bytes) // layout.bytes_per_transition())
         self.arrays = layout.empty(self.slots)
         self.slot_row = np.full(self.slots, -1, np.int64)
+        self.slot_owner = np.zeros(self.slots, np.int64)   # who reserved the slot last
         self.row_slot = np.full(1024, -1, np.int64)
         self.next = 0
+        self._tokens = 0
         self.lock = threading.Lock()
 
     @property
@@ -110,6 +114,8 @@ class SlotCache:
         return int((self.slot_row >= 0).sum())
 
     def put(self, row: int, t: TransitionView) -> None:
+        """Cache one decoded transition in the oldest slot. The copy runs outside the lock: the slot
+        is marked free first, so a concurrent ``gather`` never accepts a half-written slot."""
         if self.slots == 0:
             return
         with self.lock:
@@ -120,26 +126,34 @@ class SlotCache:
                 grown[: len(self.row_slot)] = self.row_slot
                 self.row_slot = grown
             s = self.next
+            self.next = (s + 1) % self.slots
             old = self.slot_row[s]
             if old >= 0:
                 self.row_slot[old] = -1
-            self.layout.fill(self.arrays, s, t)
-            self.slot_row[s] = row
-            self.row_slot[row] = s
-            self.next = (s + 1) % self.slots
+            self.slot_row[s] = -1
+            self._tokens += 1
+            token = self.slot_owner[s] = self._tokens
+        self.layout.fill(self.arrays, s, t)
+        with self.lock:
+            if self.slot_owner[s] == token:   # nobody reserved the slot again meanwhile
+                self.slot_row[s] = row
+                self.row_slot[row] = s
 
-    def gather(self, rows: np.ndarray, out: dict[str, np.ndarray]) -> np.ndarray:
-        """Copy cached rows into ``out`` (same positions); returns the mask of rows that were missed."""
+    def gather(self, rows: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """A batch for ``rows`` (one ``take`` per array, no lock held while copying) and the mask of
+        rows that were not cached; their entries are placeholders for the caller to fill."""
         with self.lock:
             slots = np.full(len(rows), -1, np.int64)
             inside = rows < len(self.row_slot)
             slots[inside] = self.row_slot[rows[inside]]
-            hit = slots >= 0
-            if hit.any():
-                pos, src = np.flatnonzero(hit), slots[hit]
-                for k, a in self.arrays.items():
-                    out[k][pos] = a[src]
-        return ~hit
+        hit = slots >= 0
+        if self.slots == 0 or not hit.any():
+            return self.layout.empty(len(rows)), ~hit
+        src = np.where(hit, slots, slots[hit][0])
+        out = {k: a.take(src, axis=0) for k, a in self.arrays.items()}
+        with self.lock:   # a slot reused while we copied counts as a miss
+            hit &= self.slot_row[src] == rows
+        return out, ~hit
 
 
 class SampleSource:
@@ -186,7 +200,17 @@ class SampleSource:
         with self.lock:
             n = self.n
             lo = max(0, n - window) if window > 0 else 0
-            return self.eligible[rng.integers(lo, n, k)] if n > lo else np.zeros(0, np.int64)
+            if n <= lo:
+                return np.zeros(0, np.int64)
+            rows = self.eligible[rng.integers(lo, n, k)]
+            for _ in range(10):   # rows found unusable are never sampled again
+                if not self.bad:
+                    break
+                redo = np.isin(rows, list(self.bad))
+                if not redo.any():
+                    break
+                rows[redo] = self.eligible[rng.integers(lo, n, int(redo.sum()))]
+            return rows
 
     def warm(self, stop: threading.Event) -> None:
         """Fill the cache with the newest eligible rows (after a restart), newest last."""
@@ -208,7 +232,7 @@ class PersistentReplay:
     def __init__(self, store: TransitionStore, layout: Layout, *, cache_bytes: int = 2 << 30, window: int = 0,
                  robots: Iterable[str] = (), embodiments: Iterable[str] = (),
                  demos: TransitionStore | None = None, demo_ratio: float = 0.0, demo_cache_bytes: int = 512 << 20,
-                 seed: int = 0, batch_size: int = 256, prefetch: int = 2, readers: int = 2,
+                 seed: int = 0, batch_size: int = 256, prefetch: int = 2, readers: int = 2, builders: int = 2,
                  sync_every_s: float = 1.0) -> None:
         if not 0.0 <= demo_ratio <= 1.0:
             raise ValueError(f"demo_ratio must be in [0, 1], got {demo_ratio}")
@@ -232,16 +256,14 @@ class PersistentReplay:
         self.batches = 0
         self._stop = threading.Event()
         self._pool = ThreadPoolExecutor(max(1, readers), thread_name_prefix="replay-read") if readers > 0 else None
-        self._queue: queue.Queue = queue.Queue(maxsize=max(1, prefetch))
-        self._prefetch = prefetch > 0
+        self._prefetch_n = int(prefetch)
+        self._builders = (ThreadPoolExecutor(max(1, builders), thread_name_prefix="replay-build")
+                          if prefetch > 0 else None)
+        self._ahead: collections.deque = collections.deque()
         self._warmers = [threading.Thread(target=s.warm, args=(self._stop,), daemon=True, name="replay-warm")
                          for s in (self.online, self.demos) if s is not None]
         for t in self._warmers:
             t.start()
-        self._thread = None
-        if self._prefetch:
-            self._thread = threading.Thread(target=self._prefetch_loop, daemon=True, name="replay-prefetch")
-            self._thread.start()
 
     # -- ingest ----------------------------------------------------------------------------------------
     def add(self, data: bytes, decoded: TransitionView | None = None) -> bool:
@@ -289,57 +311,52 @@ class PersistentReplay:
         return parts
 
     def _assemble(self, parts: list[tuple[SampleSource, np.ndarray]]) -> dict[str, np.ndarray]:
-        total = sum(len(r) for _, r in parts)
-        out = self.layout.empty(total)
-        base = 0
+        pieces = []
         for src, rows in parts:
-            view = {k: v[base:base + len(rows)] for k, v in out.items()}
-            missed = np.flatnonzero(src.cache.gather(rows, view))
+            arrays, missed = src.cache.gather(rows)
+            missed = np.flatnonzero(missed)
             self.hits += len(rows) - len(missed)
             self.misses += len(missed)
-            if len(missed):
-                def load(i: int, src=src, rows=rows, view=view) -> None:
-                    r = int(rows[i])
-                    try:
-                        self.layout.fill(view, i, decode_transition(src.store.read(r)))
-                    except (DecodeError, LayoutMismatch, OSError) as exc:
-                        src.bad.add(r)
-                        log.warning(f"{src.store.dir}: row {r} unusable ({exc}); it will not be sampled")
-                        alt = src.draw(self.rng, 1, 0)
-                        if len(alt) and int(alt[0]) not in src.bad:
-                            self.layout.fill(view, i, decode_transition(src.store.read(int(alt[0]))))
-                if self._pool is not None and len(missed) > 1:
-                    list(self._pool.map(load, missed))
-                else:
-                    for i in missed:
-                        load(i)
-            base += len(rows)
-        return out
+            failed: list[int] = []
 
-    def _prefetch_loop(self) -> None:
-        while not self._stop.is_set():
-            if self.online.n == 0:
-                self._stop.wait(0.05)
-                continue
-            try:
-                batch = self._assemble(self._draw(self.batch_size))
-            except Exception as exc:  # noqa: BLE001 - report and keep serving
-                log.error(f"replay prefetch failed: {exc}")
-                self._stop.wait(0.5)
-                continue
-            while not self._stop.is_set():
+            def load(i: int, src=src, rows=rows, arrays=arrays, failed=failed) -> None:
+                r = int(rows[i])
                 try:
-                    self._queue.put(batch, timeout=0.1)
-                    break
-                except queue.Full:
-                    continue
+                    self.layout.fill(arrays, i, decode_transition(src.store.read(r)))
+                except (DecodeError, LayoutMismatch, OSError) as exc:
+                    with src.lock:
+                        src.bad.add(r)
+                    failed.append(i)
+                    log.warning(f"{src.store.dir}: row {r} unusable ({exc}); it will not be sampled again")
+
+            if self._pool is not None and len(missed) > 1:
+                list(self._pool.map(load, missed))
+            else:
+                for i in missed:
+                    load(i)
+            if failed:   # stand in with rows of this batch that did load
+                good = np.setdiff1d(np.arange(len(rows)), failed)
+                if not len(good):
+                    raise OSError(f"{src.store.dir}: no usable transition in a batch of {len(rows)}")
+                for j, i in enumerate(sorted(failed)):
+                    for a in arrays.values():
+                        a[i] = a[good[j % len(good)]]
+            pieces.append(arrays)
+        if len(pieces) == 1:
+            return pieces[0]
+        return {k: np.concatenate([p[k] for p in pieces]) for k in pieces[0]}
 
     def sample(self, batch_size: int) -> dict[str, np.ndarray]:
+        """A batch of ``batch_size`` transitions. Batches of the configured size are drawn here, in
+        order (so a seed fixes them), and assembled ``prefetch`` ahead by the builder threads."""
         if self.online.n == 0:
             raise ValueError("cannot sample from an empty replay buffer")
         t0 = time.perf_counter()
-        if self._prefetch and batch_size == self.batch_size:
-            batch = self._queue.get()
+        if self._builders is not None and batch_size == self.batch_size:
+            while len(self._ahead) < self._prefetch_n + 1:
+                self._ahead.append(self._builders.submit(self._assemble, self._draw(batch_size)))
+            batch = self._ahead.popleft().result()
+            self._ahead.append(self._builders.submit(self._assemble, self._draw(batch_size)))
         else:
             batch = self._assemble(self._draw(batch_size))
         self.wait_s += time.perf_counter() - t0
@@ -357,8 +374,10 @@ class PersistentReplay:
 
     def close(self) -> None:
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        if self._builders is not None:
+            for f in self._ahead:
+                f.cancel()
+            self._builders.shutdown(wait=True)
         for t in self._warmers:
             t.join(timeout=5)
         if self._pool is not None:

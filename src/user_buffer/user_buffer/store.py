@@ -377,7 +377,7 @@ class TransitionStore:
                                    flags=(FLAG_TERMINATED * term) | (FLAG_TRUNCATED * trunc))
             self.keys[(rid, episode, step)] = row
             self._pending_rows.append(row)
-            self._pending_data[row] = bytes(data)
+            self._pending_data[row] = data if isinstance(data, bytes) else bytes(data)
             self._writer.write_message(self._channel, t, data, sequence=row)
             fe = self.files[self._wfile_idx]
             fe.start_ns = t if fe.messages == 0 else min(fe.start_ns, t)
@@ -498,10 +498,12 @@ class TransitionStore:
 
     def episodes(self) -> list[dict]:
         """One entry per (robot, episode): steps, whether it ended, and where its first step lies."""
-        v = self.snapshot()
-        if not len(v["file"]):
+        with self.lock:
+            v = self.rows.view()
+            newest = np.fromiter(self.keys.values(), np.int64, len(self.keys))   # one row per step
+        if not len(newest):
             return []
-        order = np.lexsort((v["step"], v["episode"], v["robot"]))
+        order = newest[np.lexsort((v["step"][newest], v["episode"][newest], v["robot"][newest]))]
         r, e = v["robot"][order], v["episode"][order]
         starts = np.flatnonzero(np.r_[True, (r[1:] != r[:-1]) | (e[1:] != e[:-1])])
         ends = np.r_[starts[1:], len(order)]
