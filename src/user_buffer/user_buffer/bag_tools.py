@@ -86,8 +86,12 @@ class EpisodeInfo:
 def list_episodes(store: TransitionStore) -> list[EpisodeInfo]:
     """The bag's episodes in ``store.episodes()`` order (robot, then episode id)."""
     snap = store.snapshot()
+    pairs = np.stack([snap["robot"].astype(np.uint64), snap["episode"]], axis=1)
+    uniq, counts = np.unique(pairs, axis=0, return_counts=True) if len(pairs) else (pairs, np.zeros(0, int))
+    stored = {(int(r), int(e)): int(c) for (r, e), c in zip(uniq, counts)}   # every copy on disk
+    robot_index = {r: i for i, r in enumerate(store.robots)}
     out = []
-    for ep in store.episodes():
+    for ep in store.episodes():   # one (newest) row per step
         rows = np.asarray(ep["rows"])
         steps = snap["step"][rows]
         keep = np.r_[steps[1:] != steps[:-1], True]      # rows of one step are in row order: keep the newest
@@ -99,7 +103,8 @@ def list_episodes(store: TransitionStore) -> list[EpisodeInfo]:
                "truncated" if np.any(flags & FLAG_TRUNCATED) else "")
         log_times = snap["log_time"][rows]
         out.append(EpisodeInfo(ep["robot_id"], ep["embodiment"], int(ep["episode_id"]), rows, steps, log_times,
-                               end, store.files[int(snap["file"][rows[0]])].name, int(len(keep) - keep.sum()),
+                               end, store.files[int(snap["file"][rows[0]])].name,
+                               stored.get((robot_index[ep["robot_id"]], int(ep["episode_id"])), len(rows)) - len(rows),
                                int(log_times.min()), int(log_times.max())))
     return out
 
