@@ -252,9 +252,12 @@ def test_acknowledges_only_durable_transitions_and_durable_duplicates_at_once(pr
             and time.monotonic() < end:
         time.sleep(0.05)
 
+    def steps(msgs) -> list[int]:
+        return sorted(s for a in msgs for s in a.steps)
+
     def acked() -> list[int]:
         with acks.lock:
-            return sorted(s for a in acks.msgs for s in a.steps)
+            return steps(acks.msgs)
 
     first = transition_msg("robot_a", 4, 0)
     pub.publish(first)
@@ -262,11 +265,11 @@ def test_acknowledges_only_durable_transitions_and_durable_duplicates_at_once(pr
     time.sleep(1.5)
     assert acked() == [], "nothing may be acknowledged before it is fsynced"
     pub.publish(transition_msg("robot_a", 4, 1, last=True))    # episode end: sync, then acks
-    acks.wait(lambda m: len(acked()) >= 2, 10, "acks after the episode end")
+    acks.wait(lambda m: len(steps(m)) >= 2, 10, "acks after the episode end")
     time.sleep(0.5)
     assert acked() == [0, 1], "each durable transition is acknowledged once"
     pub.publish(first)               # durable already: acknowledged at once
-    acks.wait(lambda m: acked() == [0, 0, 1], 5, "the durable duplicate acknowledged")
+    acks.wait(lambda m: steps(m) == [0, 0, 1], 5, "the durable duplicate acknowledged")
 
 
 def test_kill_9_recovers_the_bag_loses_nothing_acknowledged_and_stores_resends_once(procs, ros_node, tmp_path):

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import yaml
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.serialization import deserialize_message
 from user_msgs.msg import EpisodeStats, Observation, RobotStatus, Transition
 
 from user_buffer.store import TransitionStore
@@ -92,6 +93,21 @@ def test_async_run_trains_publishes_and_checkpoints(procs, ros_node, in_tmp):
     assert ckpts, "no checkpoint written"
     assert list((in_tmp / "logs/test").glob("events.out.tfevents.*")), "no TensorBoard log"
     assert re.search(r"episodes \d+, success \d+% \(last \d+\).*updates \d+ \([\d.]+/s\).*weights v\d+", out)
+    # The run's replay bag opens with independent readers and holds what the robots produced.
+    from mcap.reader import make_reader
+    from rosbags.rosbag2 import Reader
+
+    bag = in_tmp / "runs/test/replay"
+    with Reader(bag) as r:
+        assert r.message_count >= 400 and [c.topic for c in r.connections] == ["/user/transitions"]
+    stored = set()
+    for f in sorted(bag.glob("*.mcap")):
+        with open(f, "rb") as fh:
+            for _, _, m in make_reader(fh).iter_messages():
+                t = deserialize_message(m.data, Transition)
+                stored.add((t.robot_id, t.episode_id, t.step))
+    produced = {(t.robot_id, t.episode_id, t.step) for t in transitions.msgs}
+    assert len(stored) >= 400 and stored <= produced
 
 
 def test_sync_run_alternates_collection_and_training(procs, ros_node, in_tmp):

@@ -269,3 +269,15 @@ def test_read_only_open_changes_nothing(tmp_path):
     ro.close()
     after = {p.name: p.read_bytes() for p in crashed.iterdir() if p.is_file()}
     assert before == after
+
+
+def test_a_transition_is_durable_only_after_sync(tmp_path):
+    s = TransitionStore(tmp_path / "s", options=StoreOptions(chunk_bytes=1000))   # chunks close on size too
+    rows = [s.add(b) for b in episode_bytes("franka_0", 1, 6)]
+    assert not s.is_durable("franka_0", 1, 0) and not s.take_durable()
+    for r in rows:   # rows in chunks closed by size are readable before any sync
+        assert deserialize_message(s.read(r), Transition).step == r
+    assert s.sync() == 6 and s.is_durable("franka_0", 1, 5)
+    assert s.take_durable() == [("franka_0", 1, k) for k in range(6)]
+    assert not s.is_durable("franka_0", 1, 6) and not s.is_durable("franka_9", 1, 0)
+    s.close()

@@ -257,6 +257,7 @@ class McapWriter:
         self._buf = bytearray()
         self._entries = []
         self.chunks += 1
+        self.f.flush()   # hand the chunk to the OS: readers may pread it as soon as on_chunk returns
         if self.on_chunk is not None:
             self.on_chunk(info)
         return info
@@ -266,6 +267,9 @@ class McapWriter:
         self.flush()
         self.f.flush()
         os.fsync(self.f.fileno())
+
+    def fileno(self) -> int:
+        return self.f.fileno()
 
     def close(self) -> None:
         """Write the last chunk, DataEnd, the summary and the footer."""

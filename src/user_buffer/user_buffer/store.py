@@ -120,6 +120,7 @@ class TransitionStore:
         self.writable = writable
         self.name = self.dir.name
         self.lock = threading.RLock()
+        self._sync_lock = threading.Lock()   # one sync (fsync, file switch) at a time
         self.rows = Rows()
         self.files: list[FileEntry] = []
         self.robots: list[str] = []
@@ -210,6 +211,7 @@ class TransitionStore:
             v = self.rows.view()
             v["file"][:] = inv[v["file"]]
         self._rebuild_keys()
+        self._durable_upto = self.rows.n   # rows are appended in order; these are on disk already
         for p in self.problems:
             log.warning(p)
         if self.writable:
@@ -354,6 +356,13 @@ class TransitionStore:
             self._pending_data.pop(row, None)
         self._pending_rows = []
 
+    def is_durable(self, robot_id: str, episode_id: int, step: int) -> bool:
+        """Stored and fsynced (safe to acknowledge)."""
+        with self.lock:
+            r = self._robot_ids.get(robot_id)
+            row = self.keys.get((r, episode_id, step)) if r is not None else None
+            return row is not None and row < self._durable_upto
+
     def contains(self, robot_id: str, episode_id: int, step: int) -> bool:
         r = self._robot_ids.get(robot_id)
         return r is not None and (r, episode_id, step) in self.keys
@@ -388,22 +397,33 @@ class TransitionStore:
         return row
 
     def sync(self) -> int:
-        """Make everything added so far durable (chunk + fsync); returns how many rows became durable."""
-        with self.lock:
-            if self._writer is None or self._unsynced == 0:
-                return 0
-            first = self.rows.n - self._unsynced
-            self._writer.sync()
-            self._durable.extend(range(first, self.rows.n))
-            n, self._unsynced = self._unsynced, 0
-            w = self._writer
-            too_big = w.position >= self.opts.split_bytes
-            too_old = self.opts.split_seconds > 0 and time.monotonic() - self._wopened >= self.opts.split_seconds
-            if too_big or too_old:
-                self._close_file()
-            elif time.monotonic() - self._last_index_save >= self.opts.index_every_s:
-                self.save_index()
-        return n
+        """Make everything added so far durable (chunk + fsync); returns how many rows became durable.
+
+        The fsync runs outside the store's lock, so reads and adds go on meanwhile."""
+        with self._sync_lock:
+            with self.lock:
+                if self._writer is None or self._unsynced == 0:
+                    return 0
+                self._writer.flush()
+                self._wfile.flush()
+                fd = os.dup(self._writer.fileno())
+                first, end = self.rows.n - self._unsynced, self.rows.n
+                self._unsynced = 0
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            with self.lock:
+                self._durable.extend(range(first, end))
+                self._durable_upto = max(self._durable_upto, end)
+                w = self._writer
+                too_big = w.position >= self.opts.split_bytes
+                too_old = self.opts.split_seconds > 0 and time.monotonic() - self._wopened >= self.opts.split_seconds
+                if too_big or too_old:
+                    self._close_file()
+                elif time.monotonic() - self._last_index_save >= self.opts.index_every_s:
+                    self.save_index()
+            return end - first
 
     def take_durable(self) -> list[tuple[str, int, int]]:
         """(robot_id, episode_id, step) of every transition made durable since the last call."""
@@ -422,14 +442,17 @@ class TransitionStore:
         fe = self.files[self._wfile_idx]
         fe.size, fe.mtime_ns, fe.complete = st.st_size, st.st_mtime_ns, True
         self._durable.extend(range(self.rows.n - self._unsynced, self.rows.n))
+        self._durable_upto = self.rows.n
         self._unsynced = 0
         self._writer, self._wfile = None, None
         self.save_index()
         self._write_metadata()
 
     def close(self) -> None:
-        """Finish the open file (summary + footer), save the index and metadata, release the lock."""
-        with self.lock:
+        """Finish the open file (summary + footer), save the index and metadata, release the lock.
+
+        Stop readers first: a ``read`` running concurrently with ``close`` may fail."""
+        with self._sync_lock, self.lock:
             if self.writable:
                 self._close_file()
                 if self._index_dirty:
@@ -446,7 +469,9 @@ class TransitionStore:
         return self.rows.n
 
     def snapshot(self) -> dict[str, np.ndarray]:
-        """The index columns up to now (views; rows never change once their chunk is written)."""
+        """The index columns up to now, as views. robot, embodiment, episode, step, log_time and
+        length never change; offset and chunk of rows still in the open chunk are filled in when it
+        is written."""
         with self.lock:
             return self.rows.view()
 

@@ -11,7 +11,7 @@ from user_learner.learner_config import load_learner_config
 ROOT = Path(__file__).resolve().parents[3]
 
 
-@pytest.mark.parametrize("name, cameras", [("sac_peg", ()), ("sac_peg_cnn", ("wrist", "side"))])
+@pytest.mark.parametrize("name, cameras", [("sac_peg", ()), ("sac_peg_cnn", ("wrist", "side")), ("rlpd_peg", ())])
 def test_shipped_configs_load(name, cameras):
     cfg = load_learner_config(ROOT / "config" / f"{name}.yaml")
     spec = cfg.obs.spec()
@@ -24,6 +24,10 @@ def test_shipped_configs_load(name, cameras):
 
 @pytest.mark.parametrize("data, key, words", [
     ({"learner": {"mode": "fast"}}, "learner.mode", "must be one of"),
+    ({"replay": {"kind": "s3"}}, "replay.kind", "must be one of"),
+    ({"replay": {"demo_ratio": 0.5}}, "replay.demo_ratio", "needs demo_dir"),
+    ({"replay": {"demo_ratio": 1.5, "demo_dir": "d"}}, "replay.demo_ratio", "in [0, 1]"),
+    ({"replay": {"cache_mb": -1}}, "replay.cache_mb", ">= 0"),
     ({"learner": {"min_buffer": -1}}, "learner.min_buffer", ">= 0"),
     ({"sac": {"discount": "high"}}, "sac.discount", "expected a number"),
     ({"sac": {"batch_size": 0}}, "sac.batch_size", ""),

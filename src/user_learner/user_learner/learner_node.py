@@ -239,7 +239,9 @@ class LearnerNode(Node):
         with self._data_lock:
             if not added:
                 self.duplicates += 1
-                self._ackable[t.robot_id].append((t.episode_id, t.step))  # stored already: release it
+                # Stored already: release the robot's copy now if ours is on disk, else with the next sync.
+                if self.replay.online.store.is_durable(t.robot_id, t.episode_id, t.step):
+                    self._ackable[t.robot_id].append((t.episode_id, t.step))
                 return
             self.env_steps += 1
             self.staleness.append(max(0, self.version - t.policy_version))
