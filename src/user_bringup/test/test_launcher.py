@@ -247,6 +247,29 @@ def test_crashed_node_with_respawn_delay_is_restarted(ros_env: Path) -> None:
         _kill_all(pids)
 
 
+def test_a_node_refusing_its_configuration_is_not_respawned(ros_env: Path) -> None:
+    """Exit code 2 (bad configuration) stops the run at once instead of respawning forever."""
+    path = _graph(
+        ros_env,
+        """\
+        nodes:
+          - {name: misconfigured, package: fakepkg, executable: tool, arguments: [crash, "0.2", "2"],
+             respawn_delay: 0.3}
+          - {name: long_job, package: fakepkg, executable: tool, arguments: [talk, "100", "0.2"], ends_run: true}
+        """,
+    )
+    code, out, elapsed = _run(path, monitor_episodes=False)
+    pids = _started_pids(out)
+    try:
+        assert code == 2, out
+        assert "[userctl] node misconfigured refused its configuration (code 2); stopping the run" in out
+        assert len(re.findall(r"started misconfigured \(pid", out)) == 1
+        assert elapsed < 15.0
+        assert _wait_gone(pids) == []
+    finally:
+        _kill_all(pids)
+
+
 def test_unexpected_clean_exit_ends_the_run(ros_env: Path) -> None:
     """A node that is not ends_run exiting, even with code 0, stops the run with status 1."""
     path = _graph(

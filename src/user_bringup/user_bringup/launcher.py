@@ -30,6 +30,7 @@ from user_hal.topics import EPISODES_TOPIC
 LAUNCHER_TAG = "userctl"
 EPISODE_TAG = "episode"
 SUCCESS_WINDOW = 20
+EXIT_BAD_INPUT = 2   # what user_hal.node_main.run_node returns for a configuration error
 
 
 class LaunchError(Exception):
@@ -446,6 +447,9 @@ class Launcher:
                     continue
                 reported.add(i)
                 label = child.spec.label
+                if code == EXIT_BAD_INPUT:   # its configuration is wrong: a respawn would fail the same way
+                    self.say(f"node {label} refused its configuration (code 2); stopping the run")
+                    return EXIT_BAD_INPUT
                 if code != 0 and child.spec.respawn_delay > 0:
                     delay = child.spec.respawn_delay
                     self.say(f"node {label} crashed ({describe_exit(code)}); respawning in {delay:g} s")

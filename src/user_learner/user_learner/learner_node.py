@@ -142,8 +142,12 @@ class LearnerNode(Node):
         self.finished = threading.Event()
         self.exit_code = 0
         self._thread = threading.Thread(target=self._train_main, name="learner-train", daemon=True)
-        where = (f"replay bag {self.replay.online.store.dir} ({len(self.replay)} transitions)" if self.bag_mode
-                 else "replay in memory")
+        where = "replay in memory"
+        if self.bag_mode:
+            where = f"replay bag {self.replay.online.store.dir} ({len(self.replay)} transitions)"
+            if self.replay.demos is not None:
+                where += (f" + {self.replay.demos.n} demonstrations from {self.replay.demos.store.dir} "
+                          f"({self.replay.demo_ratio:.0%} of each batch)")
         self.get_logger().info(
             f"learner ({L.mode}): {'images ' + str(list(self.spec.cameras)) if self.spec.cameras else 'state'} "
             f"policy, config {self.cfg.source}, {where}, checkpoints {self.ckpt_dir}, TensorBoard {self.log_dir}"
