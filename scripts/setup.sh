@@ -9,8 +9,8 @@ VENV="$ROOT/.venv"
 PY="${USER_PYTHON:-python3.11}"
 say() { printf '[setup] %s\n' "$*"; }
 
-# 1. System libraries: EGL/Mesa for headless MuJoCo rendering.
-APT_PKGS=(libegl1 libegl-mesa0 libgl1-mesa-dri libgles2)
+# 1. System libraries: EGL/Mesa for headless MuJoCo rendering; libusb and hidapi for RealSense and SpaceMouse.
+APT_PKGS=(libegl1 libegl-mesa0 libgl1-mesa-dri libgles2 libusb-1.0-0 libhidapi-hidraw0)
 missing=()
 for p in "${APT_PKGS[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if ((${#missing[@]})); then

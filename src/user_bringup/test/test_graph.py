@@ -30,13 +30,26 @@ def by_label(nodes: list[NodeSpec]) -> dict[str, NodeSpec]:
 # --- the franka_sac graph ---------------------------------------------------------------------------
 
 
+def test_scripted_recording_adds_a_buffer_node_the_robots_wait_for() -> None:
+    """policy:=scripted record:=true: a buffer node records, robots hold transitions until it acks."""
+    g = load_graph(FRANKA_SAC, {"policy": "scripted", "record": "true", "run_name": "demos"})
+    nodes = by_label(g.nodes)
+    assert "user/buffer" in nodes and "user/learner" not in nodes
+    buffer = nodes["user/buffer"]
+    assert (buffer.package, buffer.executable) == ("user_buffer", "buffer_node")
+    assert buffer.parameters == {"bag_dir": "runs/demos/replay", "consumer": "buffer"}
+    assert nodes["franka_0/robot"].parameters["ack_consumers"] == ["buffer"]
+    plain = by_label(load_graph(FRANKA_SAC, {"policy": "scripted"}).nodes)
+    assert "user/buffer" not in plain and "ack_consumers" not in plain["franka_0/robot"].parameters
+
+
 def test_franka_sac_defaults() -> None:
     """Defaults: one robot trained with SAC: registry, robot (ends_run), inference, learner (stops_run)."""
     g = load_graph(FRANKA_SAC, {})
     assert g.args == {
         "robot": "sim", "robots": 1, "policy": "sac", "config": "sac_peg", "sync": False,
         "max_env_steps": 0, "max_minutes": 0.0, "run_name": "franka_sac",
-        "realtime_factor": 1.0, "episodes": 0, "seed": 0, "respawn_delay": 5.0,
+        "realtime_factor": 1.0, "episodes": 0, "seed": 0, "record": False, "respawn_delay": 5.0,
     }
     assert g.robot_ids == ["franka_0"]
     nodes = by_label(g.nodes)

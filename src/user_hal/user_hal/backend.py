@@ -124,15 +124,20 @@ def make_backend(name: str, **kwargs: Any) -> RobotBackend:
     return _BACKENDS[name](**kwargs)
 
 
+#: registry name -> module that registers it (imported on first use)
+BUILTIN_BACKENDS = {"sim": "user_hal.sim.franka_sim", "franky": "user_hal.franky_backend",
+                    "franka_ros2": "user_hal.franka_ros2_backend"}
+
+
 def _load_builtin_backends() -> None:
     # Imported lazily: a backend may pull heavy or optional dependencies (MuJoCo, franky, ...).
     import importlib
 
-    for module in ("user_hal.sim.franka_sim",):
+    for name, module in BUILTIN_BACKENDS.items():
         try:
             importlib.import_module(module)
         except ImportError as exc:  # pragma: no cover - depends on what is installed
-            _BACKENDS.setdefault(module.rsplit(".", 1)[-1], _unavailable(module, exc))
+            _BACKENDS.setdefault(name, _unavailable(module, exc))
 
 
 def _unavailable(module: str, exc: ImportError) -> BackendFactory:
