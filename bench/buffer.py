@@ -41,6 +41,7 @@ import shlex
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -277,6 +278,42 @@ def ingest_replay(msgs: Messages, d: Path, layout, cache_bytes: int, seconds: fl
 
 # ---------------------------------------------------------------------------------------------- main
 
+def disk_ceiling(files: list[Path], nbytes: int, seconds: float, threads: int) -> float:
+    """(g) Cold random preads of ``nbytes`` from ``files`` by ``threads`` threads: MB/s the device gives.
+
+    The files are evicted from the page cache before and every 0.1 s during the run, like (c) and (d)."""
+    fds = [os.open(f, os.O_RDONLY) for f in files]
+    sizes = [os.fstat(fd).st_size for fd in fds]
+    stop = time.monotonic() + seconds
+    count = [0] * threads
+
+    def evictor() -> None:
+        while time.monotonic() < stop:
+            for fd in fds:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            time.sleep(0.1)
+
+    def reader(i: int) -> None:
+        rng = np.random.default_rng(i)
+        while time.monotonic() < stop:
+            k = int(rng.integers(len(fds)))
+            os.pread(fds[k], nbytes, int(rng.integers(0, max(1, sizes[k] - nbytes))))
+            count[i] += 1
+
+    for fd in fds:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    workers = [threading.Thread(target=reader, args=(i,)) for i in range(threads)] + [threading.Thread(target=evictor)]
+    t0 = time.monotonic()
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join()
+    mb_s = sum(count) * nbytes / (time.monotonic() - t0) / 1e6
+    for fd in fds:
+        os.close(fd)
+    return mb_s
+
+
 def run(args, work: Path) -> dict:
     import torch  # noqa: PLC0415
     import torchrl  # noqa: PLC0415
@@ -384,6 +421,10 @@ def run(args, work: Path) -> dict:
     finally:
         rep.close()
 
+    # (g) what the device gives to cold random reads of one transition, 1 thread versus 8
+    per = int(res["message_bytes"] / res["transitions"])
+    res["disk_ceiling"] = {str(t): disk_ceiling(bag_files, per, min(args.seconds, 5.0), t) for t in (1, 8)}
+
     # (e) TorchRL peer, warm then cold
     tensors = list(rb.storage._storage.values(include_nested=True, leaves_only=True))
 
@@ -456,6 +497,11 @@ def print_report(res: dict, args) -> None:
         print(f"| {name:<{w}} | {r['samples_per_s']:>9.0f} | {r['samples_per_s'] / a:>6.2f} | {hit:>9} | "
               f"{r['wait_ms']:>16.2f} | {r['disk_mb_per_s']:>9.0f} |")
     print()
+    dc = res.get("disk_ceiling")
+    if dc:
+        print(f"(g) device ceiling, cold random reads of one transition from the bag: 1 thread {dc['1']:.0f} MB/s, "
+              f"8 threads {dc['8']:.0f} MB/s ({dc['8'] / dc['1']:.2f}x): the most that overlapping reads can give")
+        print()
     target = TARGET_FACTOR * ROBOTS * HZ
     per_msg = res["message_bytes"] / res["transitions"]
     print(f"ingest target: {TARGET_FACTOR}x what {ROBOTS} robots at {HZ:g} Hz with two {IMAGE}x{IMAGE} cameras "
