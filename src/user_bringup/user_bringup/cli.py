@@ -53,6 +53,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--timeout", type=float, default=3.0, help="seconds to wait for the registry (default 3)"
     )
     p.add_argument("--watch", action="store_true", help="refresh every second until Ctrl-C")
+    p.add_argument("--probe", action="store_true",
+                   help="also discover this machine's hardware -- Franka arms (see --franka-ip), RealSense "
+                        "cameras, SpaceMice, GPUs -- and list it with the robots as resources in one table")
+    p.add_argument("--franka-ip", action="append", default=[], metavar="IP[:PORT]",
+                   help="with --probe: check a Franka's FCI at this address (TCP port 1337 unless given); "
+                        "repeatable")
+    p.add_argument("--franka-tcp-only", action="store_true",
+                   help="with --probe: only open the TCP connection, skip libfranka's Connect handshake")
 
     p = sub.add_parser("bag", help="inspect, replay or export a recorded transition bag (read-only)")
     bag = p.add_subparsers(dest="bag_command", metavar="BAG_COMMAND", parser_class=_Parser)
@@ -251,10 +259,72 @@ class _RegistryClient:
         self._context.try_shutdown()
 
 
+def registry_resources(response: Any, timeout: float) -> list[Any]:
+    """The registry's answer as ``probe.Resource`` rows (kind ``robot``), for ``--probe``."""
+    from user_hal.probe import Resource
+
+    if response is None:
+        domain = os.environ.get("ROS_DOMAIN_ID", "0")
+        return [Resource("robot", "-", "no registry",
+                         f"no answer on {LIST_ROBOTS_SERVICE} within {timeout:g} s "
+                         f"(is registry_node running, on ROS_DOMAIN_ID={domain}?)")]
+    rows = []
+    for (rid, embodiment, backend, state, hz, episode, age), status in zip(robot_rows(response), response.status):
+        details = f"{embodiment} on {backend}, control {hz} Hz, episode {episode}, heartbeat {age}"
+        if status.message:
+            details += f"; {status.message}"
+        rows.append(Resource("robot", rid, state, details))
+    return rows or [Resource("robot", "-", "none registered", f"the registry ({LIST_ROBOTS_SERVICE}) knows no robot")]
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    """``userctl robots --probe``: registry robots and local hardware as one resources table."""
+    import threading
+
+    from user_hal.probe import Resource, format_resources, parse_endpoint, probe_hardware
+
+    for text in args.franka_ip:
+        try:
+            parse_endpoint(text)
+        except ValueError as exc:
+            raise UsageError(f"--franka-ip {text!r}: {exc}") from None
+    hardware: list[Any] = []
+    worker = threading.Thread(
+        target=lambda: hardware.extend(probe_hardware(args.franka_ip, franka_timeout=args.timeout,
+                                                      handshake=not args.franka_tcp_only)),
+        daemon=True)
+    worker.start()  # the hardware probes run while the registry is asked
+    try:
+        client = _RegistryClient()
+        try:
+            robots = registry_resources(client.call(args.timeout), args.timeout)
+        finally:
+            client.close()
+    except Exception as exc:  # noqa: BLE001 - a failed probe is a row, not a crash
+        robots = [Resource("robot", "-", "error", f"registry query failed: {type(exc).__name__}: {exc}")]
+    worker.join()
+    rows = robots + hardware
+
+    def count(kind: str) -> int:
+        return sum(1 for r in rows if r.kind == kind and r.ident != "-")
+
+    n_rob, n_gpu = count("robot"), count("gpu")
+    summary = (f"{n_rob} robot{'s' if n_rob != 1 else ''}, {n_gpu} GPU{'s' if n_gpu != 1 else ''}, "
+               f"{count('realsense')} RealSense, {count('spacemouse')} SpaceMouse")
+    print(format_resources(rows, "userctl robots --probe", subtitle=summary))
+    return 0
+
+
 def cmd_robots(args: argparse.Namespace) -> int:
     """Print the robots table once, or refresh it with ``--watch``."""
     if not args.timeout > 0:
         raise UsageError(f"--timeout must be > 0, got {args.timeout}")
+    if args.probe:
+        if args.watch:
+            raise UsageError("--watch cannot be combined with --probe")
+        return cmd_probe(args)
+    if args.franka_ip or args.franka_tcp_only:
+        raise UsageError("--franka-ip and --franka-tcp-only need --probe")
     client = _RegistryClient()
     try:
         while True:
