@@ -5,6 +5,16 @@ directly. An action is ``[dx, dy, dz, droll, dpitch, dyaw, gripper]`` in ``[-1, 
 are scaled by ``robot.action_scale`` and added to the current *target* (so holding = zero action),
 the position is clipped to the safety box and the orientation to ``robot.orientation_limits``
 around ``task.tcp_quat``.
+
+Velocity limits: the target never moves faster than ``robot.max_tcp_speed`` (m/s) and never turns
+faster than ``robot.max_tcp_angular_speed`` (rad/s), per control period, for actions (policy,
+human, scripted) and resets alike. An action asking for more is scaled down as a whole (direction
+kept), and the transition records the scaled action (``StepResult.executed``).
+
+Fault injection (test hook): ``RobotCell.fault_steps`` holds numbers of ``step`` calls (1-based,
+counted since ``start``) at which ``step`` raises ``BackendError`` before touching the backend, as a
+lost connection or a reflex would. ``parse_fault_injection`` reads the robot node's
+``fault_injection`` parameter. Never set on a real robot.
 """
 from __future__ import annotations
 
@@ -14,7 +24,7 @@ from typing import Callable
 
 import numpy as np
 
-from .backend import RobotBackend, RobotState
+from .backend import BackendError, RobotBackend, RobotState
 from .geometry import (quat_conj, quat_from_euler, quat_from_rotvec, quat_mul, quat_normalize, quat_to_euler,
                        quat_to_rotvec)
 from .profile import RobotProfile
@@ -50,6 +60,24 @@ def proprio_vector(state: RobotState) -> np.ndarray:
     ]).astype(np.float32)
 
 
+def parse_fault_injection(spec: str) -> set[int]:
+    """``"step:5,6,7"`` -> {5, 6, 7}; ``""`` -> no faults. Raises ValueError saying what is expected."""
+    spec = spec.strip()
+    if not spec:
+        return set()
+    kind, sep, rest = spec.partition(":")
+    expected = "expected 'step:N[,N...]' (step() calls, 1-based, at which the backend faults), e.g. 'step:5,6'"
+    if not sep or kind.strip() != "step":
+        raise ValueError(f"{spec!r}: {expected}")
+    try:
+        steps = {int(x) for x in rest.split(",") if x.strip()}
+    except ValueError:
+        raise ValueError(f"{spec!r}: {expected}") from None
+    if not steps or min(steps) < 1:
+        raise ValueError(f"{spec!r}: {expected}")
+    return steps
+
+
 def check_action(values: np.ndarray, expected_len: int) -> np.ndarray:
     """Validate a raw action; returns it clipped to [-1, 1] as float64 or raises ActionError."""
     a = np.asarray(values, dtype=np.float64)
@@ -83,6 +111,10 @@ class RobotCell:
         self.gripper = 0.0
         self.step_count = 0
         self.started = False
+        self.step_calls = 0                 # step() calls since start (fault injection counts these)
+        self.fault_steps: set[int] = set()  # test hook: step() calls that raise BackendError
+        self.max_step = self.cfg.max_tcp_speed * self.period            # metres per period
+        self.max_turn = self.cfg.max_tcp_angular_speed * self.period    # radians per period
 
     # -- lifecycle -----------------------------------------------------------------------------
     def start(self) -> RobotState:
@@ -115,7 +147,8 @@ class RobotCell:
         """Lift, then move to a randomized start pose; returns the state at the start.
 
         ``pace`` is called once per control period of motion (the node uses it to keep wall-clock
-        rate on a real-time robot); moves are bounded by ``robot.max_tcp_speed``.
+        rate on a real-time robot, and to abort a reset on an e-stop by raising); moves are bounded
+        by ``robot.max_tcp_speed`` and ``robot.max_tcp_angular_speed``.
         """
         start_pos, start_quat = self.sample_start(seed)
         state = self.backend.state()
@@ -137,8 +170,7 @@ class RobotCell:
         start_pos, start_quat = self.target_pos.copy(), self.target_quat.copy()
         dist = float(np.linalg.norm(pos - start_pos))
         rot = quat_to_rotvec_between(start_quat, quat)
-        n = max(1, math.ceil(dist / (self.cfg.max_tcp_speed * self.period)),
-                math.ceil(np.linalg.norm(rot) / (1.0 * self.period)))
+        n = max(1, math.ceil(dist / self.max_step - 1e-9), math.ceil(np.linalg.norm(rot) / self.max_turn - 1e-9))
         for i in range(1, n + 1):
             f = i / n
             self.target_pos = start_pos + f * (pos - start_pos)
@@ -152,9 +184,32 @@ class RobotCell:
     def step(self, action: np.ndarray) -> StepResult:
         """Apply one validated action in [-1, 1]^7 for one control period."""
         a = check_action(action, len(ACTION_NAMES))
+        self.step_calls += 1
+        if self.step_calls in self.fault_steps:
+            self.fault_steps.discard(self.step_calls)
+            raise BackendError(f"injected fault at step call {self.step_calls} (fault_injection test hook)")
+        a = a.copy()
         delta = a[:6] * self.scale[:6]
-        self.target_pos = np.clip(self.target_pos + delta[:3], self.box_lo, self.box_hi)
+        # Velocity limit, translation: scale the whole translation down, keeping its direction.
+        dist = float(np.linalg.norm(delta[:3]))
+        if dist > self.max_step:
+            k = self.max_step / dist
+            delta[:3] *= k
+            a[:3] *= k
+        goal = np.clip(self.target_pos + delta[:3], self.box_lo, self.box_hi)
+        move = goal - self.target_pos
+        dist = float(np.linalg.norm(move))
+        if dist > self.max_step:  # only when the target starts outside the box: come back slowly
+            move *= self.max_step / dist
+        self.target_pos = self.target_pos + move
+        # Velocity limit, rotation: the same for the rotation angle of the step.
         dq = quat_from_euler(*delta[3:6])
+        rv = quat_to_rotvec(dq)
+        angle = float(np.linalg.norm(rv))
+        if angle > self.max_turn:
+            k = self.max_turn / angle
+            dq = quat_from_rotvec(rv * k)
+            a[3:6] *= k
         self.target_quat = self._clip_orientation(quat_mul(dq, self.target_quat))
         self.gripper = self._gripper_command(a[6])
         self.backend.set_target(self.target_pos, self.target_quat, self.gripper)
@@ -171,6 +226,25 @@ class RobotCell:
         self.backend.set_target(self.target_pos, self.target_quat, self.gripper)
         self.backend.advance(self.period)
         return self.backend.state()
+
+    def recover(self) -> RobotState:
+        """Clear a backend fault and hold where the arm is now (raises BackendError if it cannot).
+
+        After a fault (e.g. a reflex) the arm may not be where the target was: the target is
+        re-anchored to the measured pose so that nothing jumps when control resumes.
+        """
+        self.backend.recover()
+        state = self.backend.state()
+        self.target_pos = np.asarray(state.tcp_pos, dtype=np.float64).copy()
+        self.target_quat = quat_normalize(np.asarray(state.tcp_quat, dtype=np.float64))
+        self.backend.set_target(self.target_pos, self.target_quat, self.gripper)
+        return state
+
+    def hold_action(self) -> np.ndarray:
+        """The action that keeps the target and the gripper command as they are."""
+        a = np.zeros(len(ACTION_NAMES))
+        a[6] = 2.0 * self.gripper - 1.0
+        return a
 
     def evaluate(self, state: RobotState) -> TaskOutcome:
         return self.task.evaluate(state)

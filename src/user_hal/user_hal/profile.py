@@ -73,12 +73,18 @@ class RobotSection:
     # Orientation bounds (roll, pitch, yaw in rad) of the target relative to task.tcp_quat.
     orientation_limits: Box = dataclasses.field(
         default_factory=lambda: Box((-0.3, -0.3, -0.8), (0.3, 0.3, 0.8)))
-    max_tcp_speed: float = dataclasses.field(default=0.25, metadata=positive())  # m/s, resets too
+    # Speed limits of the impedance *target*, for policy/human actions and resets alike.
+    max_tcp_speed: float = dataclasses.field(default=0.25, metadata=positive())  # m/s
+    max_tcp_angular_speed: float = dataclasses.field(default=1.0, metadata=positive())  # rad/s
     watchdog_periods: float = dataclasses.field(default=2.0, metadata=positive())
     heartbeat_hz: float = dataclasses.field(default=2.0, metadata=positive())
     max_episode_steps: int = dataclasses.field(default=100, metadata=positive())
     cameras: list[str] = dataclasses.field(default_factory=lambda: ["wrist", "side"])
     image_size: tuple[int, int] = (128, 128)  # width, height
+    # Human intervention: policy actions are ignored for this long after the last human action.
+    intervention_hold_s: float = dataclasses.field(default=0.5, metadata=non_negative())
+    # Backend faults (BackendError) recovered with backend.recover() per episode before the robot stops.
+    max_recoveries: int = dataclasses.field(default=3, metadata=non_negative())
 
     def validate(self) -> None:
         if min(self.action_scale) < 0:

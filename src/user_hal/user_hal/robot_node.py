@@ -6,13 +6,50 @@ Topics (``<id>`` is the robot id):
   ``/<id>/robot_description`` (URDF, latched), ``/<id>/markers`` (target, TCP, peg tip, safety box),
   ``/user/transitions`` (one per executed action), ``/user/episodes`` (one per episode),
   ``/user/robots/description`` (latched) and ``/user/robots/heartbeat``;
-- subscribes ``/<id>/action`` (user_msgs/Action);
-- serves ``/<id>/reset`` (user_msgs/srv/ResetRobot).
+- subscribes ``/<id>/action`` (user_msgs/Action) and ``/user/estop/engaged`` (std_msgs/Bool,
+  reliable + transient-local: ``true`` engages the e-stop, ``false`` releases it);
+- serves ``/<id>/reset`` (user_msgs/srv/ResetRobot), ``/<id>/label_episode`` (std_srvs/srv/SetBool:
+  a human labels the running episode a success (``data: true``) or a failure and so ends it), and
+  ``/user/estop`` / ``/user/estop_release`` (std_srvs/srv/Trigger, served by *every* robot node).
 
 The control loop runs in its own thread. With ``realtime_factor`` > 0 it ticks on the wall clock
 and never waits for anybody: at each tick it executes the action that answers the current
 observation if one arrived in time, and otherwise holds pose (watchdog). With ``realtime_factor``
 0 (simulation only) it steps as soon as that action arrives, and holds after the watchdog timeout.
+
+Human intervention (HG-DAgger / HIL-SERL): actions with ``source = SOURCE_HUMAN`` (from the teleop
+node, ``user_hal.teleop_node``) win over policy and scripted actions. Every valid human action gives
+the human control for ``robot.intervention_hold_s`` seconds: policy actions arriving meanwhile are
+dropped (the robot holds if the human sends nothing for a step). Transitions executed from human
+actions carry ``action_source = SOURCE_HUMAN`` and ``intervened = true``; ``EpisodeStats
+.intervention_steps`` counts them and the node logs each hand-over and the per-episode rate.
+A label (``/<id>/label_episode``) makes the next control step the last of the episode: its
+transition is ``terminated`` with ``success`` as labelled (the reward's success bonus of 1 follows
+the label); if no action is at hand at that tick the robot records a hold step
+(``action_source = SOURCE_HOLD``) for it.
+
+Safety:
+- velocity limits: the target moves at most ``robot.max_tcp_speed`` m/s and turns at most
+  ``robot.max_tcp_angular_speed`` rad/s, for every action and reset (``user_hal.cell``);
+- e-stop: ``/user/estop`` (or ``true`` on ``/user/estop/engaged``) makes every robot node hold
+  pose at once (a reset in progress stops where it is), refuse actions, resets and labels, and
+  report ``STATE_ERROR`` with message ``e-stop`` in its heartbeat until ``/user/estop_release``
+  (or ``false`` on the topic). The episode then continues from where the robot held (an aborted
+  reset is redone). DDS delivers a service call to every server of that name, so one call reaches
+  every robot node; the caller sees the first answer: check the heartbeats (``userctl robots``);
+- bounded error recovery: a ``BackendError`` during a control step, a hold or a reset is cleared
+  with ``backend.recover()`` (the target is re-anchored at the measured pose and the episode
+  continues at the same step) at most ``robot.max_recoveries`` times per episode; one more fault
+  stops the robot: it holds, refuses actions and resets, and reports ``STATE_ERROR`` with the
+  fault in its heartbeat until the node is restarted.
+
+Parameters: ``robot_id``, ``profile`` (robot profile YAML, required), ``backend`` and
+``realtime_factor`` (override the profile), ``max_episodes`` (0: run until stopped), ``seed``,
+``frame_prefix``, ``ack_consumers``, ``outbox_max_mb``, ``wait_for_reset`` and
+``fault_injection`` -- a *test hook*: ``"step:N[,N...]"`` makes the N-th control step (counted
+since start, 1-based) raise ``BackendError`` as a real fault would; empty (default) in production.
+Profile keys used here beyond the loop's: ``robot.intervention_hold_s``, ``robot.max_recoveries``,
+``robot.max_tcp_speed``, ``robot.max_tcp_angular_speed`` (see ``user_hal.profile``).
 """
 from __future__ import annotations
 
@@ -29,21 +66,31 @@ from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.executors import MultiThreadedExecutor
 from rclpy.node import Node
 from sensor_msgs.msg import Image, JointState
-from std_msgs.msg import String
+from std_msgs.msg import Bool, String
+from std_srvs.srv import SetBool, Trigger
 from visualization_msgs.msg import MarkerArray
 from user_msgs.msg import (Action, CameraSpec, EpisodeStats, Observation, RobotDescription, RobotStatus, Transition,
                            TransitionAck)
 from user_msgs.srv import ResetRobot
 
 from . import qos
-from .backend import make_backend
-from .cell import ACTION_NAMES, PROPRIO_NAMES, ActionError, RobotCell, check_action, proprio_vector
+from .backend import BackendError, make_backend
+from .cell import (ACTION_NAMES, PROPRIO_NAMES, ActionError, RobotCell, check_action, parse_fault_injection,
+                   proprio_vector)
 from .config_schema import ConfigError
 from .markers import cell_markers
 from .node_main import run_node
 from .outbox import Outbox
 from .profile import load_profile
 from .ros_convert import image_to_msg
+
+#: e-stop services, served by every robot node (std_srvs/srv/Trigger)
+ESTOP_SERVICE = "/user/estop"
+ESTOP_RELEASE_SERVICE = "/user/estop_release"
+#: e-stop state topic (std_msgs/Bool, latched): true engages, false releases
+ESTOP_TOPIC = "/user/estop/engaged"
+#: heartbeat message while the e-stop is engaged
+ESTOP_MESSAGE = "e-stop"
 
 
 @dataclass
@@ -68,6 +115,8 @@ class EpisodeTally:
     interventions: int = 0
     policy_version: int = 0
     success: bool = False
+    labelled: bool = False
+    recoveries: int = 0
     finished: bool = False
 
 
@@ -78,6 +127,19 @@ class ResetRequest:
     done: threading.Event = field(default_factory=threading.Event)
     episode_id: int = 0
     error: str = ""
+
+
+@dataclass
+class LabelRequest:
+    success: bool
+    episode_id: int
+    done: threading.Event = field(default_factory=threading.Event)
+    step: int = 0
+    error: str = ""
+
+
+class _ResetAborted(Exception):
+    """A reset stopped half-way (e-stop or shutdown); it is redone later."""
 
 
 class RobotNode(Node):
@@ -97,6 +159,8 @@ class RobotNode(Node):
         self.declare_parameter("outbox_max_mb", 1024)
         # True: after an episode the robot holds until its reset service is called (sync training).
         self.declare_parameter("wait_for_reset", False)
+        # Test hook: "step:N[,N...]" raises BackendError at those control steps (see the module doc).
+        self.declare_parameter("fault_injection", "")
         p = self.get_parameter
         self.robot_id: str = p("robot_id").value
         overrides = {}
@@ -108,6 +172,10 @@ class RobotNode(Node):
         if not profile_path:
             raise ConfigError("<parameters>", "profile", "no robot profile given (parameter 'profile')")
         self.profile = load_profile(profile_path, overrides)
+        try:
+            fault_steps = parse_fault_injection(str(p("fault_injection").value))
+        except ValueError as exc:
+            raise ConfigError("<parameters>", "fault_injection", str(exc)) from None
         self.max_episodes: int = p("max_episodes").value
         self.seed: int = p("seed").value
         self.frame_prefix: str = p("frame_prefix").value
@@ -117,6 +185,8 @@ class RobotNode(Node):
         self._outbox_lock = threading.Lock()
         rc = self.profile.robot
         self.rf = rc.realtime_factor
+        self.hold_s = rc.intervention_hold_s
+        self.max_recoveries = rc.max_recoveries
 
         options = dict(self.profile.backend_options)
         options.setdefault("cameras", tuple(rc.cameras))
@@ -133,6 +203,9 @@ class RobotNode(Node):
         # Each robot mixes its id into the seed so that robots of one run start differently.
         seq = np.random.SeedSequence([self.seed, zlib.crc32(self.robot_id.encode())])
         self.cell = RobotCell(self.profile, backend, seed=int(seq.generate_state(1)[0]))
+        self.cell.fault_steps = fault_steps
+        if fault_steps:
+            self.get_logger().warning(f"fault injection (test hook) at step calls {sorted(fault_steps)}")
         self.period = self.cell.period
         self.watchdog = rc.watchdog_periods * self.period / (self.rf if self.rf > 0 else 1.0)
 
@@ -152,6 +225,10 @@ class RobotNode(Node):
         self.create_subscription(Action, qos.robot_topic(rid, "action"), self._on_action, qos.CONTROL,
                                  callback_group=cb)
         self.create_service(ResetRobot, qos.robot_topic(rid, "reset"), self._on_reset, callback_group=cb)
+        self.create_service(SetBool, qos.robot_topic(rid, "label_episode"), self._on_label, callback_group=cb)
+        self.create_service(Trigger, ESTOP_SERVICE, self._on_estop, callback_group=cb)
+        self.create_service(Trigger, ESTOP_RELEASE_SERVICE, self._on_estop_release, callback_group=cb)
+        self.create_subscription(Bool, ESTOP_TOPIC, self._on_estop_topic, qos.LATCHED, callback_group=cb)
         self.create_timer(1.0 / rc.heartbeat_hz, self._heartbeat, callback_group=cb)
         if self.outbox is not None:
             self.create_subscription(TransitionAck, qos.TRANSITION_ACK_TOPIC, self._on_ack, qos.DATA,
@@ -161,11 +238,14 @@ class RobotNode(Node):
         self._lock = threading.Condition()
         self._pending: PendingAction | None = None
         self._reset_req: ResetRequest | None = None
+        self._label_req: LabelRequest | None = None
         self._stop = threading.Event()
+        self._estop = threading.Event()
         self.finished = threading.Event()
         self.exit_code = 0
         self.state = RobotStatus.STATE_IDLE
         self.status_message = ""
+        self.stopped_by_fault = ""      # non-empty: recoveries exhausted, the robot is stopped
         self.episode_id = 0
         self.step_index = 0
         self.episodes_done = 0
@@ -173,12 +253,20 @@ class RobotNode(Node):
         self.steps_done = 0
         self.held_steps = 0
         self.rejected = 0
+        self.refused = 0                 # actions refused during an e-stop or after a fatal fault
+        self.human_steps = 0
+        self.recoveries = 0              # in the current episode
+        self.recoveries_total = 0
         self.last_policy_version = 0
+        self._human_until = 0.0          # time.monotonic() until which policy actions are dropped
+        self._last_source: int | None = None
         self._tick_times: collections.deque[float] = collections.deque(maxlen=50)
         self._last_obs: Observation | None = None
         self._tally: EpisodeTally | None = None
         self._evaluation = False
         self._awaiting_reset = False
+        # (seed, evaluation, request or None): a reset the control loop must do before anything else
+        self._reset_due: tuple[int, bool, ResetRequest | None] | None = (-1, False, None)
         self._thread = threading.Thread(target=self._control_main, name=f"{rid}-control", daemon=True)
 
     # -- startup / shutdown -------------------------------------------------------------------------
@@ -227,6 +315,14 @@ class RobotNode(Node):
                               f"{task.peg_tip_offset} does not match the simulated peg ({sim_offset:.4f})")
 
     # -- callbacks (executor threads) -----------------------------------------------------------------
+    def _blocked_reason(self) -> str:
+        """Why the robot refuses commands right now (empty: it does not)."""
+        if self.stopped_by_fault:
+            return f"robot stopped after a backend fault ({self.stopped_by_fault}); restart the robot node"
+        if self._estop.is_set():
+            return f"e-stop engaged (release with {ESTOP_RELEASE_SERVICE})"
+        return ""
+
     def _on_action(self, msg: Action) -> None:
         if msg.robot_id != self.robot_id:
             return self._reject(f"action for unknown robot {msg.robot_id!r} on {self.robot_id}'s topic")
@@ -234,11 +330,22 @@ class RobotNode(Node):
             values = check_action(np.asarray(msg.action, dtype=np.float64), len(ACTION_NAMES))
         except ActionError as exc:
             return self._reject(f"{exc} (episode {msg.episode_id} step {msg.step})")
+        blocked = self._blocked_reason()
+        if blocked:
+            self.refused += 1
+            self.get_logger().warning(f"refused action: {blocked}", throttle_duration_sec=2.0)
+            return
+        now = time.monotonic()
+        human = msg.source == Action.SOURCE_HUMAN
         with self._lock:
+            if human:
+                # Any valid human action (even one answering an older step) means a human is in control.
+                self._human_until = now + self.hold_s
+            elif now < self._human_until:
+                return  # a human has control: policy and scripted actions are dropped
             if msg.episode_id != self.episode_id or msg.step != self.step_index:
                 return  # answers an older observation: late, not wrong
-            self._pending = PendingAction(values, msg.episode_id, msg.step, msg.policy_version, msg.source,
-                                          time.monotonic())
+            self._pending = PendingAction(values, msg.episode_id, msg.step, msg.policy_version, msg.source, now)
             self._lock.notify_all()
 
     def _reject(self, why: str) -> None:
@@ -251,6 +358,10 @@ class RobotNode(Node):
             return resp
         r = ResetRequest(seed=req.seed, evaluation=req.evaluation)
         with self._lock:
+            blocked = self._blocked_reason()
+            if blocked:
+                resp.success, resp.message = False, f"reset refused: {blocked}"
+                return resp
             self._reset_req = r
             self._lock.notify_all()
         if not r.done.wait(timeout=60.0):
@@ -258,6 +369,75 @@ class RobotNode(Node):
         else:
             resp.success, resp.message, resp.episode_id = not r.error, r.error or "ok", r.episode_id
         return resp
+
+    def _on_label(self, req: SetBool.Request, resp: SetBool.Response) -> SetBool.Response:
+        """A human's success (data=true) / failure label: the next step ends the running episode."""
+        what = "success" if req.data else "failure"
+        with self._lock:
+            blocked = self._blocked_reason()
+            if blocked or self._awaiting_reset or self._reset_due is not None:
+                resp.success = False
+                resp.message = f"label {what} refused: {blocked or 'no episode is running'}"
+                return resp
+            r = LabelRequest(success=bool(req.data), episode_id=self.episode_id)
+            self._label_req = r
+            self._lock.notify_all()
+        if not r.done.wait(timeout=10.0):
+            resp.success, resp.message = False, f"label {what} was not applied within 10 s"
+        elif r.error:
+            resp.success, resp.message = False, f"label {what} not applied: {r.error}"
+        else:
+            resp.success = True
+            resp.message = f"{self.robot_id}: episode {r.episode_id} ended at step {r.step} as a {what}"
+        return resp
+
+    def _on_estop(self, req: Trigger.Request, resp: Trigger.Response) -> Trigger.Response:
+        self._engage_estop(f"service {ESTOP_SERVICE}")
+        resp.success = True
+        resp.message = (f"{self.robot_id}: e-stop engaged: holding pose, actions and resets refused until "
+                        f"{ESTOP_RELEASE_SERVICE}")
+        return resp
+
+    def _on_estop_release(self, req: Trigger.Request, resp: Trigger.Response) -> Trigger.Response:
+        was = self._release_estop(f"service {ESTOP_RELEASE_SERVICE}")
+        resp.success = True
+        resp.message = f"{self.robot_id}: e-stop {'released' if was else 'was not engaged'}"
+        if self.stopped_by_fault:
+            resp.message += f"; still stopped after a backend fault ({self.stopped_by_fault})"
+        return resp
+
+    def _on_estop_topic(self, msg: Bool) -> None:
+        if msg.data:
+            self._engage_estop(f"topic {ESTOP_TOPIC}")
+        else:
+            self._release_estop(f"topic {ESTOP_TOPIC}")
+
+    def _engage_estop(self, by: str) -> None:
+        with self._lock:
+            first = not self._estop.is_set()
+            self._estop.set()
+            self._pending = None
+            self._human_until = 0.0
+            refused = [r for r in (self._reset_req, self._label_req) if r is not None]
+            self._reset_req = self._label_req = None
+            self._lock.notify_all()
+        for r in refused:
+            r.error = "e-stop engaged"
+            r.done.set()
+        if first:
+            self.get_logger().error(f"E-STOP engaged by {by}: holding pose; actions and resets refused")
+        self._heartbeat()
+
+    def _release_estop(self, by: str) -> bool:
+        with self._lock:
+            was = self._estop.is_set()
+            self._estop.clear()
+            self._lock.notify_all()
+        if was:
+            then = "the interrupted reset is redone" if self._reset_due is not None else "the episode continues"
+            self.get_logger().warning(f"e-stop released by {by}: {then}")
+        self._heartbeat()
+        return was
 
     def _on_ack(self, msg: TransitionAck) -> None:
         if msg.robot_id != self.robot_id:
@@ -278,12 +458,15 @@ class RobotNode(Node):
         s = RobotStatus()
         s.header.stamp = self.get_clock().now().to_msg()
         s.robot_id = self.robot_id
-        s.state = self.state
+        s.state, s.message = self.state, self.status_message
+        if self.stopped_by_fault and self.exit_code == 0:
+            s.state, s.message = RobotStatus.STATE_ERROR, self.stopped_by_fault
+        elif self._estop.is_set():
+            s.state, s.message = RobotStatus.STATE_ERROR, ESTOP_MESSAGE
         s.achieved_control_hz = self._achieved_hz()
         s.episode_id, s.step = self.episode_id, self.step_index
         s.episodes_done, s.steps_done, s.held_steps = self.episodes_done, self.steps_done, self.held_steps
         s.rejected_actions, s.policy_version = self.rejected, self.last_policy_version
-        s.message = self.status_message
         if self.outbox is not None:
             s.unacked_transitions, s.dropped_transitions = len(self.outbox), self.outbox.dropped
         self.pub_beat.publish(s)
@@ -309,7 +492,6 @@ class RobotNode(Node):
                 f"robot {self.robot_id}: {self.profile.robot.embodiment} on backend "
                 f"{self.profile.robot.backend}, {self.profile.robot.control_hz:g} Hz, "
                 f"realtime_factor {self.rf:g}, profile {self.profile.source}")
-            self._begin_episode(seed=-1)
             self._loop()
         except ConfigError as exc:
             self._fail(str(exc), code=2)
@@ -335,32 +517,20 @@ class RobotNode(Node):
     def _loop(self) -> None:
         next_tick = time.monotonic()
         while not self._stop.is_set():
-            req = self._take_reset()
-            if req is not None:
-                self._finish_episode(interrupted=True)
-                self._begin_episode(seed=req.seed, evaluation=req.evaluation)
-                req.episode_id = self.episode_id
-                req.done.set()
-                next_tick = time.monotonic()
-            if self._awaiting_reset:
-                self.cell.hold()
-                self._stop.wait(self.period / self.rf if self.rf > 0 else 0.01)
-                next_tick = time.monotonic()
-                continue
-            action = self._next_action(next_tick)
+            try:
+                ticked = self._tick(next_tick)
+            except BackendError as exc:
+                self._on_backend_fault(exc)
+                ticked = False
             if self._stop.is_set():
                 break
-            self._tick_times.append(time.monotonic())
-            if action is None:
-                state = self.cell.hold()
-                self.held_steps += 1
-                if self._tally:
-                    self._tally.held += 1
-                self._publish_observation(state)
-            else:
-                self._execute(action)
-                if self._stop.is_set():
-                    break
+            if not ticked:  # idle (e-stop, stopped, waiting for a reset): hold a period, restart the clock
+                self._idle_wait()
+                next_tick = time.monotonic()
+                continue
+            if self._reset_due is not None:  # an episode just ended: reset at once
+                next_tick = time.monotonic()
+                continue
             if self.rf > 0:
                 next_tick += self.period / self.rf
                 delay = next_tick - time.monotonic()
@@ -369,33 +539,120 @@ class RobotNode(Node):
                 elif delay < -self.period:
                     next_tick = time.monotonic()  # fell behind: do not burst to catch up
 
+    def _idle_wait(self) -> None:
+        """Wait one control period (wall clock), waking early for a reset request or e-stop release."""
+        timeout = self.period / self.rf if self.rf > 0 else self.period
+        with self._lock:
+            if self._reset_req is None and not self._stop.is_set():
+                self._lock.wait(timeout)
+
+    def _tick(self, next_tick: float) -> bool:
+        """One control period; False when the robot only held (or did nothing) and the clock restarts."""
+        if self.stopped_by_fault:
+            return False  # no more commands to a faulty backend: it holds its last target itself
+        if self._estop.is_set():
+            self.cell.hold()
+            return False
+        req = self._take_reset()
+        if req is not None:
+            self._finish_episode(interrupted=True)
+            self._reset_due = (req.seed, req.evaluation, req)
+        if self._reset_due is not None:
+            seed, evaluation, r = self._reset_due
+            if not self._begin_episode(seed=seed, evaluation=evaluation):
+                if r is not None:  # e-stop during the reset: the caller learns it; the reset is redone later
+                    r.error = "reset aborted by the e-stop"
+                    r.done.set()
+                    self._reset_due = (seed, evaluation, None)
+                return False
+            self._reset_due = None
+            if r is not None:
+                r.episode_id = self.episode_id
+                r.done.set()
+            next_tick = time.monotonic()
+        if self._awaiting_reset:
+            self.cell.hold()
+            return False
+        action = self._next_action(next_tick)
+        if self._stop.is_set() or self._estop.is_set():
+            return False
+        label = self._take_label()
+        self._tick_times.append(time.monotonic())
+        if action is None and label is None:
+            state = self.cell.hold()
+            self.held_steps += 1
+            if self._tally:
+                self._tally.held += 1
+            self._publish_observation(state)
+        else:
+            try:
+                self._execute(action, label)
+            except BackendError:
+                if label is not None:  # not applied yet: it applies to the step after the recovery
+                    with self._lock:
+                        self._label_req = self._label_req or label
+                raise
+        return True
+
     def _take_reset(self) -> ResetRequest | None:
         with self._lock:
             r, self._reset_req = self._reset_req, None
             return r
+
+    def _take_label(self) -> LabelRequest | None:
+        with self._lock:
+            r, self._label_req = self._label_req, None
+        if r is not None and r.episode_id != self.episode_id:
+            r.error = f"episode {r.episode_id} already ended"
+            r.done.set()
+            return None
+        return r
+
+    def _acceptable(self, a: PendingAction | None, now: float) -> bool:
+        """A pending action may run: a human's, or any while no human is in control."""
+        return a is not None and (a.source == Action.SOURCE_HUMAN or now >= self._human_until)
 
     def _next_action(self, tick: float) -> PendingAction | None:
         """The fresh action answering the current observation, or None (hold)."""
         with self._lock:
             if self.rf == 0:
                 deadline = time.monotonic() + self.watchdog
-                while self._pending is None and not self._stop.is_set() and self._reset_req is None:
+                while (not self._stop.is_set() and self._reset_req is None and self._label_req is None
+                       and not self._estop.is_set()):
+                    if self._pending is not None and not self._acceptable(self._pending, time.monotonic()):
+                        self._pending = None  # a policy action from before the human took over
+                    if self._pending is not None:
+                        break
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
                         break
                     self._lock.wait(remaining)
             a, self._pending = self._pending, None
-        if a is not None and time.monotonic() - a.received > self.watchdog:
+            now = time.monotonic()
+            if a is not None and not self._acceptable(a, now):
+                return None
+        if a is not None and now - a.received > self.watchdog:
             return None
         return a
 
-    def _execute(self, a: PendingAction) -> None:
+    def _execute(self, a: PendingAction | None, label: LabelRequest | None = None) -> None:
+        """Execute one action (or, for a label without an action, a hold step) and publish its transition."""
         obs = self._last_obs
+        if a is None:  # a label arrived and nobody acted: record a hold step to carry the episode's end
+            a = PendingAction(self.cell.hold_action(), self.episode_id, self.step_index, 0, Action.SOURCE_HOLD,
+                              time.monotonic())
         res = self.cell.step(a.values)
         self.step_index += 1
         self.steps_done += 1
         if a.source == Action.SOURCE_POLICY:
             self.last_policy_version = a.policy_version
+        human = a.source == Action.SOURCE_HUMAN
+        self._log_handover(a.source)
+        reward, success = res.outcome.reward, res.outcome.success
+        terminated, truncated = res.terminated, res.truncated
+        if label is not None:  # the human's word on success wins over the rule reward
+            reward += float(label.success) - float(success)
+            success, terminated, truncated = label.success, True, False
         next_obs = self._publish_observation(res.state)
         t = Transition()
         t.robot_id, t.embodiment = self.robot_id, self.profile.robot.embodiment
@@ -403,36 +660,54 @@ class RobotNode(Node):
         t.obs, t.next_obs = obs, next_obs
         t.action = res.executed.astype(np.float32).tolist()
         t.action_source = a.source
-        t.intervened = a.source == Action.SOURCE_HUMAN
+        t.intervened = human
         t.policy_version = a.policy_version
-        t.reward, t.success = res.outcome.reward, res.outcome.success
-        t.terminated, t.truncated = res.terminated, res.truncated
+        t.reward, t.success = reward, success
+        t.terminated, t.truncated = terminated, truncated
         self.pub_trans.publish(t)
         if self.outbox is not None:
             with self._outbox_lock:
                 self.outbox.add((t.episode_id, t.step), t, _transition_bytes(t), time.monotonic())
         tally = self._tally
-        tally.ret += res.outcome.reward
+        tally.ret += reward
         tally.steps += 1
-        tally.interventions += int(t.intervened)
+        tally.interventions += int(human)
+        self.human_steps += int(human)
         tally.policy_version = max(tally.policy_version, a.policy_version)
-        tally.success = tally.success or res.outcome.success
-        if res.terminated or res.truncated:
+        tally.success = tally.success or success
+        if label is not None:
+            tally.success, tally.labelled = label.success, True
+            label.step = t.step
+            label.done.set()
+        if terminated or truncated:
             self._finish_episode(interrupted=False)
             if self.max_episodes and self.episodes_done >= self.max_episodes:
                 self._summarize()
                 self._stop.set()
                 return
             if not self.wait_for_reset:
-                self._begin_episode(seed=-1)
+                self._reset_due = (-1, False, None)
             else:  # sync training: hold until somebody calls the reset service
                 self._awaiting_reset = True
                 self.state = RobotStatus.STATE_IDLE
 
-    def _begin_episode(self, seed: int, evaluation: bool = False) -> None:
+    def _log_handover(self, source: int) -> None:
+        human = source == Action.SOURCE_HUMAN
+        was = self._last_source
+        if was is not None and human != (was == Action.SOURCE_HUMAN) and source != Action.SOURCE_HOLD:
+            who = "a human took over" if human else "control back to the policy"
+            self.get_logger().info(f"{who} at step {self.step_index - 1} of episode {self._tally.index}")
+        if source != Action.SOURCE_HOLD:
+            self._last_source = source
+
+    def _begin_episode(self, seed: int, evaluation: bool = False) -> bool:
+        """Reset the cell and start an episode; False if an e-stop aborted the reset."""
         self.state = RobotStatus.STATE_RESETTING
-        pace = self._pace_reset if self.rf > 0 else None
-        state = self.cell.reset(seed=seed, pace=pace)
+        try:
+            state = self.cell.reset(seed=seed, pace=self._pace_reset)
+        except _ResetAborted:
+            self.state = RobotStatus.STATE_RUNNING
+            return False
         with self._lock:
             self.episode_id = time.time_ns() // 1000  # microseconds: unique and ordered across restarts
             self.step_index = 0
@@ -441,17 +716,68 @@ class RobotNode(Node):
         self._tally = EpisodeTally(self.episode_id, index, time.monotonic(), evaluation=evaluation)
         self._evaluation = evaluation
         self._awaiting_reset = False
+        self._last_source = None
         self.state = RobotStatus.STATE_RUNNING
         self._publish_observation(state)
+        return True
 
     def _pace_reset(self) -> None:
-        self._stop.wait(self.period / self.rf)
+        """Called once per control period of a reset motion: keeps wall-clock pace, stops on an e-stop."""
+        if self.rf > 0:
+            self._stop.wait(self.period / self.rf)
+        if self._estop.is_set() or self._stop.is_set():
+            raise _ResetAborted()
+
+    def _on_backend_fault(self, exc: BackendError) -> None:
+        """Recover up to ``max_recoveries`` times per episode; then stop the robot in ERROR."""
+        with self._lock:
+            self._pending = None
+        tally = self._tally
+        while True:
+            if self.recoveries >= self.max_recoveries:
+                return self._stop_after_fault(exc)
+            self.recoveries += 1
+            self.recoveries_total += 1
+            if tally is not None:
+                tally.recoveries += 1
+            self.get_logger().warning(
+                f"backend fault at step {self.step_index}: {exc}; recovering "
+                f"({self.recoveries}/{self.max_recoveries} in this episode)")
+            try:
+                self.cell.recover()
+            except BackendError as again:
+                exc = again
+                continue
+            break
+        self.status_message = f"recovered from backend fault: {exc}"
+        self.get_logger().info(f"recovered from the backend fault; the episode continues at step {self.step_index}")
+        self._heartbeat()
+
+    def _stop_after_fault(self, exc: BackendError) -> None:
+        n = self.max_recoveries
+        self.stopped_by_fault = (f"backend fault: {exc} (stopped after {n} recover{'y' if n == 1 else 'ies'} "
+                                 f"in this episode)")
+        self.state = RobotStatus.STATE_ERROR
+        self.status_message = self.stopped_by_fault
+        self.get_logger().error(f"robot stopped: {self.stopped_by_fault}; it holds and refuses actions and "
+                                f"resets until the robot node is restarted")
+        with self._lock:
+            waiting = [r for r in (self._reset_req, self._label_req) if r is not None]
+            self._reset_req = self._label_req = None
+        if self._reset_due is not None and self._reset_due[2] is not None:
+            waiting.append(self._reset_due[2])
+        for r in waiting:
+            r.error = self.stopped_by_fault
+            r.done.set()
+        self._finish_episode(interrupted=True)
+        self._heartbeat()
 
     def _finish_episode(self, interrupted: bool) -> None:
         t = self._tally
         if t is None or t.steps == 0 or t.finished:
             return
         t.finished = True
+        self.recoveries = 0
         self.episodes_done += 1
         self.successes += int(t.success)
         e = EpisodeStats()
@@ -461,15 +787,24 @@ class RobotNode(Node):
         e.duration_s = time.monotonic() - t.started
         e.intervention_steps, e.held_steps, e.policy_version = t.interventions, t.held, t.policy_version
         self.pub_ep.publish(e)
+        how = " (labelled by a human)" if t.labelled else ""
+        extra = f", {t.recoveries} backend recoveries" if t.recoveries else ""
         self.get_logger().info(
-            f"episode {t.index}: {'SUCCESS' if t.success else 'failure'} in {t.steps} steps, "
-            f"return {t.ret:.2f}, {e.duration_s:.1f} s{' (interrupted by reset)' if interrupted else ''}")
+            f"episode {t.index}: {'SUCCESS' if t.success else 'failure'}{how} in {t.steps} steps, "
+            f"return {t.ret:.2f}, {e.duration_s:.1f} s, intervention {t.interventions}/{t.steps} steps "
+            f"({100.0 * t.interventions / t.steps:.0f}%){extra}"
+            f"{' (interrupted)' if interrupted else ''}")
+        if not self.stopped_by_fault and self.status_message.startswith("recovered"):
+            self.status_message = ""
 
     def _summarize(self) -> None:
         n = self.episodes_done
         self.get_logger().info(
             f"done: {n} episodes, {self.successes} successes ({100.0 * self.successes / max(n, 1):.0f}%), "
-            f"{self.steps_done} steps, {self.held_steps} held, {self.rejected} rejected actions")
+            f"{self.steps_done} steps, {self.held_steps} held, {self.rejected} rejected actions, "
+            f"intervention {self.human_steps}/{self.steps_done} steps "
+            f"({100.0 * self.human_steps / max(self.steps_done, 1):.0f}%), "
+            f"{self.recoveries_total} backend recoveries")
 
     def _publish_observation(self, state) -> Observation:
         stamp = self.get_clock().now().to_msg()
@@ -504,7 +839,8 @@ def _transition_bytes(t: Transition) -> int:
 
 def _spin(node: RobotNode) -> int:
     node.start()
-    executor = MultiThreadedExecutor(num_threads=2)
+    # Three threads: the reset and label services block theirs until the control loop answers.
+    executor = MultiThreadedExecutor(num_threads=3)
     executor.add_node(node)
     while rclpy.ok() and not node.finished.is_set():
         executor.spin_once(timeout_sec=0.1)

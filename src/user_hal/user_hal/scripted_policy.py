@@ -30,6 +30,13 @@ class ScriptedInsertion:
         self.rng = np.random.default_rng(seed)
         self.phase = "approach"
 
+    def tip_distance(self, proprio: np.ndarray) -> float:
+        """Peg tip to the hole bottom, metres (what the task's success is judged on)."""
+        pos = np.asarray(proprio[0:3], dtype=np.float64)
+        quat = np.asarray(proprio[3:7], dtype=np.float64)
+        tip = pos + rotate(quat, np.array([0.0, 0.0, self.tip_offset]))
+        return float(np.linalg.norm(tip - self.target))
+
     def act(self, proprio: np.ndarray) -> np.ndarray:
         pos = np.asarray(proprio[0:3], dtype=np.float64)
         quat = np.asarray(proprio[3:7], dtype=np.float64)
@@ -57,3 +64,59 @@ class ScriptedInsertion:
         if self.noise > 0:
             action[:6] += self.rng.normal(0.0, self.noise, 6)
         return np.clip(action, -1.0, 1.0)
+
+
+# -- the scripted human's schedule ----------------------------------------------------------------
+def parse_step_ranges(spec: str) -> list[tuple[int, int | None]]:
+    """``"5-19,40-"`` -> [(5, 19), (40, None)] (inclusive; open end = to the end of the episode)."""
+    out: list[tuple[int, int | None]] = []
+    expected = "expected comma-separated step ranges like '5-19,40-' or '7'"
+    for part in (p.strip() for p in spec.split(",")):
+        if not part:
+            continue
+        lo_s, sep, hi_s = part.partition("-")
+        try:
+            lo = int(lo_s)
+            hi = (int(hi_s) if hi_s.strip() else None) if sep else lo
+        except ValueError:
+            raise ValueError(f"{spec!r}: {expected}") from None
+        if lo < 0 or (hi is not None and hi < lo):
+            raise ValueError(f"{spec!r}: {expected}")
+        out.append((lo, hi))
+    if not out:
+        raise ValueError(f"{spec!r}: {expected}")
+    return out
+
+
+class HumanSchedule:
+    """When the scripted human takes over an episode.
+
+    Active when the episode is an ``every_n``-th one (counted as episodes are first seen), the step
+    is in ``ranges``, and -- with ``stuck_steps`` > 0 -- the policy is failing: the peg tip has not
+    come ``progress`` metres closer to the hole for ``stuck_steps`` steps (then the human keeps
+    control for the rest of that episode).
+    """
+
+    def __init__(self, ranges: list[tuple[int, int | None]], every_n: int = 1, stuck_steps: int = 0,
+                 progress: float = 0.005) -> None:
+        if every_n < 1:
+            raise ValueError(f"every_n must be >= 1, got {every_n}")
+        if stuck_steps < 0:
+            raise ValueError(f"stuck_steps must be >= 0, got {stuck_steps}")
+        self.ranges, self.every_n, self.stuck_steps, self.progress = ranges, every_n, stuck_steps, progress
+        self._episode: int | None = None
+        self._index = -1
+        self._best = np.inf
+        self._best_step = 0
+        self.stuck = False
+
+    def active(self, episode_id: int, step: int, distance: float) -> bool:
+        if episode_id != self._episode:
+            self._episode, self._index = episode_id, self._index + 1
+            self._best, self._best_step, self.stuck = np.inf, step, False
+        if distance < self._best - self.progress:
+            self._best, self._best_step = distance, step
+        if self.stuck_steps and step - self._best_step >= self.stuck_steps:
+            self.stuck = True
+        in_range = any(lo <= step and (hi is None or step <= hi) for lo, hi in self.ranges)
+        return self._index % self.every_n == 0 and in_range and (self.stuck_steps == 0 or self.stuck)
