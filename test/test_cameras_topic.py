@@ -184,3 +184,33 @@ def test_topic_camera_without_publisher_times_out_with_a_hint(ros_env):
         assert time.monotonic() - t0 < 1.0
     finally:
         cam.close()
+
+
+def test_robot_node_publishes_a_topic_camera_next_to_the_simulated_one(ros_env, procs, ros_node, publisher_files,
+                                                                         tmp_path):
+    """The profile's camera_sources feed the robot node's observations: 'side' from the image topic
+    (as realsense2_camera publishes it), 'wrist' rendered by the simulator."""
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from user_msgs.msg import Observation
+
+    from hal_helpers import node_cmd, profile_with
+
+    _start_publisher(procs, publisher_files, "rgb8")
+    expected = _expected(publisher_files[1])
+    prof = profile_with(tmp_path, **{"robot.cameras": ["wrist", "side"], "robot.image_size": [120, 120],
+                                     "camera_sources": {"side": {"kind": "topic", "topic": DEFAULT_TOPIC}}})
+    got: list = []
+    ros_node.create_subscription(Observation, "/franka_0/observation", got.append,
+                                 QoSProfile(depth=20, reliability=ReliabilityPolicy.RELIABLE))
+    procs.start("robot", node_cmd("robot_node", {"robot_id": "franka_0", "profile": str(prof),
+                                                 "realtime_factor": 1.0}))
+    end = time.monotonic() + 60
+    while len(got) < 5 and time.monotonic() < end:
+        time.sleep(0.1)
+    assert len(got) >= 5, "the robot node published no observations"
+    o = got[-1]
+    assert list(o.camera_names) == ["wrist", "side"]
+    side = np.frombuffer(bytes(o.images[1].data), np.uint8).reshape(120, 120, 3)
+    _which(side, expected)   # exactly a published frame, cropped and resized
+    wrist = np.frombuffer(bytes(o.images[0].data), np.uint8).reshape(120, 120, 3)
+    assert wrist.std() > 1.0, "the simulated wrist camera renders a scene"

@@ -102,6 +102,9 @@ class RobotProfile:
     robot: RobotSection = dataclasses.field(default_factory=RobotSection)
     task: TaskConfig = dataclasses.field(default_factory=TaskConfig)
     backend_options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # Cameras that are separate devices (RealSense by serial, or an image topic), by camera name;
+    # see user_hal.cameras.make_camera_sources. The backend renders the others (simulation).
+    camera_sources: dict[str, Any] = dataclasses.field(default_factory=dict)
     source: str = "<defaults>"
 
     def validate(self) -> None:
@@ -113,4 +116,9 @@ class RobotProfile:
 
 def load_profile(path: str | Path, overrides: dict[str, Any] | None = None) -> RobotProfile:
     """Load and validate a robot profile; ``overrides`` are dotted keys, e.g. ``robot.backend``."""
-    return load_config_file(RobotProfile, path, overrides)
+    prof = load_config_file(RobotProfile, path, overrides)
+    if prof.camera_sources:   # checked now (nothing is opened), so a bad key fails at load time
+        from .cameras import make_camera_sources
+
+        make_camera_sources(prof.camera_sources, tuple(prof.robot.image_size), prof.source)
+    return prof

@@ -75,6 +75,7 @@ from user_msgs.srv import ResetRobot
 
 from . import qos
 from .backend import BackendError, make_backend
+from .cameras import CameraRig, make_camera_sources
 from .cell import (ACTION_NAMES, PROPRIO_NAMES, ActionError, RobotCell, check_action, parse_fault_injection,
                    proprio_vector)
 from .config_schema import ConfigError
@@ -188,8 +189,10 @@ class RobotNode(Node):
         self.hold_s = rc.intervention_hold_s
         self.max_recoveries = rc.max_recoveries
 
+        sources = make_camera_sources(self.profile.camera_sources, out_size=tuple(rc.image_size),
+                                      source=self.profile.source)
         options = dict(self.profile.backend_options)
-        options.setdefault("cameras", tuple(rc.cameras))
+        options.setdefault("cameras", tuple(c for c in rc.cameras if c not in sources))
         options.setdefault("image_width", rc.image_size[0])
         options.setdefault("image_height", rc.image_size[1])
         try:
@@ -203,6 +206,8 @@ class RobotNode(Node):
         # Each robot mixes its id into the seed so that robots of one run start differently.
         seq = np.random.SeedSequence([self.seed, zlib.crc32(self.robot_id.encode())])
         self.cell = RobotCell(self.profile, backend, seed=int(seq.generate_state(1)[0]))
+        # Frames come from the backend (simulation) and from camera devices, under the profile's names.
+        self.cameras = CameraRig(backend, sources, camera_names=list(rc.cameras), image_size=tuple(rc.image_size))
         self.cell.fault_steps = fault_steps
         if fault_steps:
             self.get_logger().warning(f"fault injection (test hook) at step calls {sorted(fault_steps)}")
@@ -485,6 +490,7 @@ class RobotNode(Node):
     def _control_main(self) -> None:
         try:
             self.cell.start()
+            self.cameras.start()
             self._check_backend_geometry()
             self.pub_desc.publish(self._describe())
             self.pub_urdf.publish(String(data=self.cell.backend.urdf()))
@@ -502,6 +508,7 @@ class RobotNode(Node):
         finally:
             # The control thread owns the backend (a renderer's GL context is bound to this thread).
             try:
+                self.cameras.close()
                 self.cell.close()
             except Exception as exc:  # noqa: BLE001 - closing must not mask the real outcome
                 self.get_logger().warning(f"closing the backend failed: {exc}")
@@ -814,7 +821,7 @@ class RobotNode(Node):
         o.robot_id, o.episode_id, o.step = self.robot_id, self.episode_id, self.step_index
         o.proprio = proprio_vector(state).tolist()
         o.evaluation = self._evaluation
-        for name, img in self.cell.backend.render().items():
+        for name, img in self.cameras.render().items():
             msg = image_to_msg(img, stamp, f"{self.frame_prefix}{name}_camera_color_optical_frame")
             o.camera_names.append(name)
             o.images.append(msg)

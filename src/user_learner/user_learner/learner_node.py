@@ -292,7 +292,10 @@ class LearnerNode(Node):
 
     def _train_main(self) -> None:
         try:
-            self._publish(sync=False)
+            if self.opts.mode != "sync":
+                # Async: inference starts from the learner's weights at once. Sync: weights change
+                # only between episodes, so the first episode runs on the inference node's own start.
+                self._publish(sync=False)
             self._t0 = time.monotonic()
             self._first_update_at: float | None = None
             self._last_ckpt = self._t0
