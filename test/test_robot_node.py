@@ -216,3 +216,17 @@ def test_with_wait_for_reset_the_robot_waits_for_the_reset_service(procs, ros_no
     episodes.wait(lambda m: len(m) >= seen + 1, 60, "a second episode after the reset")
     beats.wait(lambda m: m[-1].episodes_done == 2 and m[-1].state == RobotStatus.STATE_IDLE, 10,
                "the robot idle again after the second episode")
+
+
+def test_ctrl_c_stops_the_robot_node_cleanly(procs, ros_node, tmp_path):
+    import signal
+
+    beats = Watcher(ros_node, RobotStatus, "/user/robots/heartbeat", LATCHED)
+    robot = start_robot(procs, tmp_path, **{"robot.cameras": ["wrist", "side"]})
+    beats.wait(lambda m: any(b.state == RobotStatus.STATE_RUNNING for b in m), 60, "the robot running")
+    robot.wait_for("realtime_factor", timeout=30)   # the control loop runs
+    time.sleep(2.0)
+    robot.popen.send_signal(signal.SIGINT)
+    assert robot.popen.wait(timeout=20) == 0
+    out = robot.output()
+    assert "Traceback" not in out, out[-2000:]

@@ -853,7 +853,7 @@ def _spin(node: RobotNode) -> int:
         executor.spin_once(timeout_sec=0.1)
     # Let the last messages (episode stats, heartbeat) leave before shutting down.
     end = time.monotonic() + 0.5
-    while time.monotonic() < end:
+    while time.monotonic() < end and rclpy.ok():   # after Ctrl-C the context is already shut down
         executor.spin_once(timeout_sec=0.05)
     return node.exit_code
 

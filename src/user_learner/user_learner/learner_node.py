@@ -446,7 +446,7 @@ def _spin(node: LearnerNode) -> int:
     while rclpy.ok() and not node.finished.is_set():
         executor.spin_once(timeout_sec=0.1)
     end = time.monotonic() + 1.0  # let the last acks and weights leave
-    while time.monotonic() < end:
+    while time.monotonic() < end and rclpy.ok():   # after Ctrl-C the context is already shut down
         executor.spin_once(timeout_sec=0.05)
     return node.exit_code
 
