@@ -1,8 +1,11 @@
-"""Helpers for system tests of the HAL nodes: profiles with changes, node command lines."""
+"""Helpers for system tests: profiles with changes, node command lines, a topic collector."""
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,3 +47,41 @@ def userctl_cmd(*args: str) -> list[str]:
     from ament_index_python.packages import get_package_prefix
 
     return [str(Path(get_package_prefix("user_bringup")) / "lib" / "user_bringup" / "userctl"), *args]
+
+
+class Collect:
+    """Every message of one topic received by the test's node, in arrival order.
+
+    ``on_msg(m)`` (optional) runs first for each message, e.g. to answer it. ``lock`` guards ``msgs``
+    when a test reads them while messages still arrive. The default QoS is reliable, depth 1000.
+    """
+
+    def __init__(self, node, msg_type, topic, qos=None, on_msg=None):
+        if qos is None:
+            from rclpy.qos import QoSProfile, ReliabilityPolicy
+
+            qos = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE)
+        self.msgs: list = []
+        self.lock = threading.Condition()
+        self.on_msg = on_msg
+        node.create_subscription(msg_type, topic, self._cb, qos)
+
+    def _cb(self, m):
+        if self.on_msg is not None:
+            self.on_msg(m)
+        with self.lock:
+            self.msgs.append(m)
+            self.lock.notify_all()
+
+    def wait(self, pred, timeout: float, what: str):
+        """Wait until ``pred(msgs)`` holds and return the newest message; fail after ``timeout`` s."""
+        end = time.monotonic() + timeout
+        with self.lock:
+            while not pred(self.msgs):
+                left = end - time.monotonic()
+                if left <= 0:
+                    last = self.msgs[-1] if self.msgs else None
+                    pytest.fail(f"timed out after {timeout} s waiting for {what}; got {len(self.msgs)} "
+                                f"messages, last {last}")
+                self.lock.wait(left)
+            return self.msgs[-1] if self.msgs else None

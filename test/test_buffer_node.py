@@ -3,7 +3,6 @@ disk), serves batches to a RemoteReplay, and survives kill -9 without losing or 
 from __future__ import annotations
 
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -14,7 +13,7 @@ from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from user_msgs.msg import RobotStatus, Transition, TransitionAck
 from user_msgs.srv import SampleBatch
 
-from hal_helpers import ROOT, node_cmd, profile_with
+from hal_helpers import ROOT, Collect, node_cmd, profile_with
 
 sys.path.insert(0, str(ROOT / "src" / "user_buffer" / "test"))
 from buffer_helpers import STATE_DIM, transition_bytes, transition_msg  # noqa: E402
@@ -29,26 +28,6 @@ RELIABLE = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE)
 LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
 ROBOT = "franka_0"
 
-
-class Collect:
-    def __init__(self, node, msg_type, topic, qos=RELIABLE):
-        self.msgs: list = []
-        self.lock = threading.Lock()
-        node.create_subscription(msg_type, topic, self._cb, qos)
-
-    def _cb(self, m):
-        with self.lock:
-            self.msgs.append(m)
-
-    def wait(self, pred, timeout: float, what: str):
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            with self.lock:
-                if self.msgs and pred(self.msgs):
-                    return self.msgs[-1]
-            time.sleep(0.05)
-        last = self.msgs[-1] if self.msgs else None
-        pytest.fail(f"timed out after {timeout} s waiting for {what} ({len(self.msgs)} messages, last {last})")
 
 
 def stop(proc) -> tuple[int | None, str]:
@@ -84,7 +63,7 @@ def drain(policy, beats: Collect) -> RobotStatus:
     """Stop the policy (the robot holds, producing nothing) and wait until the buffer holds everything."""
     policy.stop()
     time.sleep(0.5)  # the last action in flight is executed or dropped by the watchdog
-    return beats.wait(lambda m: m[-1].unacked_transitions == 0 and m[-1].steps_done == m[-2].steps_done
+    return beats.wait(lambda m: m and m[-1].unacked_transitions == 0 and m[-1].steps_done == m[-2].steps_done
                       if len(m) > 1 else False, 30, "every transition acknowledged by the buffer")
 
 
@@ -123,7 +102,7 @@ def test_robot_records_into_a_bag_and_is_acknowledged(procs, ros_node, tmp_path)
     while ros_node.count_publishers("/user/transitions/ack") == 0 and time.monotonic() < end:
         time.sleep(0.05)   # see every ack: discover the buffer's ack publisher before any data flows
     _robot, policy = start_robot(procs, tmp_path)
-    beats.wait(lambda m: m[-1].episodes_done >= 3, 60, "3 episodes")
+    beats.wait(lambda m: m and m[-1].episodes_done >= 3, 60, "3 episodes")
     final = drain(policy, beats)
     assert final.unacked_transitions == 0 and final.dropped_transitions == 0 and final.steps_done >= 3
     code, out = stop(buffer)
@@ -279,7 +258,7 @@ def test_kill_9_recovers_the_bag_loses_nothing_acknowledged_and_stores_resends_o
     acks = Collect(ros_node, TransitionAck, "/user/transitions/ack")
     first = start_buffer(procs, "buffer", bag)
     _robot, policy = start_robot(procs, tmp_path)
-    beats.wait(lambda m: m[-1].episodes_done >= 2, 60, "2 episodes")
+    beats.wait(lambda m: m and m[-1].episodes_done >= 2, 60, "2 episodes")
     acks.wait(lambda m: len(m) >= 2, 10, "acknowledgements")
     first.kill()   # SIGKILL, mid-run
     first.popen.wait(timeout=5)
@@ -287,12 +266,12 @@ def test_kill_9_recovers_the_bag_loses_nothing_acknowledged_and_stores_resends_o
         acked_before = {(a.robot_id, e, s) for a in acks.msgs for e, s in zip(a.episode_ids, a.steps)}
     assert acked_before, "the first buffer acknowledged nothing before it was killed"
     # The robot keeps going and holds what nobody acknowledges.
-    beats.wait(lambda m: m[-1].unacked_transitions >= 20, 20, "unacknowledged transitions piling up")
+    beats.wait(lambda m: m and m[-1].unacked_transitions >= 20, 20, "unacknowledged transitions piling up")
     episodes_at_restart = beats.msgs[-1].episodes_done
 
     second = start_buffer(procs, "buffer2", bag)
     assert "not closed by its writer" in second.output(), second.output()[-2000:]
-    beats.wait(lambda m: m[-1].episodes_done >= episodes_at_restart + 2, 60, "2 more episodes")
+    beats.wait(lambda m: m and m[-1].episodes_done >= episodes_at_restart + 2, 60, "2 more episodes")
     final = drain(policy, beats)
     code, out = stop(second)
     assert code == 0 and "closed bag" in out, out[-2000:]

@@ -20,7 +20,7 @@ from geometry_msgs.msg import PoseStamped
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from user_msgs.msg import Action, EpisodeStats, Observation, RobotStatus
 
-from hal_helpers import ROOT, node_cmd
+from hal_helpers import ROOT, Collect, node_cmd
 from user_hal.backend import BackendError, make_backend
 from user_hal.franka_ros2_backend import FrankaRos2Backend, load_franka_actions
 from user_hal.geometry import quat_from_rotvec, quat_mul
@@ -56,29 +56,6 @@ def start_standin(procs, **params):
     p.wait_for(r"franka_ros2 stand-in", 30)
     return p
 
-
-class Collect:
-    """Messages of one topic received by the test's probe node."""
-
-    def __init__(self, node, msg_type, topic, qos=RELIABLE):
-        self.msgs: list = []
-        self.cv = threading.Condition()
-        node.create_subscription(msg_type, topic, self._cb, qos)
-
-    def _cb(self, m):
-        with self.cv:
-            self.msgs.append(m)
-            self.cv.notify_all()
-
-    def wait(self, pred, timeout: float, what: str):
-        end = time.monotonic() + timeout
-        with self.cv:
-            while not pred(self.msgs):
-                left = end - time.monotonic()
-                if left <= 0:
-                    pytest.fail(f"timed out after {timeout} s waiting for {what}; got {len(self.msgs)} messages")
-                self.cv.wait(left)
-            return self.msgs[-1]
 
 
 def set_standin_param(node, name: str, value) -> None:

@@ -6,7 +6,6 @@ import os
 import re
 import shutil
 import signal
-import threading
 import time
 from pathlib import Path
 
@@ -19,10 +18,9 @@ from user_msgs.msg import EpisodeStats, Observation, RobotStatus, Transition
 
 from user_buffer.store import TransitionStore
 
-from hal_helpers import ROOT, userctl_cmd
+from hal_helpers import ROOT, Collect, userctl_cmd
 
 pytestmark = pytest.mark.timeout(300)
-RELIABLE = QoSProfile(depth=500, reliability=ReliabilityPolicy.RELIABLE)
 LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
 
@@ -45,25 +43,6 @@ def config_dir(tmp_path: Path, **learner) -> Path:
 def launch(procs, tmp_path: Path, cfg_dir: Path, *args: str):
     return procs.start("userctl", userctl_cmd("launch", str(cfg_dir / "franka_sac.yaml"), "run_name:=test", *args))
 
-
-class Collect:
-    def __init__(self, node, msg_type, topic, qos=RELIABLE):
-        self.msgs: list = []
-        self.lock = threading.Lock()
-        node.create_subscription(msg_type, topic, self._cb, qos)
-
-    def _cb(self, m):
-        with self.lock:
-            self.msgs.append(m)
-
-    def wait(self, pred, timeout: float, what: str):
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            with self.lock:
-                if pred(self.msgs):
-                    return
-            time.sleep(0.05)
-        pytest.fail(f"timed out after {timeout} s waiting for {what} ({len(self.msgs)} messages)")
 
 
 def started_pid(proc, label: str) -> int:

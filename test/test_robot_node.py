@@ -1,5 +1,4 @@
 """The robot node as a real process on DDS: end-to-end loop, bad input, watchdog, bad config."""
-import threading
 import time
 
 import numpy as np
@@ -8,34 +7,11 @@ from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from user_msgs.msg import Action, EpisodeStats, Observation, RobotStatus
 from user_msgs.srv import ResetRobot
 
-from hal_helpers import node_cmd, profile_with
+from hal_helpers import Collect, node_cmd, profile_with
 
 RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
 LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
-
-class Watcher:
-    """Collects messages of one topic in the test process."""
-
-    def __init__(self, node, msg_type, topic, qos=RELIABLE):
-        self.msgs = []
-        self.cv = threading.Condition()
-        node.create_subscription(msg_type, topic, self._cb, qos)
-
-    def _cb(self, m):
-        with self.cv:
-            self.msgs.append(m)
-            self.cv.notify_all()
-
-    def wait(self, pred, timeout, what):
-        end = time.monotonic() + timeout
-        with self.cv:
-            while not pred(self.msgs):
-                left = end - time.monotonic()
-                if left <= 0:
-                    pytest.fail(f"timed out after {timeout} s waiting for {what}; got {len(self.msgs)} messages")
-                self.cv.wait(left)
-            return self.msgs[-1]
 
 
 def start_robot(procs, tmp_path, rf=1.0, episodes=0, **profile_changes):
@@ -45,7 +21,7 @@ def start_robot(procs, tmp_path, rf=1.0, episodes=0, **profile_changes):
 
 
 def test_scripted_policy_drives_the_robot_node_end_to_end(procs, ros_node, tmp_path):
-    episodes = Watcher(ros_node, EpisodeStats, "/user/episodes")
+    episodes = Collect(ros_node, EpisodeStats, "/user/episodes")
     prof = profile_with(tmp_path, **{"robot.cameras": ["wrist"]})
     robot = procs.start("robot", node_cmd("robot_node", {
         "robot_id": "franka_0", "profile": str(prof), "realtime_factor": 0.0, "max_episodes": 3}))
@@ -71,8 +47,8 @@ def _current_obs(obs_watch, timeout=10.0) -> Observation:
 ])
 def test_bad_action_is_rejected_with_one_line_and_the_robot_holds(procs, ros_node, tmp_path, bad, words):
     robot = start_robot(procs, tmp_path)
-    obs = Watcher(ros_node, Observation, "/franka_0/observation")
-    beats = Watcher(ros_node, RobotStatus, "/user/robots/heartbeat", LATCHED)
+    obs = Collect(ros_node, Observation, "/franka_0/observation")
+    beats = Collect(ros_node, RobotStatus, "/user/robots/heartbeat", LATCHED)
     pub = ros_node.create_publisher(Action, "/franka_0/action", RELIABLE)
     first = _current_obs(obs, 30)
     start_pos = np.array(first.proprio[:3])
@@ -95,7 +71,7 @@ def test_bad_action_is_rejected_with_one_line_and_the_robot_holds(procs, ros_nod
 
 def test_watchdog_holds_pose_when_actions_stop(procs, ros_node, tmp_path):
     start_robot(procs, tmp_path)
-    obs = Watcher(ros_node, Observation, "/franka_0/observation")
+    obs = Collect(ros_node, Observation, "/franka_0/observation")
     pub = ros_node.create_publisher(Action, "/franka_0/action", RELIABLE)
     _current_obs(obs, 30)
     answered = set()
@@ -120,7 +96,7 @@ def test_watchdog_holds_pose_when_actions_stop(procs, ros_node, tmp_path):
 
 def test_reset_service_starts_a_new_episode(procs, ros_node, tmp_path):
     start_robot(procs, tmp_path, rf=0.0)
-    obs = Watcher(ros_node, Observation, "/franka_0/observation")
+    obs = Collect(ros_node, Observation, "/franka_0/observation")
     first = _current_obs(obs, 30)
     cli = ros_node.create_client(ResetRobot, "/franka_0/reset")
     assert cli.wait_for_service(timeout_sec=10), "reset service not available"
@@ -157,7 +133,7 @@ def test_transitions_are_held_until_acknowledged_and_resent_to_a_late_consumer(p
         "robot_id": "franka_0", "profile": str(prof), "realtime_factor": 0.0,
         "ack_consumers": "[learner]"}))
     procs.start("policy", node_cmd("scripted_policy", {"robot_id": "franka_0", "profile": str(prof)}))
-    beats = Watcher(ros_node, RobotStatus, "/user/robots/heartbeat", LATCHED)
+    beats = Collect(ros_node, RobotStatus, "/user/robots/heartbeat", LATCHED)
     beats.wait(lambda m: m and m[-1].unacked_transitions >= 20, 60, "20 unacknowledged transitions")
     episodes_before = beats.msgs[-1].episodes_done
     assert episodes_before >= 1
@@ -165,11 +141,11 @@ def test_transitions_are_held_until_acknowledged_and_resent_to_a_late_consumer(p
     from user_msgs.msg import Transition, TransitionAck
 
     ack_pub = ros_node.create_publisher(TransitionAck, "/user/transitions/ack", RELIABLE)
-    got = Watcher(ros_node, Transition, "/user/transitions", QoSProfile(depth=200, reliability=ReliabilityPolicy.RELIABLE))
+    got = Collect(ros_node, Transition, "/user/transitions", QoSProfile(depth=200, reliability=ReliabilityPolicy.RELIABLE))
     end = time.monotonic() + 30
     acked = 0
     while time.monotonic() < end:
-        with got.cv:
+        with got.lock:
             new = got.msgs[acked:]
         if new:
             ack_pub.publish(TransitionAck(consumer="learner", session=1, robot_id="franka_0",
@@ -193,8 +169,8 @@ def test_transitions_are_held_until_acknowledged_and_resent_to_a_late_consumer(p
 def test_with_wait_for_reset_the_robot_waits_for_the_reset_service(procs, ros_node, tmp_path):
     # Episode stats are volatile: a fast lockstep episode can end before this process's subscription
     # is matched, so count episodes with the latched heartbeat and use the stats topic only after it.
-    episodes = Watcher(ros_node, EpisodeStats, "/user/episodes")
-    beats = Watcher(ros_node, RobotStatus, "/user/robots/heartbeat", LATCHED)
+    episodes = Collect(ros_node, EpisodeStats, "/user/episodes")
+    beats = Collect(ros_node, RobotStatus, "/user/robots/heartbeat", LATCHED)
     prof = profile_with(tmp_path, **{"robot.cameras": []})
     procs.start("robot", node_cmd("robot_node", {
         "robot_id": "franka_0", "profile": str(prof), "realtime_factor": 0.0, "wait_for_reset": True}))
@@ -221,7 +197,7 @@ def test_with_wait_for_reset_the_robot_waits_for_the_reset_service(procs, ros_no
 def test_ctrl_c_stops_the_robot_node_cleanly(procs, ros_node, tmp_path):
     import signal
 
-    beats = Watcher(ros_node, RobotStatus, "/user/robots/heartbeat", LATCHED)
+    beats = Collect(ros_node, RobotStatus, "/user/robots/heartbeat", LATCHED)
     robot = start_robot(procs, tmp_path, **{"robot.cameras": ["wrist", "side"]})
     beats.wait(lambda m: any(b.state == RobotStatus.STATE_RUNNING for b in m), 60, "the robot running")
     robot.wait_for("realtime_factor", timeout=30)   # the control loop runs

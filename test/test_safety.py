@@ -1,5 +1,4 @@
 """Safety: velocity limits on every target, the e-stop of every robot, bounded recovery from backend faults."""
-import threading
 import time
 
 import numpy as np
@@ -10,37 +9,12 @@ from std_srvs.srv import Trigger
 from user_msgs.msg import Action, EpisodeStats, Observation, RobotStatus, Transition
 from user_msgs.srv import ResetRobot
 
-from hal_helpers import SIM_PROFILE, node_cmd, profile_with
+from hal_helpers import SIM_PROFILE, Collect, node_cmd, profile_with
 
 RELIABLE = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
 DATA = QoSProfile(depth=500, reliability=ReliabilityPolicy.RELIABLE)
 LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
-
-class Collect:
-    def __init__(self, node, msg_type, topic, qos=RELIABLE, on_msg=None):
-        self.msgs = []
-        self.cv = threading.Condition()
-        self.on_msg = on_msg
-        node.create_subscription(msg_type, topic, self._cb, qos)
-
-    def _cb(self, m):
-        if self.on_msg:
-            self.on_msg(m)
-        with self.cv:
-            self.msgs.append(m)
-            self.cv.notify_all()
-
-    def wait(self, pred, timeout, what):
-        end = time.monotonic() + timeout
-        with self.cv:
-            while not pred(self.msgs):
-                left = end - time.monotonic()
-                if left <= 0:
-                    last = self.msgs[-1] if self.msgs else None
-                    pytest.fail(f"timed out after {timeout} s waiting for {what}; last message: {last}")
-                self.cv.wait(left)
-            return self.msgs[-1]
 
 
 def latest(beats, robot_id):
