@@ -223,7 +223,7 @@ def test_standin_stall_after_makes_the_state_stale(procs):
 def test_close_holds_the_measured_pose(backend, ros_node):
     eq = Collect(ros_node, PoseStamped, EQUILIBRIUM)
     poses = Collect(ros_node, PoseStamped, CURRENT_POSE, BEST_EFFORT)
-    time.sleep(0.5)
+    poses.wait(lambda ms: len(ms) >= 3, 10, "the test's own subscription to the measured pose")
     s = backend.state()
     target = s.tcp_pos + [0.08, 0.0, 0.0]
     backend.set_target(target, s.tcp_quat, 0.0)
@@ -232,7 +232,9 @@ def test_close_holds_the_measured_pose(backend, ros_node):
     eq.wait(lambda ms: len(ms) >= 2, 5, "the hold pose sent on close")
     held, _ = pose_of(eq.msgs[-1])
     assert 0.005 < held[0] - s.tcp_pos[0] < 0.075, f"close must hold where the arm is, not the target: {held}"
-    time.sleep(0.4)
+    time.sleep(0.4)  # the stand-in's impedance settles on the hold pose
+    n = len(poses.msgs)
+    poses.wait(lambda ms: len(ms) >= n + 3, 10, "measured poses after the hold")
     final, _ = pose_of(poses.msgs[-1])
     assert np.linalg.norm(final - held) < 1e-3, "the arm stops at the hold pose"
     with pytest.raises(BackendError, match="not started|closed"):

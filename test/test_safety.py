@@ -135,9 +135,13 @@ def test_estop_stops_every_robot_until_released(procs, ros_node, tmp_path):
     assert not r0.success and "e-stop" in r0.message, r0
     time.sleep(max(0.0, 1.5 - (time.monotonic() - t_stop)))
     for r in robots:
+        # One observation may have been in flight when the e-stop engaged; none may come after it.
         assert len(obs[r].msgs) <= n_obs[r] + 1, f"{r} kept stepping during the e-stop"
+        last_obs = obs[r].msgs[-1]
+        stopped_at[r] = (last_obs.step, np.array(last_obs.proprio[:3]))
+        n_obs[r] = len(obs[r].msgs)
         b = latest(beats, r)
-        assert b.state == RobotStatus.STATE_ERROR and b.message == "e-stop" and b.step == stopped_at[r][0], b
+        assert b.state == RobotStatus.STATE_ERROR and b.message == "e-stop" and b.step == last_obs.step, b
     procs_["franka_0"].wait_for("refused action: e-stop engaged", 5)
 
     resp = call(ros_node, Trigger, "/user/estop_release", Trigger.Request())
