@@ -18,7 +18,7 @@ import pytest
 import yaml
 from geometry_msgs.msg import PoseStamped
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
-from user_msgs.msg import Action, EpisodeStats, Observation, RobotStatus
+from user_msgs.msg import Action, EpisodeStats, Observation, RobotStatus, Transition
 
 from hal_helpers import ROOT, Collect, node_cmd
 from user_hal.backend import BackendError, make_backend
@@ -310,6 +310,7 @@ def test_robot_node_runs_episodes_on_franka_ros2_and_the_safety_box_clips(procs,
     eq = Collect(ros_node, PoseStamped, EQUILIBRIUM)
     obs = Collect(ros_node, Observation, "/franka_0/observation", RELIABLE)
     episodes = Collect(ros_node, EpisodeStats, "/user/episodes")
+    trans = Collect(ros_node, Transition, "/user/transitions")
     pub = ros_node.create_publisher(Action, "/franka_0/action", RELIABLE)
     robot = procs.start("robot", node_cmd("robot_node", {
         "robot_id": "franka_0", "profile": str(prof), "max_episodes": 3}))
@@ -338,9 +339,16 @@ def test_robot_node_runs_episodes_on_franka_ros2_and_the_safety_box_clips(procs,
 
     # Episode 0: +x at half scale (0.01 m per step) for 5 steps, then +y at full scale into the box.
     p0 = settle()
+    n_trans = len(trans.msgs)
     drive([0.5, 0, 0, 0, 0, 0, -1.0], 5)
     p1 = settle()
     np.testing.assert_allclose(p1 - p0, [0.05, 0.0, 0.0], atol=2e-3, err_msg="the TCP moves as commanded")
+    # The observation after an action shows the arm after it: read inference_budget_s before the next
+    # tick, the stand-in (time constant 0.05 s) has covered ~75% of the 1 cm step. Read at once after
+    # commanding (the old tick), the first step from rest would show no motion at all.
+    first = next(t for t in trans.msgs[n_trans:] if t.action_source == Action.SOURCE_POLICY)
+    moved = first.next_obs.proprio[0] - first.obs.proprio[0]
+    assert 0.005 < moved < 0.0105, f"first step from rest moved the observed TCP {moved:.4f} m (commanded 0.01)"
     n_eq = len(eq.msgs)
     drive([0, 1.0, 0, 0, 0, 0, -1.0], 14)  # 14 x min(0.02, max_tcp_speed 0.15 m/s x 0.1 s) = 0.21 m > room
     p2 = settle()

@@ -37,6 +37,8 @@ def test_overrides_apply():
     ({"robot": {"control_hz": -1}}, "robot.control_hz", "must be > 0"),
     ({"robot": {"control_hz": "fast"}}, "robot.control_hz", "expected a number"),
     ({"robot": {"contrl_hz": 10}}, "robot.contrl_hz", "unknown key"),
+    ({"robot": {"control_hz": 20, "inference_budget_s": 0.05}}, "robot.inference_budget_s",
+     "shorter than the control period"),
     ({"robot": {"action_scale": [0.02, 0.02]}}, "robot.action_scale", "expected 7 values"),
     ({"robot": {"safety_box": {"lower": [0.8, 0, 0], "upper": [0.7, 1, 1]}}}, "robot.safety_box.lower[0]",
      "above upper"),

@@ -181,8 +181,13 @@ class RobotCell:
                 pace()
 
     # -- control steps -----------------------------------------------------------------------------
-    def step(self, action: np.ndarray) -> StepResult:
-        """Apply one validated action in [-1, 1]^7 for one control period."""
+    def step(self, action: np.ndarray, settle: Callable[[], None] | None = None) -> StepResult:
+        """Apply one validated action in [-1, 1]^7 for one control period.
+
+        ``settle`` (optional) runs between commanding the target and reading the state: on a
+        real-time robot the node waits there until shortly before the next control tick, so the
+        observation shows the arm after it followed this action (see ``robot.inference_budget_s``).
+        """
         a = check_action(action, len(ACTION_NAMES))
         self.step_calls += 1
         if self.step_calls in self.fault_steps:
@@ -214,6 +219,8 @@ class RobotCell:
         self.gripper = self._gripper_command(a[6])
         self.backend.set_target(self.target_pos, self.target_quat, self.gripper)
         self.backend.advance(self.period)
+        if settle is not None:
+            settle()
         self.step_count += 1
         state = self.backend.state()
         outcome = self.task.evaluate(state)
@@ -221,10 +228,12 @@ class RobotCell:
         truncated = not terminated and self.step_count >= self.cfg.max_episode_steps
         return StepResult(state, outcome, terminated, truncated, a)
 
-    def hold(self) -> RobotState:
-        """Hold the current target for one control period (no fresh valid action)."""
+    def hold(self, settle: Callable[[], None] | None = None) -> RobotState:
+        """Hold the current target for one control period (no fresh valid action); ``settle`` as in step."""
         self.backend.set_target(self.target_pos, self.target_quat, self.gripper)
         self.backend.advance(self.period)
+        if settle is not None:
+            settle()
         return self.backend.state()
 
     def recover(self) -> RobotState:

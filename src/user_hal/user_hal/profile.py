@@ -77,6 +77,10 @@ class RobotSection:
     max_tcp_speed: float = dataclasses.field(default=0.25, metadata=positive())  # m/s
     max_tcp_angular_speed: float = dataclasses.field(default=1.0, metadata=positive())  # rad/s
     watchdog_periods: float = dataclasses.field(default=2.0, metadata=positive())
+    # Real-time backends: the state is read (and the observation published) this long before the
+    # next control tick, so the observation shows the arm after it followed the last action and the
+    # policy has this long to answer. Simulated backends read the state after the simulated period.
+    inference_budget_s: float = dataclasses.field(default=0.03, metadata=non_negative())
     heartbeat_hz: float = dataclasses.field(default=2.0, metadata=positive())
     max_episode_steps: int = dataclasses.field(default=100, metadata=positive())
     cameras: list[str] = dataclasses.field(default_factory=lambda: ["wrist", "side"])
@@ -91,6 +95,9 @@ class RobotSection:
             raise ValueError(f"action_scale: must be >= 0, got {list(self.action_scale)}")
         if min(self.image_size) <= 0:
             raise ValueError(f"image_size: must be > 0, got {list(self.image_size)}")
+        if self.inference_budget_s >= 1.0 / self.control_hz:
+            raise ValueError(f"inference_budget_s: must be shorter than the control period 1/control_hz = "
+                             f"{1.0 / self.control_hz:g} s, got {self.inference_budget_s:g}")
         if len(set(self.cameras)) != len(self.cameras):
             raise ValueError(f"cameras: duplicate names in {self.cameras}")
 

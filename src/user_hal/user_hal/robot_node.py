@@ -16,6 +16,11 @@ The control loop runs in its own thread. With ``realtime_factor`` > 0 it ticks o
 and never waits for anybody: at each tick it executes the action that answers the current
 observation if one arrived in time, and otherwise holds pose (watchdog). With ``realtime_factor``
 0 (simulation only) it steps as soon as that action arrives, and holds after the watchdog timeout.
+On a real-time backend (franky, franka_ros2) a step commands the new target at the tick, lets the
+arm follow it, and reads the state ``robot.inference_budget_s`` before the next tick: the
+observation shows the arm after the action, and the policy has that long to answer it (an answer
+that comes later is executed one period later; the robot holds meanwhile). A simulated backend
+integrates the whole period at once, so its observation is published right at the tick.
 
 Human intervention (HG-DAgger / HIL-SERL): actions with ``source = SOURCE_HUMAN`` (from the teleop
 node, ``user_hal.teleop_node``) win over policy and scripted actions. Every valid human action gives
@@ -213,6 +218,10 @@ class RobotNode(Node):
             self.get_logger().warning(f"fault injection (test hook) at step calls {sorted(fault_steps)}")
         self.period = self.cell.period
         self.watchdog = rc.watchdog_periods * self.period / (self.rf if self.rf > 0 else 1.0)
+        # A real arm moves on the wall clock: read its state just before the next tick (see _settle).
+        self.realtime_robot = not backend.simulated
+        self.inference_budget = rc.inference_budget_s
+        self._observe_at = 0.0
 
         cb = ReentrantCallbackGroup()
         rid = self.robot_id
@@ -555,6 +564,7 @@ class RobotNode(Node):
 
     def _tick(self, next_tick: float) -> bool:
         """One control period; False when the robot only held (or did nothing) and the clock restarts."""
+        self._observe_at = next_tick + self.period / (self.rf or 1.0) - self.inference_budget
         if self.stopped_by_fault:
             return False  # no more commands to a faulty backend: it holds its last target itself
         if self._estop.is_set():
@@ -577,6 +587,7 @@ class RobotNode(Node):
                 r.episode_id = self.episode_id
                 r.done.set()
             next_tick = time.monotonic()
+            self._observe_at = next_tick + self.period / (self.rf or 1.0) - self.inference_budget
         if self._awaiting_reset:
             self.cell.hold()
             return False
@@ -586,7 +597,7 @@ class RobotNode(Node):
         label = self._take_label()
         self._tick_times.append(time.monotonic())
         if action is None and label is None:
-            state = self.cell.hold()
+            state = self.cell.hold(settle=self._settle)
             self.held_steps += 1
             if self._tally:
                 self._tally.held += 1
@@ -600,6 +611,19 @@ class RobotNode(Node):
                         self._label_req = self._label_req or label
                 raise
         return True
+
+    def _settle(self) -> None:
+        """On a real-time robot, let the arm follow the new target until ``inference_budget_s`` before the
+        next tick, so the observation read next shows the result of this step (a simulator has already
+        integrated the period). Wakes early for an e-stop or shutdown."""
+        if not self.realtime_robot:
+            return
+        with self._lock:
+            while not (self._stop.is_set() or self._estop.is_set()):
+                left = self._observe_at - time.monotonic()
+                if left <= 0:
+                    break
+                self._lock.wait(left)
 
     def _take_reset(self) -> ResetRequest | None:
         with self._lock:
@@ -648,7 +672,7 @@ class RobotNode(Node):
         if a is None:  # a label arrived and nobody acted: record a hold step to carry the episode's end
             a = PendingAction(self.cell.hold_action(), self.episode_id, self.step_index, 0, Action.SOURCE_HOLD,
                               time.monotonic())
-        res = self.cell.step(a.values)
+        res = self.cell.step(a.values, settle=self._settle)
         self.step_index += 1
         self.steps_done += 1
         if a.source == Action.SOURCE_POLICY:
