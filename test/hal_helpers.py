@@ -1,6 +1,7 @@
 """Helpers for system tests: profiles with changes, node command lines, a topic collector."""
 from __future__ import annotations
 
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -12,18 +13,40 @@ ROOT = Path(__file__).resolve().parents[1]
 SIM_PROFILE = ROOT / "config" / "robot_sim.yaml"
 
 
-def profile_with(tmp_path: Path, name: str = "robot_test.yaml", **dotted) -> Path:
-    """Copy of the sim profile with dotted-key changes, e.g. ``**{"robot.cameras": []}``."""
-    data = yaml.safe_load(SIM_PROFILE.read_text())
+def set_dotted(data: dict, dotted: dict) -> dict:
+    """Set ``{"robot.cameras": []}``-style keys in a nested dict (in place); returns it."""
     for key, value in dotted.items():
         node = data
         *parents, leaf = key.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
+        for part in parents:
+            node = node.setdefault(part, {})
         node[leaf] = value
+    return data
+
+
+def profile_with(tmp_path: Path, name: str = "robot_test.yaml", **dotted) -> Path:
+    """Copy of the sim profile with dotted-key changes, e.g. ``**{"robot.cameras": []}``."""
+    data = set_dotted(yaml.safe_load(SIM_PROFILE.read_text()), dotted)
     path = tmp_path / name
     path.write_text(yaml.safe_dump(data))
     return path
+
+
+def learning_config_dir(tmp_path: Path, profile: dict | None = None, **learner) -> Path:
+    """A copy of config/ whose sac_peg.yaml has small, fast learner settings for tests."""
+    d = tmp_path / "config"
+    shutil.copytree(ROOT / "config", d)
+    cfg = yaml.safe_load((d / "sac_peg.yaml").read_text())
+    cfg["learner"].update({"min_buffer": 100, "publish_every_updates": 20, "checkpoint_every_updates": 100,
+                           "sync_updates_per_episode": 20, "log_every_s": 2.0, **learner})
+    cfg["sac"].update({"batch_size": 64, "hidden_dims": [64, 64]})
+    (d / "sac_peg.yaml").write_text(yaml.safe_dump(cfg))
+    prof = yaml.safe_load((d / "robot_sim.yaml").read_text())
+    prof["robot"]["cameras"] = []
+    prof["robot"]["max_episode_steps"] = 30
+    set_dotted(prof, profile or {})  # e.g. {"robot.max_episode_steps": 100}
+    (d / "robot_sim.yaml").write_text(yaml.safe_dump(prof))
+    return d
 
 
 def node_cmd(executable: str, params: dict, node_name: str | None = None) -> list[str]:

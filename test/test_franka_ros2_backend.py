@@ -20,7 +20,7 @@ from geometry_msgs.msg import PoseStamped
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from user_msgs.msg import Action, EpisodeStats, Observation, RobotStatus, Transition
 
-from hal_helpers import ROOT, Collect, node_cmd
+from hal_helpers import ROOT, Collect, node_cmd, set_dotted
 from user_hal.backend import BackendError, make_backend
 from user_hal.franka_ros2_backend import FrankaRos2Backend, load_franka_actions
 from user_hal.geometry import quat_from_rotvec, quat_mul
@@ -290,12 +290,7 @@ def test_bad_options_are_refused_before_touching_ros():
 
 def franka_profile(tmp_path: Path, **dotted) -> Path:
     data = yaml.safe_load((ROOT / "config" / "robot_franka_ros2.yaml").read_text())
-    for key, value in dotted.items():
-        node = data
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
+    set_dotted(data, dotted)
     path = tmp_path / "robot_franka_ros2.yaml"
     path.write_text(yaml.safe_dump(data))
     return path

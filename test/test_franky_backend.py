@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import yaml
 
-from hal_helpers import ROOT, node_cmd
+from hal_helpers import ROOT, node_cmd, set_dotted
 
 PROFILE = ROOT / "config" / "robot_franky.yaml"
 FCI_PORTS = (1337, 1338)  # franky-sim's arm and gripper ports (fixed by libfranka)
@@ -125,12 +125,7 @@ def franky_profile(tmp_path: Path, ip: str, **dotted) -> Path:
     """config/robot_franky.yaml pointed at ``ip``, with dotted-key changes."""
     data = yaml.safe_load(PROFILE.read_text())
     data["backend_options"]["ip"] = ip
-    for key, value in dotted.items():
-        node = data
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
+    set_dotted(data, dotted)
     path = tmp_path / "robot_franky_test.yaml"
     path.write_text(yaml.safe_dump(data))
     return path

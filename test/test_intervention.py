@@ -6,6 +6,7 @@ The "policy" is this test process: it answers every observation with a constant,
 rests, and takes over again from step 40 until it sees the peg inserted, then presses the success
 button. The profile does not end episodes on success: only the label can.
 """
+import re
 import threading
 import time
 from pathlib import Path
@@ -158,3 +159,25 @@ def _runs(s: str, ch: str):
             i = j + 1
         else:
             i += 1
+
+
+def test_launch_with_teleop_and_a_simulated_human_intervenes_on_a_stuck_policy(procs, tmp_path):
+    """`userctl launch franka_sac teleop:=joy sim_human:=true`: the graph adds a teleop node and the
+    scripted human; an untrained SAC policy gets stuck and the human takes over through /spacenav/joy
+    and the teleop node."""
+    from hal_helpers import learning_config_dir, userctl_cmd
+
+    cfg = learning_config_dir(tmp_path, profile={"robot.max_episode_steps": 150})
+    launcher = procs.start("userctl", userctl_cmd(
+        "launch", str(cfg / "franka_sac.yaml"), "run_name:=teleop", "teleop:=joy", "sim_human:=true",
+        "episodes:=1", "respawn_delay:=0"))
+    launcher.wait_for(r"started franka_0/teleop \(pid \d+\)", 30)
+    launcher.wait_for(r"started franka_0/sim_human \(pid \d+\)", 30)
+    took = int(launcher.wait_for(r"a human took over at step (\d+)", 90).group(1))
+    # The episode ends by the rule (inserted), by the human's label, or at 150 steps: the human's
+    # success is not the point here (a random policy may leave the peg jammed), the hand-over is.
+    m = launcher.wait_for(r"episode 0: \w+.* in (\d+) steps.*intervention (\d+)/\d+ steps", 90)
+    assert launcher.popen.wait(timeout=60) == 0, launcher.output()[-3000:]
+    steps, human = int(m.group(1)), int(m.group(2))
+    assert took >= 20, f"the simulated human waits until the policy is stuck for 20 steps, took over at {took}"
+    assert 0 < human <= steps - took, (m.group(0), took)

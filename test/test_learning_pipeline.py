@@ -18,26 +18,10 @@ from user_msgs.msg import EpisodeStats, Observation, RobotStatus, Transition
 
 from user_buffer.store import TransitionStore
 
-from hal_helpers import ROOT, Collect, userctl_cmd
+from hal_helpers import Collect, learning_config_dir as config_dir, userctl_cmd
 
 pytestmark = pytest.mark.timeout(300)
 LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
-
-
-def config_dir(tmp_path: Path, **learner) -> Path:
-    """A copy of config/ whose sac_peg.yaml has small, fast learner settings for tests."""
-    d = tmp_path / "config"
-    shutil.copytree(ROOT / "config", d)
-    cfg = yaml.safe_load((d / "sac_peg.yaml").read_text())
-    cfg["learner"].update({"min_buffer": 100, "publish_every_updates": 20, "checkpoint_every_updates": 100,
-                           "sync_updates_per_episode": 20, "log_every_s": 2.0, **learner})
-    cfg["sac"].update({"batch_size": 64, "hidden_dims": [64, 64]})
-    (d / "sac_peg.yaml").write_text(yaml.safe_dump(cfg))
-    prof = yaml.safe_load((d / "robot_sim.yaml").read_text())
-    prof["robot"]["cameras"] = []
-    prof["robot"]["max_episode_steps"] = 30
-    (d / "robot_sim.yaml").write_text(yaml.safe_dump(prof))
-    return d
 
 
 def launch(procs, tmp_path: Path, cfg_dir: Path, *args: str):

@@ -43,13 +43,38 @@ def test_scripted_recording_adds_a_buffer_node_the_robots_wait_for() -> None:
     assert "user/buffer" not in plain and "ack_consumers" not in plain["franka_0/robot"].parameters
 
 
+def test_teleop_adds_a_teleop_node_for_one_robot_and_optionally_a_simulated_human() -> None:
+    """teleop:=spacemouse|joy: one teleop node on teleop_robot; sim_human:=true adds the scripted human."""
+    assert not {"teleop", "sim_human"} & {n.name for n in load_graph(FRANKA_SAC, {}).nodes}
+    g = load_graph(FRANKA_SAC, {"robots": "2", "teleop": "spacemouse", "teleop_robot": "franka_1",
+                                "sim_human": "true"})
+    nodes = by_label(g.nodes)
+    teleop = nodes["franka_1/teleop"]
+    assert (teleop.package, teleop.executable) == ("user_hal", "teleop_node")
+    assert teleop.parameters == {"robot_id": "franka_1", "input": "spacemouse"}
+    assert "franka_0/teleop" not in nodes and "franka_1/sim_human" not in nodes, "sim_human needs teleop:=joy"
+    g = load_graph(FRANKA_SAC, {"teleop": "joy", "sim_human": "true"})
+    human = by_label(g.nodes)["franka_0/sim_human"]
+    assert human.executable == "scripted_policy" and human.parameters["as_human"] is True
+    assert human.parameters["robot_id"] == "franka_0" and human.parameters["human_when_stuck"] == 20
+    assert by_label(g.nodes)["franka_0/teleop"].parameters == {
+        "robot_id": "franka_0", "input": "joy", "success_button": 1, "open_button": -1}
+    plain_joy = by_label(load_graph(FRANKA_SAC, {"teleop": "joy"}).nodes)["franka_0/teleop"]
+    assert plain_joy.parameters == {"robot_id": "franka_0", "input": "joy"}
+    with pytest.raises(GraphError, match=r"for_robot: 'franka_3' is not a robot of this graph \(robots: franka_0\)"):
+        load_graph(FRANKA_SAC, {"teleop": "joy", "teleop_robot": "franka_3"})
+    with pytest.raises(GraphError, match="teleop: 'keyboard' is not one of"):
+        load_graph(FRANKA_SAC, {"teleop": "keyboard"})
+
+
 def test_franka_sac_defaults() -> None:
     """Defaults: one robot trained with SAC: registry, robot (ends_run), inference, learner (stops_run)."""
     g = load_graph(FRANKA_SAC, {})
     assert g.args == {
         "robot": "sim", "robots": 1, "policy": "sac", "config": "sac_peg", "sync": False,
         "max_env_steps": 0, "max_minutes": 0.0, "run_name": "franka_sac",
-        "realtime_factor": 1.0, "episodes": 0, "seed": 0, "record": False, "respawn_delay": 5.0,
+        "realtime_factor": 1.0, "episodes": 0, "seed": 0, "record": False, "teleop": "none",
+        "teleop_robot": "franka_0", "sim_human": False, "respawn_delay": 5.0,
     }
     assert g.robot_ids == ["franka_0"]
     nodes = by_label(g.nodes)
@@ -246,6 +271,9 @@ BAD_GRAPHS = [
     ("robots: [{ids: ['0bad']}]\n" + MINIMAL_NODE, "robots[0]"),
     ("robots: [{ids: [a], count: 1}]\n" + MINIMAL_NODE, "robots[0].ids"),
     ("description: [1]\n" + MINIMAL_NODE, "description"),
+    ("robots: [{ids: [a]}]\nnodes: [{name: n, executable: e, for_robot: b}]\n", "nodes[0](n).for_robot"),
+    ("robots: [{ids: [a]}]\nnodes: [{name: n, executable: e, for_robot: a, per_robot: true}]\n",
+     "nodes[0](n).for_robot"),
 ]
 
 

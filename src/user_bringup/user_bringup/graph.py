@@ -14,6 +14,7 @@ A graph is a YAML file in the config directory (e.g. ``config/franka_sac.yaml``)
         executable: robot_node
         namespace: "${robot_id}"  # default "/"
         per_robot: true           # one instance per robot
+        for_robot: "${teleop_robot}"  # ...or one instance for the robot of this id (must exist)
         if: {policy: scripted}    # all listed args must match (a list value means any of)
         ends_run: true            # the run ends once every ends_run node has exited
         stops_run: true           # ...or as soon as this node exits cleanly (e.g. a learner's budget)
@@ -45,7 +46,7 @@ _ARG_KEYS = {"default", "help", "choices"}
 _GROUP_KEYS = {"kind", "id_prefix", "count", "ids", "vars"}
 _NODE_KEYS = {
     "name", "package", "executable", "namespace", "parameters", "remappings", "arguments",
-    "per_robot", "if", "ends_run", "stops_run", "respawn_delay",
+    "per_robot", "for_robot", "if", "ends_run", "stops_run", "respawn_delay",
 }
 _TRUE_WORDS = {"true", "1", "yes", "on"}
 _FALSE_WORDS = {"false", "0", "no", "off"}
@@ -523,9 +524,19 @@ def _parse_nodes(
                 raise GraphError(f"{path}: {key}.{flag}: expected true or false")
         if "if" in item and not _check_condition(item["if"], specs, args, f"{key}.if", path):
             continue
-        if item.get("per_robot", False):
+        if item.get("per_robot", False) and "for_robot" in item:
+            raise GraphError(f"{path}: {key}.for_robot: not with per_robot: true (one or the other)")
+        if item.get("per_robot", False) or "for_robot" in item:
+            chosen = robots
+            if "for_robot" in item:
+                rid = _substitute(item["for_robot"], base_vars, f"{key}.for_robot", path)
+                chosen = [r for r in robots if r.robot_id == rid]
+                if not chosen:
+                    known = ", ".join(r.robot_id for r in robots) or "none"
+                    raise GraphError(f"{path}: {key}.for_robot: {rid!r} is not a robot of this graph "
+                                     f"(robots: {known})")
             instances: list[tuple[dict[str, Any], str | None]] = []
-            for r in robots:
+            for r in chosen:
                 v = dict(base_vars)
                 v.update(r.vars)
                 v.update(robot_id=r.robot_id, robot_index=r.index, robot_kind=r.kind)
@@ -533,7 +544,7 @@ def _parse_nodes(
             hint = ""
         else:
             instances = [(base_vars, None)]
-            hint = " (robot_* substitutions need per_robot: true)"
+            hint = " (robot_* substitutions need per_robot: true or for_robot)"
         for variables, robot_id in instances:
             nodes.append(_build_node(item, variables, robot_id, key, path, hint))
     seen: dict[str, str] = {}
