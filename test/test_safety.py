@@ -1,4 +1,6 @@
 """Safety: velocity limits on every target, the e-stop of every robot, bounded recovery from backend faults."""
+import re
+import subprocess
 import time
 
 import numpy as np
@@ -9,7 +11,7 @@ from std_srvs.srv import Trigger
 from user_msgs.msg import Action, EpisodeStats, Observation, RobotStatus, Transition
 from user_msgs.srv import ResetRobot
 
-from hal_helpers import SIM_PROFILE, Collect, node_cmd, profile_with
+from hal_helpers import SIM_PROFILE, Collect, node_cmd, profile_with, userctl_cmd
 
 RELIABLE = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
 DATA = QoSProfile(depth=500, reliability=ReliabilityPolicy.RELIABLE)
@@ -236,3 +238,65 @@ def test_bad_fault_injection_parameter_is_one_clear_error(procs, tmp_path):
     assert robot.popen.wait(timeout=30) == 2
     out = robot.output()
     assert "fault_injection" in out and "expected 'step:N[,N...]'" in out and "Traceback" not in out, out[-2000:]
+
+
+def test_userctl_estop_stops_every_robot_confirms_from_heartbeats_and_releases(procs, ros_node, ros_env, tmp_path):
+    prof = profile_with(tmp_path, **{"robot.cameras": []})
+    robots = ("franka_0", "franka_1")
+    pubs = {r: ros_node.create_publisher(Action, f"/{r}/action", RELIABLE) for r in robots}
+    obs = {}
+    for r in robots:
+        def policy(o, r=r):
+            pubs[r].publish(Action(robot_id=r, episode_id=o.episode_id, step=o.step,
+                                   action=[0.0, 0.2, 0, 0, 0, 0, -1.0], source=Action.SOURCE_POLICY))
+        obs[r] = Collect(ros_node, Observation, f"/{r}/observation", on_msg=policy)
+    for r in robots:
+        procs.start(r, node_cmd("robot_node", {"robot_id": r, "profile": str(prof), "realtime_factor": 1.0}))
+    for r in robots:
+        obs[r].wait(lambda m: m and m[-1].step >= 3, 60, f"{r} moving")
+
+    def userctl(*args):
+        return subprocess.run(userctl_cmd("estop", *args), env=ros_env, capture_output=True, text=True, timeout=60)
+
+    res = userctl("--timeout", "10")
+    assert res.returncode == 0, res.stdout + res.stderr
+    for r in robots:
+        assert re.search(rf"^{r}\s+ERROR\s+e-stop\s+stopped$", res.stdout, re.M), res.stdout
+    assert "2 robots stopped" in res.stdout and "e-stop engaged" in res.stdout, res.stdout
+    n_obs = {r: len(obs[r].msgs) for r in robots}
+    time.sleep(1.0)
+    for r in robots:
+        assert len(obs[r].msgs) <= n_obs[r] + 1, f"{r} kept stepping after userctl estop"
+
+    res = userctl("--release", "--timeout", "10")
+    assert res.returncode == 0, res.stdout + res.stderr
+    for r in robots:
+        assert re.search(rf"^{r}\s+(RUNNING|RESETTING)\s+-\s+released$", res.stdout, re.M), res.stdout
+        obs[r].wait(lambda m: len(m) >= n_obs[r] + 3, 10, f"{r} stepping again after the release")
+
+    # A live heartbeat from a robot that does not serve the e-stop is never confirmed: exit 1, named.
+    ghost = ros_node.create_publisher(RobotStatus, "/user/robots/heartbeat", LATCHED)
+
+    def beat():
+        s = RobotStatus(robot_id="ghost_0", state=RobotStatus.STATE_RUNNING)
+        s.header.stamp = ros_node.get_clock().now().to_msg()
+        ghost.publish(s)
+
+    timer = ros_node.create_timer(0.3, beat)
+    try:
+        time.sleep(0.6)
+        res = userctl("--timeout", "3")
+    finally:
+        ros_node.destroy_timer(timer)
+        userctl("--release", "--timeout", "5")
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert re.search(r"^ghost_0\s+RUNNING\s+-\s+NOT CONFIRMED$", res.stdout, re.M), res.stdout
+    assert "not confirmed within 3 s by: ghost_0" in res.stderr, res.stderr
+    for r in robots:
+        assert re.search(rf"^{r}\s+ERROR\s+e-stop\s+stopped$", res.stdout, re.M), res.stdout
+
+
+def test_userctl_estop_without_robots_fails_clearly(ros_env):
+    res = subprocess.run(userctl_cmd("estop", "--timeout", "1"), env=ros_env, capture_output=True, text=True,
+                         timeout=60)
+    assert res.returncode == 1 and "no robot node serves /user/estop within 1 s" in res.stderr, res

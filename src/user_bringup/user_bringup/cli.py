@@ -1,5 +1,5 @@
-"""``userctl``: launch a node graph, show what it would launch, list the robots, and inspect, replay
-or export a recorded transition bag (``userctl bag``).
+"""``userctl``: launch a node graph, show what it would launch, list the robots, stop them all
+(``userctl estop``), and inspect, replay or export a recorded transition bag (``userctl bag``).
 
 Exit codes: 0 success; 1 runtime failure (no registry answered, a node failed); 2 bad input.
 """
@@ -61,6 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "repeatable")
     p.add_argument("--franka-tcp-only", action="store_true",
                    help="with --probe: only open the TCP connection, skip libfranka's Connect handshake")
+
+    p = sub.add_parser("estop", help="stop every robot now (hold pose, refuse actions and resets); "
+                                      "confirmed from the robots' heartbeats")
+    p.add_argument("--release", action="store_true", help="release the e-stop instead: the robots continue")
+    p.add_argument("--timeout", type=float, default=5.0,
+                   help="seconds to wait for every live robot to confirm (default 5)")
 
     p = sub.add_parser("bag", help="inspect, replay or export a recorded transition bag (read-only)")
     bag = p.add_subparsers(dest="bag_command", metavar="BAG_COMMAND", parser_class=_Parser)
@@ -351,6 +357,15 @@ def cmd_robots(args: argparse.Namespace) -> int:
         client.close()
 
 
+def cmd_estop(args: argparse.Namespace) -> int:
+    """``userctl estop [--release]``: see ``user_bringup.estop``."""
+    if not args.timeout > 0:
+        raise UsageError(f"--timeout must be > 0, got {args.timeout}")
+    from user_bringup.estop import run_estop
+
+    return run_estop(args.release, args.timeout, sys.stdout, sys.stderr)
+
+
 # --- bag ------------------------------------------------------------------------------------------
 
 
@@ -396,7 +411,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``userctl``."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    handlers = {"launch": cmd_launch, "graph": cmd_graph, "robots": cmd_robots, "bag": cmd_bag}
+    handlers = {"launch": cmd_launch, "graph": cmd_graph, "robots": cmd_robots, "estop": cmd_estop,
+                "bag": cmd_bag}
     try:
         return handlers[args.command](args)
     except (GraphError, UsageError) as exc:

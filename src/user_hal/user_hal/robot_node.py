@@ -89,14 +89,8 @@ from .node_main import run_node
 from .outbox import Outbox
 from .profile import load_profile
 from .ros_convert import image_to_msg
+from .topics import ESTOP_MESSAGE, ESTOP_RELEASE_SERVICE, ESTOP_SERVICE, ESTOP_TOPIC
 
-#: e-stop services, served by every robot node (std_srvs/srv/Trigger)
-ESTOP_SERVICE = "/user/estop"
-ESTOP_RELEASE_SERVICE = "/user/estop_release"
-#: e-stop state topic (std_msgs/Bool, latched): true engages, false releases
-ESTOP_TOPIC = "/user/estop/engaged"
-#: heartbeat message while the e-stop is engaged
-ESTOP_MESSAGE = "e-stop"
 
 
 @dataclass

@@ -8,6 +8,13 @@ TRANSITION_ACK_TOPIC = "/user/transitions/ack"
 WEIGHTS_TOPIC = "/user/policy/weights"
 POLICY_STATUS_TOPIC = "/user/inference/status"
 LIST_ROBOTS_SERVICE = "/user/list_robots"
+#: e-stop services, served by every robot node (std_srvs/srv/Trigger)
+ESTOP_SERVICE = "/user/estop"
+ESTOP_RELEASE_SERVICE = "/user/estop_release"
+#: e-stop state topic (std_msgs/Bool, latched): true engages, false releases
+ESTOP_TOPIC = "/user/estop/engaged"
+#: heartbeat message of a robot while the e-stop is engaged
+ESTOP_MESSAGE = "e-stop"
 
 
 def robot_topic(robot_id: str, name: str) -> str:

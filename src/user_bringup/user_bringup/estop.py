@@ -1,0 +1,168 @@
+"""``userctl estop [--release]``: stop (or release) every robot, and confirm it from their heartbeats.
+
+Every robot node serves ``/user/estop`` and ``/user/estop_release`` (``std_srvs/srv/Trigger``).
+A call reaches every server of the name, but a server that DDS has not matched yet misses it, and
+the caller only sees the first answer. So this command does not trust the answer: it reads the
+live robots from the latched heartbeat topic and repeats the call until every live robot's
+heartbeat says ``ERROR`` / ``e-stop`` (or, for ``--release``, no longer says ``e-stop``), or the
+timeout passes. A robot already stopped by a backend fault counts as stopped.
+
+Exit codes: 0 every live robot confirmed; 1 a robot did not confirm in time, or no robot node
+serves the e-stop (the message names which).
+"""
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass
+from typing import IO
+
+from user_hal.topics import ESTOP_MESSAGE, ESTOP_RELEASE_SERVICE, ESTOP_SERVICE, HEARTBEAT_TOPIC
+
+#: a heartbeat older than this (by its stamp) means the robot node is gone: it is not waited for
+LIVE_S = 3.0
+#: time allowed for the latched heartbeats of the live robots to arrive before the first call
+DISCOVERY_S = 1.5
+#: the call is repeated this often while a live robot has not confirmed
+RETRY_S = 0.5
+STATE_ERROR = 2  # user_msgs/RobotStatus.STATE_ERROR
+STATE_NAMES = {0: "IDLE", 1: "RUNNING", 2: "ERROR", 3: "LOST", 4: "RESETTING"}
+
+
+@dataclass
+class RobotView:
+    """The newest heartbeat of one robot."""
+
+    robot_id: str
+    state: int
+    message: str
+    stamp_s: float
+
+    def confirmed(self, release: bool) -> bool:
+        """The robot shows the requested e-stop state (a fault-stopped robot counts as stopped)."""
+        if release:
+            return self.message != ESTOP_MESSAGE
+        return self.state == STATE_ERROR
+
+
+def verdict(view: RobotView, release: bool) -> str:
+    """One word for the table."""
+    if not view.confirmed(release):
+        return "NOT CONFIRMED"
+    if not release and view.message != ESTOP_MESSAGE:
+        return "stopped (fault)"
+    return "released" if release else "stopped"
+
+
+class _EstopClient:
+    """A short-lived rclpy node: heartbeat subscriber and Trigger client, spun in a thread."""
+
+    def __init__(self, service: str) -> None:
+        import rclpy
+        from rclpy.executors import SingleThreadedExecutor
+        from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+        from rclpy.signals import SignalHandlerOptions
+        from std_srvs.srv import Trigger
+        from user_msgs.msg import RobotStatus
+
+        self._trigger = Trigger
+        self._context = rclpy.Context()
+        rclpy.init(args=[], context=self._context, signal_handler_options=SignalHandlerOptions.NO)
+        self._node = rclpy.create_node(f"userctl_estop_{os.getpid()}", context=self._context)
+        self._lock = threading.Lock()
+        self.robots: dict[str, RobotView] = {}
+        qos = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE,
+                         durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        self._node.create_subscription(RobotStatus, HEARTBEAT_TOPIC, self._on_beat, qos)
+        self.client = self._node.create_client(Trigger, service)
+        self._executor = SingleThreadedExecutor(context=self._context)
+        self._executor.add_node(self._node)
+        self._thread = threading.Thread(target=self._spin, daemon=True)
+        self._thread.start()
+
+    def _spin(self) -> None:
+        try:
+            self._executor.spin()
+        except Exception:  # noqa: BLE001 - the context shuts down under the executor on close()
+            pass
+
+    def _on_beat(self, msg) -> None:
+        stamp = msg.header.stamp.sec + 1e-9 * msg.header.stamp.nanosec
+        with self._lock:
+            old = self.robots.get(msg.robot_id)
+            if old is None or stamp >= old.stamp_s:
+                self.robots[msg.robot_id] = RobotView(msg.robot_id, msg.state, msg.message, stamp)
+
+    def live(self) -> list[RobotView]:
+        """Robots whose newest heartbeat is recent, by id."""
+        now = time.time()
+        with self._lock:
+            return sorted((v for v in self.robots.values() if now - v.stamp_s < LIVE_S), key=lambda v: v.robot_id)
+
+    def call_async(self):
+        return self.client.call_async(self._trigger.Request())
+
+    def close(self) -> None:
+        self._executor.shutdown(timeout_sec=1.0)
+        self._node.destroy_node()
+        self._context.try_shutdown()
+        self._thread.join(timeout=2.0)
+
+
+def run_estop(release: bool, timeout: float, out: IO[str], err: IO[str]) -> int:
+    """Engage (or release) the e-stop of every robot and print a confirmation table."""
+    service = ESTOP_RELEASE_SERVICE if release else ESTOP_SERVICE
+    what = "release" if release else "e-stop"
+    deadline = time.monotonic() + timeout
+    c = _EstopClient(service)
+    try:
+        if not c.client.wait_for_service(timeout_sec=timeout):
+            domain = os.environ.get("ROS_DOMAIN_ID", "0")
+            print(f"userctl estop: no robot node serves {service} within {timeout:g} s "
+                  f"(are robot nodes running, on ROS_DOMAIN_ID={domain}?)", file=err)
+            return 1
+        time.sleep(max(0.0, min(DISCOVERY_S, deadline - time.monotonic())))
+        answers: list[str] = []
+        pending = None
+        last_call = -1e9
+        while True:
+            if pending is not None and pending.done():
+                answers.append(pending.result().message)
+                pending = None
+            live = c.live()
+            waiting = [v.robot_id for v in live if not v.confirmed(release)]
+            if answers and not waiting:
+                break
+            if time.monotonic() >= deadline:
+                break
+            if pending is None and time.monotonic() - last_call >= RETRY_S:
+                pending, last_call = c.call_async(), time.monotonic()
+            time.sleep(0.05)
+        live = c.live()
+        for a in dict.fromkeys(answers):  # each distinct answer once
+            print(f"answer: {a}", file=out)
+        if not live:
+            print(f"userctl estop: {what} sent, but no live robot heartbeat on {HEARTBEAT_TOPIC} to confirm it",
+                  file=err)
+            return 1
+        print(format_table(live, release), file=out)
+        missing = [v.robot_id for v in live if not v.confirmed(release)]
+        if missing or not answers:
+            print(f"userctl estop: {what} not confirmed within {timeout:g} s by: "
+                  f"{', '.join(missing) or 'no robot answered the call'}", file=err)
+            return 1
+        done = "released" if release else "stopped: holding pose, refusing actions and resets"
+        print(f"{len(live)} robot{'s' if len(live) != 1 else ''} {done}"
+              + ("" if release else f" (release with: userctl estop --release)"), file=out)
+        return 0
+    finally:
+        c.close()
+
+
+def format_table(views: list[RobotView], release: bool) -> str:
+    rows = [("ROBOT", "STATE", "MESSAGE", "E-STOP")]
+    rows += [(v.robot_id, STATE_NAMES.get(v.state, str(v.state)), v.message or "-", verdict(v, release))
+             for v in views]
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows)
