@@ -5,7 +5,9 @@ A call reaches every server of the name, but a server that DDS has not matched y
 the caller only sees the first answer. So this command does not trust the answer: it reads the
 live robots from the latched heartbeat topic and repeats the call until every live robot's
 heartbeat says ``ERROR`` / ``e-stop`` (or, for ``--release``, no longer says ``e-stop``), or the
-timeout passes. A robot already stopped by a backend fault counts as stopped.
+timeout passes. A robot already stopped by a backend fault counts as stopped. Where a registry runs (the launcher
+starts one), every robot it lists as live must confirm too, so a robot this short-lived node has
+not discovered yet is waited for (and named if it never confirms) rather than forgotten.
 
 Exit codes: 0 every live robot confirmed; 1 a robot did not confirm in time, or no robot node
 serves the e-stop (the message names which).
@@ -18,15 +20,17 @@ import time
 from dataclasses import dataclass
 from typing import IO
 
-from user_hal.topics import ESTOP_MESSAGE, ESTOP_RELEASE_SERVICE, ESTOP_SERVICE, HEARTBEAT_TOPIC
+from user_hal.topics import (ESTOP_MESSAGE, ESTOP_RELEASE_SERVICE, ESTOP_SERVICE, HEARTBEAT_TOPIC,
+                             LIST_ROBOTS_SERVICE)
 
 #: a heartbeat older than this (by its stamp) means the robot node is gone: it is not waited for
 LIVE_S = 3.0
-#: time allowed for the latched heartbeats of the live robots to arrive before the first call
-DISCOVERY_S = 1.5
+#: without a registry's list, confirmation waits this long for robots discovered late
+DISCOVERY_MAX_S = 4.0
 #: the call is repeated this often while a live robot has not confirmed
 RETRY_S = 0.5
 STATE_ERROR = 2  # user_msgs/RobotStatus.STATE_ERROR
+STATE_LOST = 3
 STATE_NAMES = {0: "IDLE", 1: "RUNNING", 2: "ERROR", 3: "LOST", 4: "RESETTING"}
 
 
@@ -41,6 +45,8 @@ class RobotView:
 
     def confirmed(self, release: bool) -> bool:
         """The robot shows the requested e-stop state (a fault-stopped robot counts as stopped)."""
+        if self.state < 0:  # listed by the registry, but its heartbeat never reached us
+            return False
         if release:
             return self.message != ESTOP_MESSAGE
         return self.state == STATE_ERROR
@@ -76,6 +82,10 @@ class _EstopClient:
                          durability=DurabilityPolicy.TRANSIENT_LOCAL)
         self._node.create_subscription(RobotStatus, HEARTBEAT_TOPIC, self._on_beat, qos)
         self.client = self._node.create_client(Trigger, service)
+        from user_msgs.srv import ListRobots
+
+        self._list_type = ListRobots
+        self.registry = self._node.create_client(ListRobots, LIST_ROBOTS_SERVICE)
         self._executor = SingleThreadedExecutor(context=self._context)
         self._executor.add_node(self._node)
         self._thread = threading.Thread(target=self._spin, daemon=True)
@@ -100,6 +110,26 @@ class _EstopClient:
         with self._lock:
             return sorted((v for v in self.robots.values() if now - v.stamp_s < LIVE_S), key=lambda v: v.robot_id)
 
+    @staticmethod
+    def live_in_registry(response) -> set[str]:
+        """Robots the registry counts as live: they must confirm too, even if this short-lived node
+        has not discovered them yet."""
+        if response is None:
+            return set()
+        return {st.robot_id for st in response.status if st.state != STATE_LOST}
+
+    def writers(self) -> int:
+        """Heartbeat publishers DDS has discovered (one per robot node)."""
+        return self._node.count_publishers(HEARTBEAT_TOPIC)
+
+    def heard(self) -> int:
+        with self._lock:
+            return len(self.robots)
+
+    def heard_ids(self) -> set[str]:
+        with self._lock:
+            return set(self.robots)
+
     def call_async(self):
         return self.client.call_async(self._trigger.Request())
 
@@ -122,24 +152,44 @@ def run_estop(release: bool, timeout: float, out: IO[str], err: IO[str]) -> int:
             print(f"userctl estop: no robot node serves {service} within {timeout:g} s "
                   f"(are robot nodes running, on ROS_DOMAIN_ID={domain}?)", file=err)
             return 1
-        time.sleep(max(0.0, min(DISCOVERY_S, deadline - time.monotonic())))
+        # Stop first, confirm after: the first call goes out as soon as a server is matched. The
+        # robots to confirm are those whose heartbeats we hear, plus those the registry lists as
+        # live. A fresh process may take seconds to discover every other process, so, unless a
+        # registry answered and every robot it lists (and every heartbeat writer discovered) was
+        # heard, confirmation waits DISCOVERY_MAX_S for late robots. Unconfirmed robots get the
+        # call again every RETRY_S.
+        t0 = time.monotonic()
         answers: list[str] = []
-        pending = None
-        last_call = -1e9
+        calls, last_call = [c.call_async()], t0  # a call may never be answered (a server matched late)
+        registry = None
+        expected: set[str] = set()
         while True:
-            if pending is not None and pending.done():
-                answers.append(pending.result().message)
-                pending = None
+            now = time.monotonic()
+            for f in [f for f in calls if f.done()]:
+                calls.remove(f)
+                if f.result() is not None:
+                    answers.append(f.result().message)
+            if registry is None and c.registry.service_is_ready():
+                registry = c.registry.call_async(c._list_type.Request())
+            if registry is not None and registry.done():
+                expected = c.live_in_registry(registry.result())
+            heard = c.heard_ids()
+            settled = ((registry is not None and registry.done() and expected <= heard
+                        and len(heard) >= c.writers()) or now - t0 >= DISCOVERY_MAX_S)
             live = c.live()
             waiting = [v.robot_id for v in live if not v.confirmed(release)]
-            if answers and not waiting:
+            waiting += sorted(expected - {v.robot_id for v in live})
+            if answers and settled and not waiting:
                 break
-            if time.monotonic() >= deadline:
+            if now >= deadline:
                 break
-            if pending is None and time.monotonic() - last_call >= RETRY_S:
-                pending, last_call = c.call_async(), time.monotonic()
+            if (waiting or not answers) and now - last_call >= RETRY_S:
+                calls.append(c.call_async())
+                last_call = now
             time.sleep(0.05)
         live = c.live()
+        unheard = sorted(expected - {v.robot_id for v in live})
+        live += [RobotView(r, -1, "no heartbeat heard", 0.0) for r in unheard]
         for a in dict.fromkeys(answers):  # each distinct answer once
             print(f"answer: {a}", file=out)
         if not live:
@@ -162,7 +212,7 @@ def run_estop(release: bool, timeout: float, out: IO[str], err: IO[str]) -> int:
 
 def format_table(views: list[RobotView], release: bool) -> str:
     rows = [("ROBOT", "STATE", "MESSAGE", "E-STOP")]
-    rows += [(v.robot_id, STATE_NAMES.get(v.state, str(v.state)), v.message or "-", verdict(v, release))
+    rows += [(v.robot_id, STATE_NAMES.get(v.state, "?"), v.message or "-", verdict(v, release))
              for v in views]
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows)
