@@ -160,3 +160,26 @@ def test_kill_inference_robot_holds_then_resumes(procs, ros_node, in_tmp):
     obs.wait(lambda m: m[-1].episode_id != held_key[0] or m[-1].step > held_key[1] + 3, 30,
              "the robot acting again after inference returned")
     assert time.monotonic() - killed > 3.0
+
+
+def test_one_graph_split_over_two_launchers_trains(procs, ros_node, in_tmp):
+    """The robot PC runs the robots (--skip), the GPU box the learner and inference (--only), on one
+    ROS domain: together they train as the whole graph does."""
+    cfg = config_dir(in_tmp)
+    transitions = Collect(ros_node, Transition, "/user/transitions")
+    graph = str(cfg / "franka_sac.yaml")
+    edge = procs.start("edge", userctl_cmd("launch", graph, "run_name:=test", "realtime_factor:=0",
+                                           "--skip", "user/learner,*/inference"))
+    gpu = procs.start("gpu", userctl_cmd("launch", graph, "run_name:=test", "realtime_factor:=0", "max_env_steps:=300",
+                                         "--only", "user/learner,*/inference"))
+    assert gpu.popen.wait(timeout=240) == 0, gpu.output()[-3000:]
+    assert "node user/learner finished (code 0); stopping the run" in gpu.output()
+    started = lambda proc: set(re.findall(r"started (\S+) \(pid", proc.output()))  # noqa: E731
+    assert started(gpu) == {"user/learner", "franka_0/inference"}, started(gpu)
+    assert started(edge) == {"user/registry", "franka_0/robot"}, started(edge)
+    summary = re.search(r"summary: (\d+) env steps, (\d+) updates", gpu.output())
+    assert summary and int(summary.group(1)) >= 300 and int(summary.group(2)) > 0, gpu.output()[-3000:]
+    assert max(t.policy_version for t in transitions.msgs) > 1, "the robots never acted with learned weights"
+    assert edge.popen.poll() is None, "the robot side keeps running (holding) without the learner"
+    edge.popen.send_signal(signal.SIGINT)
+    assert edge.popen.wait(timeout=30) == 130

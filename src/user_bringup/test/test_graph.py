@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from user_bringup import cli
-from user_bringup.graph import GraphError, NodeSpec, load_graph, parse_overrides
+from user_bringup.graph import GraphError, NodeSpec, load_graph, parse_overrides, select_nodes
 
 WORKSPACE = Path(__file__).resolve().parents[3]
 FRANKA_SAC = WORKSPACE / "config" / "franka_sac.yaml"
@@ -65,6 +65,29 @@ def test_teleop_adds_a_teleop_node_for_one_robot_and_optionally_a_simulated_huma
         load_graph(FRANKA_SAC, {"teleop": "joy", "teleop_robot": "franka_3"})
     with pytest.raises(GraphError, match="teleop: 'keyboard' is not one of"):
         load_graph(FRANKA_SAC, {"teleop": "keyboard"})
+
+
+def test_select_nodes_splits_the_graph_over_hosts() -> None:
+    """--only / --skip keep nodes by label pattern; a pattern that matches nothing is an error."""
+    g = load_graph(FRANKA_SAC, {"robots": "2"})
+    edge = select_nodes(g, skip=["user/learner", "*/inference"])
+    gpu = select_nodes(g, only=["user/learner", "*/inference"])
+    assert [n.label for n in edge.nodes] == ["user/registry", "franka_0/robot", "franka_1/robot"]
+    assert [n.label for n in gpu.nodes] == ["franka_0/inference", "franka_1/inference", "user/learner"]
+    assert {n.label for n in edge.nodes} | {n.label for n in gpu.nodes} == {n.label for n in g.nodes}
+    assert [n.label for n in select_nodes(g, only=["franka_1/*"], skip=["*/inference"]).nodes] == ["franka_1/robot"]
+    with pytest.raises(GraphError, match=r"--only 'user/lerner' matches no node \(nodes: user/registry, "):
+        select_nodes(g, only=["user/lerner"])
+    with pytest.raises(GraphError, match="leave no node to run"):
+        select_nodes(g, skip=["*"])
+
+
+def test_cli_graph_only_and_skip(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["graph", "franka_sac", "--only", "user/learner,*/inference"]) == 0
+    out = capsys.readouterr().out
+    assert "/user/learner:" in out and "/franka_0/inference:" in out and "/franka_0/robot:" not in out
+    assert cli.main(["graph", "franka_sac", "--skip", "nope"]) == 2
+    assert "--skip 'nope' matches no node" in capsys.readouterr().err
 
 
 def test_franka_sac_defaults() -> None:

@@ -14,7 +14,7 @@ import sys
 import time
 from typing import Any, NoReturn, Sequence
 
-from user_bringup.graph import Graph, GraphError, load_graph, parse_overrides
+from user_bringup.graph import Graph, GraphError, load_graph, parse_overrides, select_nodes
 from user_hal.topics import LIST_ROBOTS_SERVICE
 
 STATE_NAMES = {0: "IDLE", 1: "RUNNING", 2: "ERROR", 3: "LOST", 4: "RESETTING"}
@@ -32,6 +32,13 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+def _selection_args(p: argparse.ArgumentParser) -> None:
+    help_ = ("node labels or shell patterns, comma-separated, repeatable (e.g. user/learner,*/inference): "
+             "split one graph over hosts on one network")
+    p.add_argument("--only", action="append", default=[], metavar="NODES", help="run only these nodes; " + help_)
+    p.add_argument("--skip", action="append", default=[], metavar="NODES", help="run all but these nodes; " + help_)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the ``userctl`` argument parser."""
     parser = _Parser(prog="userctl", description="USER robot-learning system control.")
@@ -41,12 +48,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("launch", help="run a node graph until it ends (Ctrl-C stops it)")
     p.add_argument("graph", help="graph name in the config folder (e.g. franka_sac) or a YAML path")
     p.add_argument("overrides", nargs="*", metavar="name:=value", help="graph argument overrides")
+    _selection_args(p)
     p.add_argument("--log-dir", help="also write each node's output to <log-dir>/<node>.log")
     p.add_argument("--quiet", action="store_true", help="do not echo node output to the console")
 
     p = sub.add_parser("graph", help="print the resolved node list a launch would start")
     p.add_argument("graph", help="graph name in the config folder (e.g. franka_sac) or a YAML path")
     p.add_argument("overrides", nargs="*", metavar="name:=value", help="graph argument overrides")
+    _selection_args(p)
 
     p = sub.add_parser("robots", help="list the robots known to the registry")
     p.add_argument(
@@ -98,8 +107,12 @@ def build_parser() -> argparse.ArgumentParser:
 # --- graph / launch ---------------------------------------------------------------------------------
 
 
-def _load(graph: str, overrides: list[str]) -> Graph:
-    return load_graph(graph, parse_overrides(overrides))
+def _load(graph: str, overrides: list[str], only: list[str] | None = None, skip: list[str] | None = None) -> Graph:
+    g = load_graph(graph, parse_overrides(overrides))
+    split = lambda items: [x.strip() for item in items or [] for x in item.split(",") if x.strip()]  # noqa: E731
+    if only or skip:
+        g = select_nodes(g, split(only), split(skip))
+    return g
 
 
 def format_graph(graph: Graph) -> str:
@@ -133,7 +146,7 @@ def format_graph(graph: Graph) -> str:
 
 def cmd_graph(args: argparse.Namespace) -> int:
     """Print what ``userctl launch`` would start."""
-    print(format_graph(_load(args.graph, args.overrides)))
+    print(format_graph(_load(args.graph, args.overrides, args.only, args.skip)))
     return 0
 
 
@@ -141,7 +154,7 @@ def cmd_launch(args: argparse.Namespace) -> int:
     """Run a graph with the embedded launcher."""
     from user_bringup.launcher import Launcher, LaunchError
 
-    graph = _load(args.graph, args.overrides)
+    graph = _load(args.graph, args.overrides, args.only, args.skip)
     try:
         return Launcher(graph, log_dir=args.log_dir, quiet=args.quiet).run()
     except LaunchError as exc:

@@ -30,6 +30,8 @@ exactly one ``${name}`` keeps that variable's type; ``$$`` writes a literal ``$`
 
 from __future__ import annotations
 
+import dataclasses
+import fnmatch
 import os
 import re
 from dataclasses import dataclass, field
@@ -114,6 +116,27 @@ class Graph:
     def ends_run_nodes(self) -> list[NodeSpec]:
         """Return the nodes whose exit ends the run."""
         return [n for n in self.nodes if n.ends_run]
+
+
+def select_nodes(graph: Graph, only: list[str] | None = None, skip: list[str] | None = None) -> Graph:
+    """Keep the nodes matching a pattern of ``only`` (all if empty), minus those matching ``skip``.
+
+    Patterns are shell-style, matched against node labels (``user/learner``, ``franka_0/robot``,
+    ``*/inference``). This splits one graph over hosts on one network: e.g. the robot PC runs
+    ``skip=["user/learner", "*/inference"]`` and the GPU box ``only=["user/learner", "*/inference"]``.
+    A pattern that matches no node, or a selection that leaves nothing, is a GraphError.
+    """
+    labels = [n.label for n in graph.nodes]
+    for option, patterns in (("--only", only or []), ("--skip", skip or [])):
+        for pat in patterns:
+            if not fnmatch.filter(labels, pat):
+                raise GraphError(f"{graph.path}: {option} {pat!r} matches no node (nodes: {', '.join(labels)})")
+    kept = [n for n in graph.nodes
+            if (not only or any(fnmatch.fnmatchcase(n.label, p) for p in only))
+            and not any(fnmatch.fnmatchcase(n.label, p) for p in (skip or []))]
+    if not kept:
+        raise GraphError(f"{graph.path}: --only/--skip leave no node to run")
+    return dataclasses.replace(graph, nodes=kept)
 
 
 def default_config_dirs() -> list[Path]:
