@@ -328,23 +328,28 @@ def test_robot_node_runs_episodes_on_franka_ros2_and_the_safety_box_clips(procs,
         pytest.fail(f"the robot did not execute {steps} actions in time")
 
     def settle() -> np.ndarray:
-        """Stop answering: the robot holds (watchdog); the TCP converges to the target."""
-        time.sleep(0.6)
-        return np.array(obs.msgs[-1].proprio[:3])
+        """Stop answering: the robot holds (watchdog); the TCP converges to the target. Waits until the
+        observed TCP stops moving (the Python stand-in can pause for a few tenths of a second under load)."""
+        time.sleep(0.4)
+        p = np.array(obs.msgs[-1].proprio[:3])
+        end = time.monotonic() + 5.0
+        while time.monotonic() < end:
+            time.sleep(0.3)
+            q = np.array(obs.msgs[-1].proprio[:3])
+            if np.linalg.norm(q - p) < 2e-4:
+                return q
+            p = q
+        return p
 
     # Episode 0: +x at half scale (0.01 m per step) for 5 steps, then +y at full scale into the box.
+    first_steps = []  # (transitions before the drive, axis, commanded metres of its first step from rest)
     p0 = settle()
-    n_trans = len(trans.msgs)
+    first_steps.append((len(trans.msgs), 0, 0.01))
     drive([0.5, 0, 0, 0, 0, 0, -1.0], 5)
     p1 = settle()
     np.testing.assert_allclose(p1 - p0, [0.05, 0.0, 0.0], atol=2e-3, err_msg="the TCP moves as commanded")
-    # The observation after an action shows the arm after it: read inference_budget_s before the next
-    # tick, the stand-in (time constant 0.05 s) has covered ~75% of the 1 cm step. Read at once after
-    # commanding (the old tick), the first step from rest would show no motion at all.
-    first = next(t for t in trans.msgs[n_trans:] if t.action_source == Action.SOURCE_POLICY)
-    moved = first.next_obs.proprio[0] - first.obs.proprio[0]
-    assert 0.005 < moved < 0.0105, f"first step from rest moved the observed TCP {moved:.4f} m (commanded 0.01)"
     n_eq = len(eq.msgs)
+    first_steps.append((len(trans.msgs), 1, 0.015))
     drive([0, 1.0, 0, 0, 0, 0, -1.0], 14)  # 14 x min(0.02, max_tcp_speed 0.15 m/s x 0.1 s) = 0.21 m > room
     p2 = settle()
     ys = [pose_of(m)[0][1] for m in eq.msgs[n_eq:]]
@@ -356,6 +361,7 @@ def test_robot_node_runs_episodes_on_franka_ros2_and_the_safety_box_clips(procs,
         episodes.wait(lambda m: len(m) >= i, 10, f"episode {i - 1} to end")
         prev = episodes.msgs[-1].episode_id
         obs.wait(lambda m: m[-1].episode_id != prev and m[-1].step == 0, 30, f"episode {i} to start")
+        first_steps.append((len(trans.msgs), 2, -0.015))
         drive([0, 0, -1.0, 0, 0, 0, -1.0], 20)
     assert robot.popen.wait(timeout=30) == 0, robot.output()[-2000:]
     p3 = np.array(obs.msgs[-1].proprio[:3])
@@ -363,6 +369,15 @@ def test_robot_node_runs_episodes_on_franka_ros2_and_the_safety_box_clips(procs,
     targets = np.array([pose_of(m)[0] - [0.0, 0.0, OFFSET] for m in eq.msgs])  # equilibrium (EE) -> TCP
     assert targets[:, 2].min() == pytest.approx(lo[2], abs=1e-6), "targets are clipped to the safety box (z)"
     assert np.all(targets >= lo - 1e-6) and np.all(targets <= hi + 1e-6), "every target inside the safety box"
+    # The observation after an action shows the arm after it: read inference_budget_s before the next
+    # tick, the stand-in (time constant 0.05 s) has covered ~75% of a step. Read at once after
+    # commanding (the old tick), every first step from rest shows no motion at all. (One of the four
+    # may miss: the Python stand-in can pause for a tenth of a second on a loaded machine.)
+    fractions = []
+    for n0, axis, commanded in first_steps:
+        t = next(t for t in trans.msgs[n0:] if t.action_source == Action.SOURCE_POLICY)
+        fractions.append((t.next_obs.proprio[axis] - t.obs.proprio[axis]) / commanded)
+    assert sum(0.5 < f < 1.05 for f in fractions) >= 3, f"first steps from rest observed as {fractions} of the command"
     eps = episodes.msgs
     assert len(eps) == 3 and [e.steps for e in eps] == [20, 20, 20], [(e.steps, e.success) for e in eps]
     out = robot.output()

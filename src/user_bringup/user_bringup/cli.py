@@ -74,8 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("estop", help="stop every robot now (hold pose, refuse actions and resets); "
                                       "confirmed from the robots' heartbeats")
     p.add_argument("--release", action="store_true", help="release the e-stop instead: the robots continue")
-    p.add_argument("--timeout", type=float, default=5.0,
-                   help="seconds to wait for every live robot to confirm (default 5)")
+    p.add_argument("--timeout", type=float, default=10.0,
+                   help="seconds to wait for every live robot to confirm (default 10; discovering the "
+                        "robots alone can take seconds)")
 
     p = sub.add_parser("bag", help="inspect, replay or export a recorded transition bag (read-only)")
     bag = p.add_subparsers(dest="bag_command", metavar="BAG_COMMAND", parser_class=_Parser)

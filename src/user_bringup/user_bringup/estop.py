@@ -118,6 +118,10 @@ class _EstopClient:
             return set()
         return {st.robot_id for st in response.status if st.state != STATE_LOST}
 
+    def ask_registry(self):
+        """Call ``/user/list_robots`` (the caller checked that a registry is matched); a future."""
+        return self.registry.call_async(self._list_type.Request())
+
     def writers(self) -> int:
         """Heartbeat publishers DDS has discovered (one per robot node)."""
         return self._node.count_publishers(HEARTBEAT_TOPIC)
@@ -170,7 +174,7 @@ def run_estop(release: bool, timeout: float, out: IO[str], err: IO[str]) -> int:
                 if f.result() is not None:
                     answers.append(f.result().message)
             if registry is None and c.registry.service_is_ready():
-                registry = c.registry.call_async(c._list_type.Request())
+                registry = c.ask_registry()
             if registry is not None and registry.done():
                 expected = c.live_in_registry(registry.result())
             heard = c.heard_ids()
@@ -204,7 +208,7 @@ def run_estop(release: bool, timeout: float, out: IO[str], err: IO[str]) -> int:
             return 1
         done = "released" if release else "stopped: holding pose, refusing actions and resets"
         print(f"{len(live)} robot{'s' if len(live) != 1 else ''} {done}"
-              + ("" if release else f" (release with: userctl estop --release)"), file=out)
+              + ("" if release else " (release with: userctl estop --release)"), file=out)
         return 0
     finally:
         c.close()
