@@ -124,7 +124,8 @@ def test_userctl_robots_shows_running_then_lost(
     while time.monotonic() < deadline:  # discovery may take a moment on a loaded machine
         result = _robots(ros_env)
         row = _row(result.stdout, ROBOT_ID)
-        if result.returncode == 0 and row is not None and row[3] == "RUNNING":
+        # The description and the heartbeats are separate latched topics: wait for both.
+        if result.returncode == 0 and row is not None and row[3] == "RUNNING" and row[1] != "?":
             break
         time.sleep(0.3)
     assert result.returncode == 0, result.stdout + result.stderr
