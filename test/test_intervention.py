@@ -6,7 +6,6 @@ The "policy" is this test process: it answers every observation with a constant,
 rests, and takes over again from step 40 until it sees the peg inserted, then presses the success
 button. The profile does not end episodes on success: only the label can.
 """
-import re
 import threading
 import time
 from pathlib import Path

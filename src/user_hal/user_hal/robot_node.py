@@ -92,7 +92,6 @@ from .ros_convert import image_to_msg
 from .topics import ESTOP_MESSAGE, ESTOP_RELEASE_SERVICE, ESTOP_SERVICE, ESTOP_TOPIC
 
 
-
 @dataclass
 class PendingAction:
     values: np.ndarray
