@@ -181,6 +181,10 @@ class LearnerNode(Node):
         self.agent.load_state_dict(payload["agent"])
         self.version = int(payload["version"])
         self.env_steps = int(payload["env_steps"])
+        if self.bag_mode:
+            # The bag is the record: transitions the checkpoint counted but the kill cut off the bag
+            # before they were on disk come again from the robots and are counted once, here.
+            self.env_steps = len(self.replay.online.store)
         if "replay" in payload and not self.bag_mode:
             load_replay_state_dict(self.replay, payload["replay"])
         for rid, keys in payload.get("seen", {}).items():
