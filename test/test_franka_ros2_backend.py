@@ -142,14 +142,27 @@ def test_state_comes_from_the_best_effort_topics_in_tcp_conventions(backend, ros
     assert len(pub) == 1 and pub[0].qos_profile.reliability == ReliabilityPolicy.RELIABLE
 
 
+def hold_until_matched(backend, eq: Collect, s) -> None:
+    """Command the current pose until the test's equilibrium subscription receives it (matched)."""
+    end = time.monotonic() + 10.0
+    while not eq.msgs and time.monotonic() < end:
+        backend.set_target(s.tcp_pos, s.tcp_quat, 0.0)
+        time.sleep(0.1)
+    assert eq.msgs, "the test's subscription never received an equilibrium pose"
+
+
 def test_targets_are_published_as_equilibrium_poses_and_the_state_follows(backend, ros_node):
     eq = Collect(ros_node, PoseStamped, EQUILIBRIUM)
     s0 = backend.state()
     target = s0.tcp_pos + [0.04, -0.03, -0.02]
     quat = quat_mul(quat_from_rotvec([0.0, 0.0, 0.2]), Q_DOWN)
-    time.sleep(0.5)  # let the probe's subscription match
+    hold_until_matched(backend, eq, s0)
+    n0 = len(eq.msgs)
     backend.set_target(target, quat, 1.0)
-    m = eq.wait(lambda ms: len(ms) >= 1, 5, "an equilibrium pose")
+    held_ee = s0.tcp_pos + [0.0, 0.0, OFFSET]  # what hold_until_matched sent (some may still arrive)
+    eq.wait(lambda ms: any(np.abs(pose_of(m)[0] - held_ee).max() > 0.01 for m in ms[n0:]), 5,
+            "the target's equilibrium pose")
+    m = next(m for m in eq.msgs[n0:] if np.abs(pose_of(m)[0] - held_ee).max() > 0.01)
     pos, q = pose_of(m)
     assert m.header.frame_id == "fr3_link0"
     # The equilibrium is the end-effector pose: the TCP minus the offset along the EE z axis
@@ -225,11 +238,13 @@ def test_close_holds_the_measured_pose(backend, ros_node):
     poses = Collect(ros_node, PoseStamped, CURRENT_POSE, BEST_EFFORT)
     poses.wait(lambda ms: len(ms) >= 3, 10, "the test's own subscription to the measured pose")
     s = backend.state()
+    hold_until_matched(backend, eq, s)
     target = s.tcp_pos + [0.08, 0.0, 0.0]
     backend.set_target(target, s.tcp_quat, 0.0)
     wait_state(backend, lambda st: st.tcp_pos[0] - s.tcp_pos[0] > 0.005, 3, "the arm on its way")
+    n = len(eq.msgs)
     backend.close()
-    eq.wait(lambda ms: len(ms) >= 2, 5, "the hold pose sent on close")
+    eq.wait(lambda ms: len(ms) > n, 5, "the hold pose sent on close")
     held, _ = pose_of(eq.msgs[-1])
     assert 0.005 < held[0] - s.tcp_pos[0] < 0.075, f"close must hold where the arm is, not the target: {held}"
     time.sleep(0.4)  # the stand-in's impedance settles on the hold pose
