@@ -15,9 +15,9 @@ import time
 from typing import Any, NoReturn, Sequence
 
 from user_bringup.graph import Graph, GraphError, load_graph, parse_overrides, select_nodes
+from user_hal.registry import STATE_NAMES
 from user_hal.topics import LIST_ROBOTS_SERVICE
 
-STATE_NAMES = {0: "IDLE", 1: "RUNNING", 2: "ERROR", 3: "LOST", 4: "RESETTING"}
 
 
 class UsageError(Exception):

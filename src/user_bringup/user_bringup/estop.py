@@ -5,9 +5,10 @@ A call reaches every server of the name, but a server that DDS has not matched y
 the caller only sees the first answer. So this command does not trust the answer: it reads the
 live robots from the latched heartbeat topic and repeats the call until every live robot's
 heartbeat says ``ERROR`` / ``e-stop`` (or, for ``--release``, no longer says ``e-stop``), or the
-timeout passes. A robot already stopped by a backend fault counts as stopped. Where a registry runs (the launcher
-starts one), every robot it lists as live must confirm too, so a robot this short-lived node has
-not discovered yet is waited for (and named if it never confirms) rather than forgotten.
+timeout passes. A robot already stopped by a backend fault counts as stopped. Where a registry
+runs (the launcher starts one), every robot it lists as live must confirm too, so a robot this
+short-lived node has not discovered yet is waited for (and named if it never confirms) rather
+than forgotten.
 
 Exit codes: 0 every live robot confirmed; 1 a robot did not confirm in time, or no robot node
 serves the e-stop (the message names which).
@@ -20,6 +21,7 @@ import time
 from dataclasses import dataclass
 from typing import IO
 
+from user_hal.registry import STATE_ERROR, STATE_LOST, STATE_NAMES
 from user_hal.topics import (ESTOP_MESSAGE, ESTOP_RELEASE_SERVICE, ESTOP_SERVICE, HEARTBEAT_TOPIC,
                              LIST_ROBOTS_SERVICE)
 
@@ -29,9 +31,6 @@ LIVE_S = 3.0
 DISCOVERY_MAX_S = 4.0
 #: the call is repeated this often while a live robot has not confirmed
 RETRY_S = 0.5
-STATE_ERROR = 2  # user_msgs/RobotStatus.STATE_ERROR
-STATE_LOST = 3
-STATE_NAMES = {0: "IDLE", 1: "RUNNING", 2: "ERROR", 3: "LOST", 4: "RESETTING"}
 
 
 @dataclass
@@ -67,10 +66,11 @@ class _EstopClient:
     def __init__(self, service: str) -> None:
         import rclpy
         from rclpy.executors import SingleThreadedExecutor
-        from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
         from rclpy.signals import SignalHandlerOptions
         from std_srvs.srv import Trigger
+        from user_hal.qos import ANNOUNCEMENTS_IN
         from user_msgs.msg import RobotStatus
+        from user_msgs.srv import ListRobots
 
         self._trigger = Trigger
         self._context = rclpy.Context()
@@ -78,12 +78,8 @@ class _EstopClient:
         self._node = rclpy.create_node(f"userctl_estop_{os.getpid()}", context=self._context)
         self._lock = threading.Lock()
         self.robots: dict[str, RobotView] = {}
-        qos = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE,
-                         durability=DurabilityPolicy.TRANSIENT_LOCAL)
-        self._node.create_subscription(RobotStatus, HEARTBEAT_TOPIC, self._on_beat, qos)
+        self._node.create_subscription(RobotStatus, HEARTBEAT_TOPIC, self._on_beat, ANNOUNCEMENTS_IN)
         self.client = self._node.create_client(Trigger, service)
-        from user_msgs.srv import ListRobots
-
         self._list_type = ListRobots
         self.registry = self._node.create_client(ListRobots, LIST_ROBOTS_SERVICE)
         self._executor = SingleThreadedExecutor(context=self._context)
@@ -125,10 +121,6 @@ class _EstopClient:
     def writers(self) -> int:
         """Heartbeat publishers DDS has discovered (one per robot node)."""
         return self._node.count_publishers(HEARTBEAT_TOPIC)
-
-    def heard(self) -> int:
-        with self._lock:
-            return len(self.robots)
 
     def heard_ids(self) -> set[str]:
         with self._lock:

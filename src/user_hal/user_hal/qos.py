@@ -8,6 +8,11 @@ from .topics import (DESCRIPTION_TOPIC, EPISODES_TOPIC, HEARTBEAT_TOPIC, LIST_RO
 #: Announcements a late joiner must still get: robot descriptions, heartbeats, robot_description.
 LATCHED = QoSProfile(depth=1, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE,
                      durability=DurabilityPolicy.TRANSIENT_LOCAL)
+#: Readers of the robots' announcements (descriptions, heartbeats): reliable + transient-local like
+#: the publishers, with a deeper queue so a burst of late-joined samples from many robots is not
+#: collapsed to one.
+ANNOUNCEMENTS_IN = QoSProfile(depth=100, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE,
+                              durability=DurabilityPolicy.TRANSIENT_LOCAL)
 #: Control traffic: observations and actions. Only the newest matters.
 CONTROL = QoSProfile(depth=2, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE,
                      durability=DurabilityPolicy.VOLATILE)

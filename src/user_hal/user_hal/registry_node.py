@@ -12,19 +12,13 @@ import time
 
 import rclpy
 from rclpy.node import Node
-from rclpy.qos import HistoryPolicy, QoSProfile
 from user_msgs.msg import RobotDescription, RobotStatus
 from user_msgs.srv import ListRobots
 
 from user_hal.node_main import run_node
 from user_hal.registry import Change, RobotRegistry
 
-from user_hal.qos import DESCRIPTION_TOPIC, HEARTBEAT_TOPIC, LATCHED, LIST_ROBOTS_SERVICE
-
-# Reliable + transient-local like the robots' publishers; a deeper reader queue so a burst of
-# late-joined samples from many robots is not collapsed to one.
-ROBOT_ANNOUNCE_QOS = QoSProfile(
-    history=HistoryPolicy.KEEP_LAST, depth=100, reliability=LATCHED.reliability, durability=LATCHED.durability)
+from user_hal.qos import ANNOUNCEMENTS_IN, DESCRIPTION_TOPIC, HEARTBEAT_TOPIC, LIST_ROBOTS_SERVICE
 
 
 class RegistryNode(Node):
@@ -36,9 +30,9 @@ class RegistryNode(Node):
         timeout = float(self.declare_parameter("heartbeat_timeout_s", 3.0).value)
         self.registry = RobotRegistry(heartbeat_timeout_s=timeout)
         self.create_subscription(
-            RobotDescription, DESCRIPTION_TOPIC, self._on_description, ROBOT_ANNOUNCE_QOS
+            RobotDescription, DESCRIPTION_TOPIC, self._on_description, ANNOUNCEMENTS_IN
         )
-        self.create_subscription(RobotStatus, HEARTBEAT_TOPIC, self._on_heartbeat, ROBOT_ANNOUNCE_QOS)
+        self.create_subscription(RobotStatus, HEARTBEAT_TOPIC, self._on_heartbeat, ANNOUNCEMENTS_IN)
         self.create_service(ListRobots, LIST_ROBOTS_SERVICE, self._on_list_robots)
         # Check liveness several times per timeout so LOST is logged promptly.
         self.create_timer(min(0.5, timeout / 4.0), self._report_changes)
