@@ -6,17 +6,15 @@ The "policy" is this test process: it answers every observation with a constant,
 rests, and takes over again from step 40 until it sees the peg inserted, then presses the success
 button. The profile does not end episodes on success: only the label can.
 """
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
-import pytest
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Joy
 from user_msgs.msg import Action, EpisodeStats, Observation, RobotStatus, Transition
 
-from hal_helpers import node_cmd, profile_with
+from hal_helpers import Collect, node_cmd, profile_with
 
 RELIABLE = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
 DATA = QoSProfile(depth=500, reliability=ReliabilityPolicy.RELIABLE)
@@ -35,30 +33,6 @@ def teleop_cmd(params: dict) -> list[str]:
 
         cmd = [sys.executable, "-m", "user_hal.teleop_node", *cmd[1:]]
     return cmd
-
-
-class Collect:
-    def __init__(self, node, msg_type, topic, qos, on_msg=None):
-        self.msgs = []
-        self.cv = threading.Condition()
-        self.on_msg = on_msg
-        node.create_subscription(msg_type, topic, self._cb, qos)
-
-    def _cb(self, m):
-        if self.on_msg:
-            self.on_msg(m)
-        with self.cv:
-            self.msgs.append((time.time(), m))
-            self.cv.notify_all()
-
-    def wait(self, pred, timeout, what):
-        end = time.monotonic() + timeout
-        with self.cv:
-            while not pred([m for _, m in self.msgs]):
-                left = end - time.monotonic()
-                if left <= 0:
-                    pytest.fail(f"timed out after {timeout} s waiting for {what}; got {len(self.msgs)} messages")
-                self.cv.wait(left)
 
 
 def stamp_s(stamp) -> float:
@@ -91,11 +65,10 @@ def test_human_intervention_overrides_the_policy_and_labels_the_episode(procs, r
         "success_button": 1}))
 
     episodes.wait(lambda m: len(m) >= 1, 80, "the first episode to end")
-    ep = episodes.msgs[0][1]
+    ep = episodes.msgs[0]
     time.sleep(0.3)  # the last transitions
-    with trans.cv:
-        ts = sorted([(t, m) for t, m in trans.msgs if m.episode_id == ep.episode_id], key=lambda x: x[1].step)
-    steps = [m for _, m in ts]
+    with trans.lock:
+        steps = sorted([m for m in trans.msgs if m.episode_id == ep.episode_id], key=lambda m: m.step)
     table = "".join("H" if m.intervened else "." for m in steps)
     info = f"steps (H = intervened) {table}, held {ep.held_steps}"
 
@@ -126,14 +99,14 @@ def test_human_intervention_overrides_the_policy_and_labels_the_episode(procs, r
     assert sum(z) > 0.03, f"the policy's actions must run between the interventions (z rose {sum(z):.3f} m)"
 
     # The teleop node publishes human actions only while the human intervenes.
-    human_steps = {m.step for _, m in actions.msgs
+    human_steps = {m.step for m in actions.msgs
                    if m.source == Action.SOURCE_HUMAN and m.episode_id == ep.episode_id}
     outside = sorted(s for s in human_steps if not (a0 - 1 <= s <= a1 + 1 or s >= b0 - 1))
     assert human_steps and not outside, f"human actions outside the interventions at steps {outside}: {info}"
 
     # Control returns to the policy hold_s after the last input (plus the robot's short hold).
     block_end = stamp_s(steps[a1].obs.header.stamp) + 0.05
-    last_input = max(stamp_s(j.header.stamp) for _, j in joys.msgs
+    last_input = max(stamp_s(j.header.stamp) for j in joys.msgs
                      if np.abs(np.array(j.axes)).max() > 0.1 and stamp_s(j.header.stamp) < block_end)
     back = stamp_s(steps[a1 + 1].obs.header.stamp) - last_input
     print(f"policy back {back:.2f} s after the last input")
@@ -144,7 +117,7 @@ def test_human_intervention_overrides_the_policy_and_labels_the_episode(procs, r
     assert "a human took over" in out and "control back to the policy" in out, out[-3000:]
     assert "labelled by a human" in out and f"intervention {ep.intervention_steps}/{ep.steps} steps" in out, out[-3000:]
     teleop.wait_for(r"label applied: franka_0: episode \d+ ended at step \d+ as a success", 5)
-    assert all(b.state != RobotStatus.STATE_ERROR for _, b in beats.msgs)
+    assert all(b.state != RobotStatus.STATE_ERROR for b in beats.msgs)
 
 
 def _runs(s: str, ch: str):
