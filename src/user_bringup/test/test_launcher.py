@@ -247,6 +247,48 @@ def test_crashed_node_with_respawn_delay_is_restarted(ros_env: Path) -> None:
         _kill_all(pids)
 
 
+def test_a_crash_seen_between_two_polls_is_still_respawned(ros_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A node that dies just after the launcher's exit check is respawned, not taken as the run's end.
+
+    The first poll after the process has exited reports it still running, as if the crash came a moment
+    after that check; the launcher must then handle the crash on its next round, not end the run.
+    """
+    from user_bringup import launcher as launcher_mod
+
+    real_poll = launcher_mod._Child.poll
+    hidden: set[int] = set()
+
+    def late_poll(child: launcher_mod._Child) -> int | None:
+        if child.returncode is None and child.proc is not None and child.proc.poll() is not None \
+                and child.proc.pid not in hidden:
+            hidden.add(child.proc.pid)
+            return None
+        return real_poll(child)
+
+    monkeypatch.setattr(launcher_mod._Child, "poll", late_poll)
+    path = _graph(
+        ros_env,
+        """\
+        nodes:
+          - name: flaky
+            package: fakepkg
+            executable: tool
+            arguments: [crash_once, "${config_dir}/flag"]
+            ends_run: true
+            respawn_delay: 0.2
+        """,
+    )
+    code, out, _ = _run(path, monitor_episodes=False)
+    pids = _started_pids(out)
+    try:
+        assert code == 0, out
+        assert "[userctl] node flaky crashed (code 3); respawning in 0.2 s" in out, out
+        assert len(re.findall(r"started flaky \(pid", out)) == 2, out
+        assert out.index("second life") < out.index("all ends_run nodes have exited"), out
+    finally:
+        _kill_all(pids)
+
+
 def test_a_node_refusing_its_configuration_is_not_respawned(ros_env: Path) -> None:
     """Exit code 2 (bad configuration) stops the run at once instead of respawning forever."""
     path = _graph(

@@ -470,9 +470,11 @@ class Launcher:
                 respawns.remove((when, spec))
                 self._start(spec, self._exe[spec.label], self._tmp)
             # The newest process of each ends_run node decides; a pending respawn counts as running.
+            # Only exits the loop above has handled count: polling again here could see a crash that
+            # happened a moment ago and end the run before that crash was given its respawn.
             latest = {c.spec.label: c for c in self._children if c.spec.ends_run}
             waiting = {spec.label for _, spec in respawns}
-            if latest and not waiting and all(c.poll() is not None for c in latest.values()):
+            if latest and not waiting and all(c.returncode is not None for c in latest.values()):
                 self.say("all ends_run nodes have exited; stopping the run")
                 return 0  # a failed ends_run node has already ended the run as a crash
             time.sleep(self.poll_interval)
