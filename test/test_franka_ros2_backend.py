@@ -247,11 +247,12 @@ def test_close_holds_the_measured_pose(backend, ros_node):
     eq.wait(lambda ms: len(ms) > n, 5, "the hold pose sent on close")
     held, _ = pose_of(eq.msgs[-1])
     assert 0.005 < held[0] - s.tcp_pos[0] < 0.075, f"close must hold where the arm is, not the target: {held}"
-    time.sleep(0.4)  # the stand-in's impedance settles on the hold pose
+    # The stand-in's impedance settles on the hold pose (a loaded machine may stretch that in wall time).
+    poses.wait(lambda ms: np.linalg.norm(pose_of(ms[-1])[0] - held) < 1e-3, 10, "the arm stopped at the hold pose")
     n = len(poses.msgs)
-    poses.wait(lambda ms: len(ms) >= n + 3, 10, "measured poses after the hold")
-    final, _ = pose_of(poses.msgs[-1])
-    assert np.linalg.norm(final - held) < 1e-3, "the arm stops at the hold pose"
+    poses.wait(lambda ms: len(ms) >= n + 5, 10, "measured poses after the arm stopped")
+    for msg in poses.msgs[n:]:
+        assert np.linalg.norm(pose_of(msg)[0] - held) < 1e-3, "the arm stays at the hold pose"
     with pytest.raises(BackendError, match="not started|closed"):
         backend.state()
     backend.close()  # idempotent
