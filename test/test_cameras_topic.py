@@ -106,7 +106,10 @@ def test_topic_camera_receives_crops_resizes_and_reports_a_stall(ros_env, procs,
 
     pub = _start_publisher(procs, publisher_files, "rgb8")
     expected = _expected(publisher_files[1])
-    cam = TopicCamera("side", out_size=(120, 120), stall_timeout_s=1.0, start_timeout_s=20.0)
+    # Under full load on 2 cores, 0.9 MB frames have arrived over 1 s apart while the stream was alive:
+    # the stall limit here leaves room for that, and the bound below still tells a stall from none.
+    stall = 2.5
+    cam = TopicCamera("side", out_size=(120, 120), stall_timeout_s=stall, start_timeout_s=20.0)
     default_ok = rclpy.ok()
     cam.start()
     try:
@@ -134,11 +137,11 @@ def test_topic_camera_receives_crops_resizes_and_reports_a_stall(ros_env, procs,
                 message = str(exc)
                 break
             assert time.monotonic() - t_call < 0.3, "latest() blocked"
-            assert time.monotonic() - t_stop < 3.0, "no CameraError within 3 s of the publisher stopping"
+            assert time.monotonic() - t_stop < stall + 2.0, f"no CameraError within {stall + 2.0} s of the stop"
             time.sleep(0.02)
-        assert time.monotonic() - t_stop < 1.0 + 1.0  # stall_timeout_s, plus slack
+        assert time.monotonic() - t_stop < stall + 1.0  # stall_timeout_s, plus slack
         assert "topic /camera/camera/color/image_raw" in message and "stalled" in message
-        assert "'side'" in message
+        assert "'side'" in message and f"(stall_timeout_s {stall:g})" in message
     finally:
         t0 = time.monotonic()
         cam.close()
