@@ -87,7 +87,17 @@ class Collect:
         self.msgs: list = []
         self.lock = threading.Condition()
         self.on_msg = on_msg
-        node.create_subscription(msg_type, topic, self._cb, qos)
+        self.topic = topic
+        self.sub = node.create_subscription(msg_type, topic, self._cb, qos)
+
+    def wait_matched(self, timeout: float, publishers: int = 1) -> None:
+        """Wait until this subscription is matched with ``publishers`` publishers (DDS discovery done)."""
+        end = time.monotonic() + timeout
+        while self.sub.get_publisher_count() < publishers:
+            if time.monotonic() > end:
+                pytest.fail(f"the test's subscription to {self.topic} matched {self.sub.get_publisher_count()} "
+                            f"publishers within {timeout} s, expected {publishers}")
+            time.sleep(0.02)
 
     def _cb(self, m):
         if self.on_msg is not None:

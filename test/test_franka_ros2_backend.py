@@ -329,6 +329,8 @@ def test_robot_node_runs_episodes_on_franka_ros2_and_the_safety_box_clips(procs,
     robot = procs.start("robot", node_cmd("robot_node", {
         "robot_id": "franka_0", "profile": str(prof), "max_episodes": 3}))
     obs.wait(lambda m: len(m) > 0, 40, "the first observation")
+    episodes.wait_matched(30)
+    trans.wait_matched(30)
 
     def drive(action, steps: int) -> Observation:
         """Answer each observation with ``action`` until ``steps`` actions were executed."""

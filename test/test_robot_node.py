@@ -25,6 +25,8 @@ def test_scripted_policy_drives_the_robot_node_end_to_end(procs, ros_node, tmp_p
     prof = profile_with(tmp_path, **{"robot.cameras": ["wrist"]})
     robot = procs.start("robot", node_cmd("robot_node", {
         "robot_id": "franka_0", "profile": str(prof), "realtime_factor": 0.0, "max_episodes": 3}))
+    # Episodes take a fraction of a second at realtime_factor 0: the first must not beat discovery.
+    episodes.wait_matched(60)
     procs.start("policy", node_cmd("scripted_policy", {"robot_id": "franka_0", "profile": str(prof)}))
     episodes.wait(lambda m: len(m) >= 3, 120, "3 episodes")
     assert robot.popen.wait(timeout=20) == 0, robot.output()[-2000:]

@@ -196,6 +196,8 @@ def test_a_backend_fault_is_recovered_and_the_episode_continues(procs, ros_node,
         "robot_id": "franka_0", "profile": str(prof), "realtime_factor": 0.0, "max_episodes": 1,
         "fault_injection": "step:3,6"}))
     obs.wait(lambda m: m, 60, "the robot holding (this test sees its topics) before the policy starts")
+    episodes.wait_matched(30)
+    trans.wait_matched(30)
     procs.start("policy", node_cmd("scripted_policy", {"robot_id": "franka_0", "profile": str(prof)}))
     episodes.wait(lambda m: len(m) >= 1, 60, "the episode to end")
     assert robot.popen.wait(timeout=20) == 0, robot.output()[-2000:]
