@@ -224,6 +224,59 @@ def test_replay_timing_helpers():
     assert bag_tools.normalize_prefix("/") == ""
 
 
+def test_ctrl_c_during_a_replay_stops_it_between_messages_and_restores_the_handler(bag):
+    """Ctrl-C sets a flag that the replay checks between messages (a KeyboardInterrupt raised inside
+    rclpy's C calls would surface as an unrelated TypeError); the previous SIGINT handler comes back."""
+    store = bag_tools.open_bag(bag)
+    reads = 0
+    real_read = store.read
+
+    def read(row):
+        nonlocal reads
+        reads += 1
+        if reads == 3:     # 1: the camera names; 2: step 0, published; 3: step 1, Ctrl-C while reading it
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_read(row)
+
+    store.read = read
+    before = signal.getsignal(signal.SIGINT)
+    lines: list[str] = []
+    try:
+        with isolated_ros_env():
+            ep = bag_tools.find_episode(store, 2, "franka_0")
+            sent = bag_tools.replay_episode(store, ep, rate=1000.0, loop=True, out=lines.append, wait_s=0.1)
+    finally:
+        store.close()
+    assert sent["stopped"] and sent["observations"] == 1 and sent["loops"] == 1, (sent, lines)
+    assert lines[-1] == "  stopped after 1 observations", lines
+    assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_ctrl_c_at_any_moment_of_a_replay_ends_it_cleanly(bag):
+    """Ctrl-C during setup (node and publishers being created) or during the laps: always a clean stop."""
+    store = bag_tools.open_bag(bag)
+    outside: list[float] = []   # a signal that landed before replay_episode installed its own handler
+
+    def early(signum, frame) -> None:   # record it, and press Ctrl-C again a moment later
+        outside.append(delay)
+        threading.Timer(0.05, os.kill, (os.getpid(), signal.SIGINT)).start()
+
+    previous = signal.signal(signal.SIGINT, early)
+    try:
+        with isolated_ros_env():
+            ep = bag_tools.find_episode(store, 2, "franka_0")
+            for delay in np.linspace(0.02, 0.6, 7):
+                timer = threading.Timer(delay, os.kill, (os.getpid(), signal.SIGINT))
+                timer.start()
+                sent = bag_tools.replay_episode(store, ep, rate=1e6, loop=True, out=lambda line: None, wait_s=0.0)
+                timer.join()
+                assert sent["stopped"], (delay, sent)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        store.close()
+    assert len(outside) <= 2, f"Ctrl-C landed outside the replay at delays {outside}"
+
+
 # -- replay as a real process ---------------------------------------------------------------------------------
 def _userctl() -> list[str]:
     exe = shutil.which("userctl")

@@ -17,10 +17,13 @@ import csv
 import datetime
 import math
 import os
+import signal
 import struct
+import threading
 import time
 import zipfile
 import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -493,18 +496,17 @@ class _ReplayPublisher:
     def camera_topics(self) -> dict[str, str]:
         return {c: p.topic_name for c, p in self.pub_cams.items()}
 
-    def wait_for_subscribers(self, timeout: float) -> int:
-        """Wait (up to ``timeout`` s) until every topic has a subscriber, so the first messages are not
-        published into the void; returns how many topics have one."""
+    def wait_for_subscribers(self, timeout: float, stop: threading.Event) -> int:
+        """Wait (up to ``timeout`` s, or until ``stop`` is set) until every topic has a subscriber, so the
+        first messages are not published into the void; returns how many topics have one."""
         pubs = [self.pub_obs, *self.pub_cams.values()]
         end = time.monotonic() + timeout
         while True:
             matched = sum(p.get_subscription_count() > 0 for p in pubs)
-            if matched == len(pubs) or time.monotonic() >= end:
+            if matched == len(pubs) or time.monotonic() >= end or stop.wait(0.05):
                 break
-            time.sleep(0.05)
         if matched:
-            time.sleep(0.3)     # discovery is two-sided: give the subscribers time to match us too
+            stop.wait(0.3)     # discovery is two-sided: give the subscribers time to match us too
         return matched
 
     def publish(self, obs) -> int:
@@ -542,81 +544,113 @@ def replay_episode(store: TransitionStore, ep: EpisodeInfo, rate: float = 1.0, p
 
     Each step's ``obs`` goes to ``<prefix>/<robot>/observation`` and its images to
     ``<prefix>/<robot>/camera/<cam>/color/image_raw``; the last step's ``next_obs`` ends the episode.
-    Stops at the end (or, with ``loop``, on Ctrl-C / KeyboardInterrupt, which also ends a
-    non-looping replay early). Before the first message it waits up to ``wait_s`` for every topic to
+    Stops at the end (or, with ``loop``, on Ctrl-C, which also ends a non-looping replay early,
+    between two messages). Before the first message it waits up to ``wait_s`` for every topic to
     have a subscriber (DDS discovery on localhost can take a few seconds), so nothing is published
     into the void. Returns counts of what was published.
     """
-    from rclpy.serialization import deserialize_message
-    from user_msgs.msg import Transition
-
     if not (rate > 0 and math.isfinite(rate)):
         raise BagToolError(f"--rate must be a positive number, got {rate}")
     prefix = normalize_prefix(prefix)
     first = decode_transition(store.read(int(ep.rows[0])))
     prefixed_topics(prefix, ep.robot_id, first.obs.camera_names)     # bad names fail before any ROS setup
-    pub = _ReplayPublisher(prefix, ep.robot_id, first.obs.camera_names)
     sent = {"observations": 0, "images": 0, "loops": 0, "stopped": False}
-    total = ep.n + 1
-    try:
-        cams = ", ".join(f"{c} -> {t}" for c, t in pub.camera_topics().items()) or "none"
-        out(f"replaying {ep.robot_id} episode {ep.episode_id} ({ep.n} steps + final next_obs) at {rate:g}x: "
-            f"observations -> {pub.obs_topic}; cameras: {cams}")
-        matched = pub.wait_for_subscribers(wait_s)
-        if matched < 1 + len(pub.pub_cams):
-            out(f"  ({matched} of {1 + len(pub.pub_cams)} topics have a subscriber after {wait_s:g} s; "
-                f"publishing anyway)")
-        while True:
-            sent["loops"] += 1
-            started = last_print = target = time.monotonic()
-            delays: list[int] = []
-            prev_stamp = prev_log = None
-            for i, row in enumerate(ep.rows.tolist()):
-                msg = deserialize_message(store.read(row), Transition)
-                stamp, log_t = _stamp_ns(msg.obs), int(ep.log_times[i])
-                if prev_stamp is not None:
-                    delays.append(delay_ns(prev_stamp, stamp, prev_log, log_t))
-                    target += delays[-1] / 1e9 / rate
-                    if delays[-1] / 1e9 / rate > 5.0:
-                        out(f"  waiting {delays[-1] / 1e9 / rate:.1f} s (a pause in the recording before step "
-                            f"{msg.step})")
-                prev_stamp, prev_log = stamp, log_t
-                target = _sleep_until(target)
-                sent["images"] += pub.publish(msg.obs)
-                sent["observations"] += 1
-                now = time.monotonic()
-                if now - last_print >= 1.0:
-                    out(f"  step {msg.step} ({i + 1}/{total}) {now - started:.1f} s")
-                    last_print = now
-            # The episode's last next_obs; no log time of its own: the typical step period if its stamp is unset.
-            typical = int(np.median(delays)) if delays else 0
-            _sleep_until(target + delay_ns(prev_stamp, _stamp_ns(msg.next_obs), None, None, typical) / 1e9 / rate)
-            sent["images"] += pub.publish(msg.next_obs)
-            sent["observations"] += 1
-            if not loop:
-                pub.flush(2.0)
-            lap = f" (loop {sent['loops']})" if loop else ""
-            out(f"  done{lap}: {total} observations in {time.monotonic() - started:.1f} s")
-            if not loop:
-                break
-            _sleep_until(time.monotonic() + typical / 1e9 / rate)     # one step period between laps
-    except KeyboardInterrupt:
+    with _ctrl_c_sets() as stop:
+        pub = _ReplayPublisher(prefix, ep.robot_id, first.obs.camera_names)
+        try:
+            _replay_laps(store, ep, pub, rate, loop, out, wait_s, stop, sent)
+        except KeyboardInterrupt:   # Ctrl-C outside the main thread's handler (replay called as a library)
+            stop.set()
+        finally:
+            pub.close()
+    if stop.is_set():
         sent["stopped"] = True
         out(f"  stopped after {sent['observations']} observations")
-    finally:
-        pub.close()
     return sent
+
+
+@contextmanager
+def _ctrl_c_sets() -> Iterator[threading.Event]:
+    """An event that SIGINT sets (instead of raising KeyboardInterrupt) while the block runs.
+
+    A KeyboardInterrupt raised inside rclpy's C calls (deserialising, publishing) comes out as an
+    unrelated TypeError; with a flag the replay loop stops cleanly between messages instead. Outside
+    the main thread no handler can be installed and Python's own KeyboardInterrupt applies.
+    """
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: stop.set())
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _replay_laps(store: TransitionStore, ep: EpisodeInfo, pub: _ReplayPublisher, rate: float, loop: bool,
+                 out: Printer, wait_s: float, stop: threading.Event, sent: dict) -> None:
+    """The replay itself (see ``replay_episode``); returns early, between two messages, once ``stop`` is set."""
+    from rclpy.serialization import deserialize_message
+    from user_msgs.msg import Transition
+
+    total = ep.n + 1
+    cams = ", ".join(f"{c} -> {t}" for c, t in pub.camera_topics().items()) or "none"
+    out(f"replaying {ep.robot_id} episode {ep.episode_id} ({ep.n} steps + final next_obs) at {rate:g}x: "
+        f"observations -> {pub.obs_topic}; cameras: {cams}")
+    matched = pub.wait_for_subscribers(wait_s, stop)
+    if matched < 1 + len(pub.pub_cams):
+        out(f"  ({matched} of {1 + len(pub.pub_cams)} topics have a subscriber after {wait_s:g} s; "
+            f"publishing anyway)")
+    while not stop.is_set():
+        sent["loops"] += 1
+        started = last_print = target = time.monotonic()
+        delays: list[int] = []
+        prev_stamp = prev_log = None
+        for i, row in enumerate(ep.rows.tolist()):
+            msg = deserialize_message(store.read(row), Transition)
+            stamp, log_t = _stamp_ns(msg.obs), int(ep.log_times[i])
+            if prev_stamp is not None:
+                delays.append(delay_ns(prev_stamp, stamp, prev_log, log_t))
+                target += delays[-1] / 1e9 / rate
+                if delays[-1] / 1e9 / rate > 5.0:
+                    out(f"  waiting {delays[-1] / 1e9 / rate:.1f} s (a pause in the recording before step "
+                        f"{msg.step})")
+            prev_stamp, prev_log = stamp, log_t
+            target = _sleep_until(target, stop)
+            if stop.is_set():
+                return
+            sent["images"] += pub.publish(msg.obs)
+            sent["observations"] += 1
+            now = time.monotonic()
+            if now - last_print >= 1.0:
+                out(f"  step {msg.step} ({i + 1}/{total}) {now - started:.1f} s")
+                last_print = now
+        # The episode's last next_obs; no log time of its own: the typical step period if its stamp is unset.
+        typical = int(np.median(delays)) if delays else 0
+        _sleep_until(target + delay_ns(prev_stamp, _stamp_ns(msg.next_obs), None, None, typical) / 1e9 / rate, stop)
+        if stop.is_set():
+            return
+        sent["images"] += pub.publish(msg.next_obs)
+        sent["observations"] += 1
+        if not loop:
+            pub.flush(2.0)
+        lap = f" (loop {sent['loops']})" if loop else ""
+        out(f"  done{lap}: {total} observations in {time.monotonic() - started:.1f} s")
+        if not loop:
+            return
+        _sleep_until(time.monotonic() + typical / 1e9 / rate, stop)     # one step period between laps
 
 
 def _stamp_ns(obs) -> int:
     return obs.header.stamp.sec * 1_000_000_000 + obs.header.stamp.nanosec
 
 
-def _sleep_until(target: float) -> float:
-    """Sleep until ``target`` (monotonic); returns the schedule point to continue from (re-anchored
-    when more than 0.25 s late, so a slow stretch is not followed by a burst)."""
+def _sleep_until(target: float, stop: threading.Event) -> float:
+    """Sleep until ``target`` (monotonic) or until ``stop`` is set; returns the schedule point to continue
+    from (re-anchored when more than 0.25 s late, so a slow stretch is not followed by a burst)."""
     now = time.monotonic()
     if target > now:
-        time.sleep(target - now)
+        stop.wait(target - now)
         return target
     return now if now - target > 0.25 else target
