@@ -1,17 +1,24 @@
 #!/usr/bin/env python3
-"""Benchmark: sampling throughput of the disk-backed, cache-aware replay versus RAM and TorchRL.
+"""Benchmark: size on disk, ingest and sampling throughput of the disk-backed, cache-aware replay,
+compressed (the default: zstd chunks of about one transition) and uncompressed, versus RAM and TorchRL.
 
-Writes ``--gb`` of real serialized ``user_msgs/Transition`` messages (8 robots, 100-step episodes,
-two 128x128 rgb8 cameras plus a 20-dim state, for obs and next_obs) into a ``TransitionStore`` bag,
-holds the same data in a ``MemoryReplay`` and in a TorchRL ``LazyMemmapStorage`` replay, then calls
-``sample(256)`` in a loop for ``--seconds`` (after a short warm-up) for each configuration:
+Data: real transitions of the simulated Franka (two 128x128 rgb8 cameras plus a 20-dim state, for obs
+and next_obs), recorded first with the main job's graph (scripted expert, two robots, a buffer node);
+``--source BAG`` takes them from any transition bag instead (a real robot's, say). Transitions are
+re-keyed into 8 robots x 100-step episodes. Images of uniform noise (incompressible) are measured too.
 
+  (s) size table: for sim and noise images, each storage choice (chunk compression x chunk size):
+      bytes per transition on disk, ingest (``TransitionStore.add`` + ``sync()`` per episode), and the
+      CPU cost of one random ``read`` (page cache warm, chunk cache off);
   (a) MemoryReplay: everything in RAM (the reference);
   (b) PersistentReplay, cache = ``--cache-frac`` of the data, window = what fits the cache, prefetch on;
   (c) PersistentReplay, same cache, uniform over all data (window 0), prefetch on;
   (d) PersistentReplay, pure disk: no cache, no prefetch, no reader threads (read + decode in sample());
+      (b), (c), (d) once on a zstd bag and once on an uncompressed bag holding the same ``--gb``;
   (e) TorchRL ``ReplayBuffer(LazyMemmapStorage)`` holding the same tensors, uniform; warm (page cache
-      holds the memmap files) and cold (evicted).
+      holds the memmap files) and cold (evicted);
+  (f) ingest through ``TransitionStore.add`` (timed while writing the data set) and ``PersistentReplay.add``
+      (decode + store + cache), against 10x what 8 robots at 10 Hz with two 128x128 cameras produce.
 
 Disk reads are made real: before (b), (c), (d) the bag files are evicted from the OS page cache
 (fsync + ``posix_fadvise(DONTNEED)``), and again every ``--evict-every`` seconds during their
@@ -19,10 +26,6 @@ measurement, since this machine's RAM would otherwise hold the whole bag after t
 much larger than RAM is what the disk-backed replay is for). The TorchRL memmap files get the same
 treatment for (e, cold) (msync + ``madvise(DONTNEED)`` of the mapping + ``posix_fadvise(DONTNEED)``).
 The "disk MB/s" column is what the process read from the block device (``/proc/self/io``).
-
-Also (f) ingest: transitions/s that ``TransitionStore.add`` + ``sync()`` at each episode end sustain
-(measured while writing the data set), and the same through ``PersistentReplay.add`` (decode + store
-+ cache), against the target of 10x what 8 robots at 10 Hz with two 128x128 cameras produce.
 
     source scripts/env.sh && python bench/buffer.py                   # ~2 GB of data, 10 s per measurement
     python bench/buffer.py --gb 0.2 --seconds 3                        # quick look
@@ -39,6 +42,7 @@ import os
 import platform
 import shlex
 import shutil
+import subprocess
 import sys
 import tempfile
 import threading
@@ -148,14 +152,42 @@ def unmap_pages(ptr: int, nbytes: int) -> None:
 # ---------------------------------------------------------------------------------------------- data
 
 class Messages:
-    """Distinct serialized Transitions with unique (robot, episode, step) keys, built from a small pool."""
+    """Distinct serialized Transitions with unique (robot, episode, step) keys, built from a pool of real ones."""
 
-    def __init__(self, pool: int) -> None:
-        from buffer_helpers import transition_msg  # noqa: PLC0415 - needs the test helpers on sys.path
+    def __init__(self, pool: list) -> None:
         from rclpy.serialization import serialize_message  # noqa: PLC0415
 
         self._ser = serialize_message
-        self.pool = [transition_msg(f"franka_{i % ROBOTS}", 0, i, cams=CAMERAS, size=IMAGE) for i in range(pool)]
+        self.pool = pool
+
+    @classmethod
+    def noise(cls, n: int) -> "Messages":
+        """Transitions whose images are uniform noise (incompressible: the worst case for compression)."""
+        from buffer_helpers import transition_msg  # noqa: PLC0415 - needs the test helpers on sys.path
+
+        return cls([transition_msg(f"franka_{i % ROBOTS}", 0, i, cams=CAMERAS, size=IMAGE) for i in range(n)])
+
+    @classmethod
+    def recorded(cls, bag: Path, limit: int) -> "Messages":
+        """The first ``limit`` transitions of a bag, in the order they were recorded."""
+        from rclpy.serialization import deserialize_message  # noqa: PLC0415
+        from user_buffer.store import TransitionStore  # noqa: PLC0415
+        from user_msgs.msg import Transition  # noqa: PLC0415
+
+        store = TransitionStore(bag, writable=False)
+        try:
+            pool = [deserialize_message(store.read(r), Transition) for r in range(min(limit, len(store)))]
+        finally:
+            store.close()
+        for t in pool:
+            shapes = {(img.height, img.width, img.encoding) for img in t.obs.images}
+            if len(t.obs.images) != len(CAMERAS) or shapes != {(IMAGE, IMAGE, "rgb8")} or len(t.obs.proprio) != STATE_DIM:
+                raise SystemExit(f"{bag}: transitions need {len(CAMERAS)} {IMAGE}x{IMAGE} rgb8 cameras and a "
+                                 f"{STATE_DIM}-dim state; found {len(t.obs.images)} images {shapes}, "
+                                 f"state {len(t.obs.proprio)}")
+        if not pool:
+            raise SystemExit(f"{bag}: no transitions")
+        return cls(pool)
 
     def episode(self, episode: int) -> list[bytes]:
         """The 100 steps of one episode of robot ``episode % 8`` (the last one terminated)."""
@@ -171,6 +203,24 @@ class Messages:
             m.policy_version = episode
             out.append(bytes(self._ser(m)))
         return out
+
+
+def record_sim(work: Path, transitions: int) -> Path:
+    """Record about ``transitions`` real transitions of the simulated Franka with the main job's graph
+    (scripted expert on two robots, a buffer node recording); returns the bag."""
+    userctl = shutil.which("userctl")
+    if userctl is None:
+        raise SystemExit("userctl is not on PATH: run `source scripts/env.sh` first")
+    per_robot = max(1, -(-transitions // (2 * 8)))    # the expert needs about 8 steps per episode
+    cmd = [userctl, "launch", "franka_sac", "policy:=scripted", "record:=true", f"episodes:={per_robot}",
+           "robots:=2", "realtime_factor:=0", "run_name:=sim", "--quiet"]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=work, capture_output=True, text=True, timeout=1800)
+    if proc.returncode != 0:
+        raise SystemExit(f"recording failed ({' '.join(cmd)}):\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+    print(f"  recorded {per_robot} episodes x 2 robots of the simulated Franka in {time.perf_counter() - t0:.0f} s",
+          flush=True)
+    return work / "runs" / "sim" / "replay"
 
 
 def arrays_of(view):
@@ -314,6 +364,68 @@ def disk_ceiling(files: list[Path], nbytes: int, seconds: float, threads: int) -
     return mb_s
 
 
+SIZE_CHOICES = (("none", 128 << 10), ("zstd", 128 << 10), ("lz4", 128 << 10), ("zstd", 512 << 10),
+                ("zstd", 4 << 20))     # (chunk compression, chunk size); the first two are the old and new defaults
+SAMPLED = ("zstd", "none")            # bags the sampling rows run on: the default, and as before this release
+
+
+def size_row(msgs: Messages, d: Path, compression: str, chunk_bytes: int, episodes: int, reads: int,
+             seed: int) -> dict:
+    """(s) one storage choice: bytes per transition on disk, ingest rate, CPU cost of one random read."""
+    from user_buffer.store import StoreOptions, TransitionStore  # noqa: PLC0415
+
+    store = TransitionStore(d, options=StoreOptions(compression=compression, chunk_bytes=chunk_bytes))
+    n, raw, spent = 0, 0, 0.0
+    for ep in range(episodes):
+        batch = msgs.episode(ep)
+        t0 = time.perf_counter()
+        for b in batch:
+            store.add(b)
+        store.sync()
+        spent += time.perf_counter() - t0
+        n += len(batch)
+        raw += sum(len(b) for b in batch)
+    store.close()
+    disk = sum(p.stat().st_size for p in d.glob("*.mcap"))
+    ro = TransitionStore(d, writable=False, options=StoreOptions(chunk_cache=0))   # every read decompresses
+    rows = np.random.default_rng(seed).integers(0, n, reads + 20).tolist()
+    for r in rows[:20]:
+        ro.read(r)
+    t0 = time.perf_counter()
+    for r in rows[20:]:
+        ro.read(r)
+    read_ms = 1e3 * (time.perf_counter() - t0) / reads
+    ro.close()
+    shutil.rmtree(d)
+    return {"compression": compression, "chunk_bytes": chunk_bytes, "transitions": n, "message_bytes": raw / n,
+            "disk_bytes": disk / n, "ingest_per_s": n / spent, "ingest_mb_per_s": raw / 1e6 / spent,
+            "read_ms": read_ms}
+
+
+def build_bag(msgs: Messages, bag: Path, episodes: int, compression: str, on_episode=None) -> dict:
+    """Write the data set into a bag (timed: ``TransitionStore.add`` + ``sync()`` per episode)."""
+    from user_buffer.store import StoreOptions, TransitionStore  # noqa: PLC0415
+
+    store = TransitionStore(bag, options=StoreOptions(compression=compression))
+    add_s, msg_bytes, n = 0.0, 0, 0
+    for ep in range(episodes):
+        batch = msgs.episode(ep)
+        t0 = time.perf_counter()
+        for b in batch:
+            store.add(b)
+        store.sync()
+        add_s += time.perf_counter() - t0
+        msg_bytes += sum(len(b) for b in batch)
+        n += len(batch)
+        if on_episode is not None:
+            on_episode(batch)
+    store.close()
+    files = files_under(bag)
+    return {"transitions": n, "seconds": add_s, "per_s": n / add_s, "mb_per_s": msg_bytes / 1e6 / add_s,
+            "message_bytes": msg_bytes, "bag_bytes": sum(p.stat().st_size for p in files),
+            "bag_files": len([p for p in files if p.suffix == ".mcap"])}
+
+
 def run(args, work: Path) -> dict:
     import torch  # noqa: PLC0415
     import torchrl  # noqa: PLC0415
@@ -322,7 +434,6 @@ def run(args, work: Path) -> dict:
     logging.getLogger("torchrl").setLevel(logging.WARNING)
     from user_buffer.codec import decode_transition  # noqa: PLC0415
     from user_buffer.replay import Layout  # noqa: PLC0415
-    from user_buffer.store import StoreOptions, TransitionStore  # noqa: PLC0415
     from user_learner.batch import ObsSpec  # noqa: PLC0415
     from user_learner.replay import MemoryReplay  # noqa: PLC0415
 
@@ -334,7 +445,6 @@ def run(args, work: Path) -> dict:
     data_bytes = n * bpt
     cache_bytes = int(args.cache_frac * data_bytes)
     window = cache_bytes // bpt
-    opts = StoreOptions()
     res: dict = {"command": " ".join(shlex.quote(a) for a in [sys.executable.rsplit("/", 1)[-1]] + sys.argv),
                  "transitions": n, "episodes": episodes, "bytes_per_transition": bpt, "data_bytes": data_bytes,
                  "cache_bytes": cache_bytes, "window": window, "dir": str(work), "load_start": os.getloadavg()[0],
@@ -342,27 +452,38 @@ def run(args, work: Path) -> dict:
                  "versions": {"python": platform.python_version(), "numpy": np.__version__,
                               "torch": torch.__version__, "torchrl": torchrl.__version__}}
     dev, mnt, fs = _mount_of(work)
-    print(f"writing {n} transitions ({episodes} episodes x {EPISODE_STEPS} steps, {ROBOTS} robots) = "
-          f"{data_bytes / 1e9:.2f} GB decoded into {work} ({dev} on {mnt}, {fs}) ...", flush=True)
     if fs in ("tmpfs", "ramfs"):
         print(f"WARNING: {work} is on {fs}: 'disk' reads come from RAM; pass --dir on a real disk", flush=True)
 
-    # -- the data set: bag (timed: ingest through TransitionStore), MemoryReplay and TorchRL (not timed)
-    msgs = Messages(args.pool)
-    bag = work / "bag"
-    store = TransitionStore(bag, options=opts)
+    # -- the transitions: real ones of the simulated Franka (or --source), and noise images
+    if args.source is None:
+        print(f"recording about {args.sim_transitions} transitions of the simulated Franka ...", flush=True)
+        source = record_sim(work, args.sim_transitions)
+    else:
+        source = args.source
+    pools = {"sim": Messages.recorded(source, args.sim_transitions), "noise": Messages.noise(args.pool)}
+    res["source"] = {"bag": str(source), "transitions": len(pools["sim"].pool), "recorded": args.source is None}
+
+    # -- (s) size on disk, ingest and random-read cost of each storage choice
+    size_eps = max(1, round(args.size_transitions / EPISODE_STEPS))
+    res["sizes"] = []
+    for kind in ("sim", "noise"):
+        for comp, chunk in SIZE_CHOICES:
+            r = size_row(pools[kind], work / "size", comp, chunk, size_eps, args.reads, args.seed)
+            r["images"] = kind
+            res["sizes"].append(r)
+            print(f"(s) {kind} images, {comp} chunks of {chunk >> 10} KiB: {r['disk_bytes'] / 1e3:.1f} kB/transition, "
+                  f"ingest {r['ingest_per_s']:.0f}/s, random read {r['read_ms']:.3f} ms", flush=True)
+
+    # -- the data set: one bag per compression (ingest timed), MemoryReplay and TorchRL (not timed)
+    msgs = pools["sim"]
+    print(f"writing {n} transitions ({episodes} episodes x {EPISODE_STEPS} steps, {ROBOTS} robots) = "
+          f"{data_bytes / 1e9:.2f} GB decoded into {len(SAMPLED)} bags in {work} ({dev} on {mnt}, {fs}) ...",
+          flush=True)
     memory = MemoryReplay(spec, capacity=n, seed=args.seed)
     rb = ReplayBuffer(storage=LazyMemmapStorage(n, scratch_dir=work / "torchrl"), batch_size=BATCH)
-    add_s, msg_bytes = 0.0, 0
-    t_build = time.perf_counter()
-    for ep in range(episodes):
-        batch = msgs.episode(ep)
-        t0 = time.perf_counter()
-        for b in batch:
-            store.add(b)
-        store.sync()
-        add_s += time.perf_counter() - t0
-        msg_bytes += sum(len(b) for b in batch)
+
+    def fill_peers(batch: list[bytes]) -> None:
         first = len(memory)
         for b in batch:
             memory.add(arrays_of(decode_transition(b)))
@@ -370,20 +491,17 @@ def run(args, work: Path) -> dict:
         rb.extend(TensorDict({k: torch.from_numpy(getattr(memory, k)[sl]) for k in
                               ("state", "next_state", "action", "reward", "terminated", "pixels", "next_pixels")},
                              batch_size=[len(batch)]))
-    store.close()
-    build_s = time.perf_counter() - t_build
-    bag_files = files_under(bag)
-    bag_bytes = sum(p.stat().st_size for p in bag_files)
-    tr_files = files_under(work / "torchrl")
-    res.update(bag_bytes=bag_bytes, bag_files=len([p for p in bag_files if p.suffix == ".mcap"]),
-               message_bytes=msg_bytes, build_s=build_s, torchrl_bytes=sum(p.stat().st_size for p in tr_files))
-    res["ingest_store"] = {"transitions": n, "seconds": add_s, "per_s": n / add_s, "mb_per_s": msg_bytes / 1e6 / add_s}
-    assert len(memory) == n and len(rb) == n, (len(memory), len(rb))
-    print(f"  built in {build_s:.0f} s: bag {bag_bytes / 1e9:.2f} GB in {res['bag_files']} MCAP files; "
-          f"TorchRL memmap {res['torchrl_bytes'] / 1e9:.2f} GB", flush=True)
 
-    def evict_bag() -> None:
-        evict_files(bag_files)
+    t_build = time.perf_counter()
+    bags = {comp: work / f"bag_{comp}" for comp in SAMPLED}
+    res["ingest_store"] = {comp: build_bag(msgs, bags[comp], episodes, comp, fill_peers if i == 0 else None)
+                           for i, comp in enumerate(SAMPLED)}
+    tr_files = files_under(work / "torchrl")
+    res.update(build_s=time.perf_counter() - t_build, torchrl_bytes=sum(p.stat().st_size for p in tr_files))
+    assert len(memory) == n and len(rb) == n, (len(memory), len(rb))
+    for comp, r in res["ingest_store"].items():
+        print(f"  bag ({comp}): {r['bag_bytes'] / 1e9:.2f} GB in {r['bag_files']} MCAP files, "
+              f"ingest {r['per_s']:.0f} transitions/s", flush=True)
 
     rows: dict[str, dict] = {}
     warm: dict[str, tuple[int, float]] = {}
@@ -397,33 +515,40 @@ def run(args, work: Path) -> dict:
     report("a", measure(lambda: memory.sample(BATCH), args.seconds, args.warmup))
     del memory
 
-    # (b) cache-aware, window = what fits the cache; (c) the same cache, uniform over all data
-    for key, win in (("b", window), ("c", 0)):
-        print(f"({key}) PersistentReplay cache {cache_bytes / 1e6:.0f} MB, window {win} for {args.seconds:g} s ...",
-              flush=True)
+    for comp, bag in bags.items():
+        bag_files = files_under(bag)
+
+        def evict_bag(files=bag_files) -> None:
+            evict_files(files)
+
+        # (b) cache-aware, window = what fits the cache; (c) the same cache, uniform over all data
+        for key, win in (("b", window), ("c", 0)):
+            print(f"({key}) PersistentReplay on the {comp} bag, cache {cache_bytes / 1e6:.0f} MB, window {win} "
+                  f"for {args.seconds:g} s ...", flush=True)
+            evict_bag()
+            rep = open_replay(bag, layout, args, cache_bytes=cache_bytes, window=win, prefetch=args.prefetch,
+                              readers=args.readers)
+            try:
+                warm[f"{key}_{comp}"] = wait_cache_warm(rep, min(window, n))
+                report(f"{key}_{comp}", measure(lambda: rep.sample(BATCH), args.seconds, args.warmup, evict_bag,
+                                                args.evict_every, counters=lambda: (rep.hits, rep.misses)))
+            finally:
+                rep.close()
+        # (d) pure disk
+        print(f"(d) PersistentReplay on the {comp} bag, pure disk, for {args.seconds:g} s ...", flush=True)
         evict_bag()
-        rep = open_replay(bag, layout, args, cache_bytes=cache_bytes, window=win, prefetch=args.prefetch,
-                          readers=args.readers)
+        rep = open_replay(bag, layout, args, cache_bytes=0, window=0, prefetch=0, readers=0)
         try:
-            warm[key] = wait_cache_warm(rep, min(window, n))
-            report(key, measure(lambda: rep.sample(BATCH), args.seconds, args.warmup, evict_bag, args.evict_every,
-                                counters=lambda: (rep.hits, rep.misses)))
+            report(f"d_{comp}", measure(lambda: rep.sample(BATCH), args.seconds, args.warmup, evict_bag,
+                                        args.evict_every, counters=lambda: (rep.hits, rep.misses)))
         finally:
             rep.close()
 
-    # (d) pure disk
-    print(f"(d) PersistentReplay pure disk for {args.seconds:g} s ...", flush=True)
-    evict_bag()
-    rep = open_replay(bag, layout, args, cache_bytes=0, window=0, prefetch=0, readers=0)
-    try:
-        report("d", measure(lambda: rep.sample(BATCH), args.seconds, args.warmup, evict_bag, args.evict_every,
-                            counters=lambda: (rep.hits, rep.misses)))
-    finally:
-        rep.close()
-
-    # (g) what the device gives to cold random reads of one transition, 1 thread versus 8
-    per = int(res["message_bytes"] / res["transitions"])
-    res["disk_ceiling"] = {str(t): disk_ceiling(bag_files, per, min(args.seconds, 5.0), t) for t in (1, 8)}
+    # (g) what the device gives to cold random reads of one (uncompressed) transition, 1 thread versus 8
+    raw = res["ingest_store"]["none"]
+    per = int(raw["message_bytes"] / raw["transitions"])
+    res["disk_ceiling"] = {str(t): disk_ceiling(files_under(bags["none"]), per, min(args.seconds, 5.0), t)
+                           for t in (1, 8)}
 
     # (e) TorchRL peer, warm then cold
     tensors = list(rb.storage._storage.values(include_nested=True, leaves_only=True))
@@ -440,7 +565,7 @@ def run(args, work: Path) -> dict:
         report("e_cold", measure(lambda: rb.sample(), args.seconds, args.warmup, evict_torchrl, args.evict_every))
     del rb, tensors
 
-    # (f) ingest through PersistentReplay.add
+    # (f) ingest through PersistentReplay.add (the default store: zstd)
     print(f"(f) PersistentReplay.add for {args.seconds:g} s (at most {n} transitions) ...", flush=True)
     d = work / "ingest"
     res["ingest_replay"] = ingest_replay(msgs, d, layout, cache_bytes, args.seconds, n, episodes)
@@ -459,10 +584,28 @@ def print_report(res: dict, args) -> None:
     v = res["versions"]
     print(f"python {v['python']}, numpy {v['numpy']}, torch {v['torch']}, torchrl {v['torchrl']}")
     print(f"command: {res['command']}")
-    print(f"data: {res['transitions']} transitions (two {IMAGE}x{IMAGE} rgb8 cameras + {STATE_DIM}-dim state, obs "
-          f"and next_obs; {bpt / 1e3:.1f} kB decoded each) = {res['data_bytes'] / 1e9:.2f} GB decoded; bag "
-          f"{res['bag_bytes'] / 1e9:.2f} GB in {res['bag_files']} MCAP files on {dev} ({fs}); TorchRL memmap "
-          f"{res['torchrl_bytes'] / 1e9:.2f} GB on the same disk")
+    src = res["source"]
+    print(f"transitions: {src['transitions']} real ones from {'a recording of the simulated Franka' if src['recorded'] else src['bag']} "
+          f"(two {IMAGE}x{IMAGE} rgb8 cameras + {STATE_DIM}-dim state, obs and next_obs; {bpt / 1e3:.1f} kB decoded "
+          f"each), re-keyed into {ROBOTS} robots x {EPISODE_STEPS}-step episodes; noise: {args.pool} transitions "
+          f"with uniformly random images")
+    print()
+    sizes = res["sizes"]
+    base = {r["images"]: r["disk_bytes"] for r in sizes if r["compression"] == "none"}
+    print(f"(s) storage choices, {sizes[0]['transitions']} transitions each (add + sync per episode; random read = "
+          f"one TransitionStore.read, page cache warm, chunk cache off):")
+    print()
+    print("| images | chunks | chunk KiB | kB/transition on disk | vs uncompressed | ingest transitions/s | ingest MB/s | random read ms |")
+    print("|---|---|--:|--:|--:|--:|--:|--:|")
+    for r in sizes:
+        print(f"| {r['images']} | {r['compression']} | {r['chunk_bytes'] >> 10} | {r['disk_bytes'] / 1e3:.1f} | "
+              f"{base[r['images']] / r['disk_bytes']:.2f}x | {r['ingest_per_s']:.0f} | {r['ingest_mb_per_s']:.0f} | "
+              f"{r['read_ms']:.3f} |")
+    print()
+    ing = res["ingest_store"]
+    print(f"data set: {res['transitions']} transitions = {res['data_bytes'] / 1e9:.2f} GB decoded; bags on {dev} ({fs}): "
+          + ", ".join(f"{comp} {r['bag_bytes'] / 1e9:.2f} GB in {r['bag_files']} MCAP files" for comp, r in ing.items())
+          + f"; TorchRL memmap {res['torchrl_bytes'] / 1e9:.2f} GB on the same disk")
     print(f"cache: {res['cache_bytes'] / 1e6:.0f} MB = {100 * args.cache_frac:g}% of the data = {res['window']} "
           f"transitions (the (b) window); batch {BATCH}; prefetch {args.prefetch}, readers {args.readers}; "
           f"{args.seconds:g} s per measurement after {args.warmup:g} s of warm-up")
@@ -474,17 +617,14 @@ def print_report(res: dict, args) -> None:
         print(f"cache warm-up from disk after opening ({k}): {w['rows']} rows in {w['seconds']:.1f} s")
     print()
     a = rows["a"]["samples_per_s"]
-    names = {
-        "a": "(a) MemoryReplay, all in RAM",
-        "b": f"(b) PersistentReplay, cache 10%, window {res['window']}, prefetch",
-        "c": "(c) PersistentReplay, cache 10%, uniform, prefetch",
-        "d": "(d) PersistentReplay, pure disk (no cache/prefetch)",
-        "e_warm": "(e) TorchRL LazyMemmapStorage, warm page cache",
-        "e_cold": "(e) TorchRL LazyMemmapStorage, cold page cache",
-    }
-    if args.cache_frac != 0.1:
-        names["b"] = names["b"].replace("10%", f"{100 * args.cache_frac:g}%")
-        names["c"] = names["c"].replace("10%", f"{100 * args.cache_frac:g}%")
+    frac = f"{100 * args.cache_frac:g}%"
+    names = {"a": "(a) MemoryReplay, all in RAM"}
+    for comp in SAMPLED:
+        names[f"b_{comp}"] = f"(b) PersistentReplay, {comp} bag, cache {frac}, window {res['window']}, prefetch"
+        names[f"c_{comp}"] = f"(c) PersistentReplay, {comp} bag, cache {frac}, uniform, prefetch"
+        names[f"d_{comp}"] = f"(d) PersistentReplay, {comp} bag, pure disk (no cache/prefetch)"
+    names["e_warm"] = "(e) TorchRL LazyMemmapStorage, warm page cache"
+    names["e_cold"] = "(e) TorchRL LazyMemmapStorage, cold page cache"
     w = max(len(s) for s in names.values())
     print(f"| {'configuration':<{w}} | {'samples/s':>9} | {'vs (a)':>6} | {'cache hit':>9} | "
           f"{'wait ms/sample()':>16} | {'disk MB/s':>9} |")
@@ -499,16 +639,17 @@ def print_report(res: dict, args) -> None:
     print()
     dc = res.get("disk_ceiling")
     if dc:
-        print(f"(g) device ceiling, cold random reads of one transition from the bag: 1 thread {dc['1']:.0f} MB/s, "
+        print(f"(g) device ceiling, cold random reads of one uncompressed transition: 1 thread {dc['1']:.0f} MB/s, "
               f"8 threads {dc['8']:.0f} MB/s ({dc['8'] / dc['1']:.2f}x): the most that overlapping reads can give")
         print()
     target = TARGET_FACTOR * ROBOTS * HZ
-    per_msg = res["message_bytes"] / res["transitions"]
+    per_msg = ing["none"]["message_bytes"] / ing["none"]["transitions"]
     print(f"ingest target: {TARGET_FACTOR}x what {ROBOTS} robots at {HZ:g} Hz with two {IMAGE}x{IMAGE} cameras "
           f"produce = {target:.0f} transitions/s = {target * per_msg / 1e6:.0f} MB/s ({per_msg / 1e3:.1f} kB/message)")
-    ing = {"store": ("(f) TransitionStore.add + sync() per 100-step episode", res["ingest_store"]),
-           "replay": ("(f) PersistentReplay.add (decode + store + cache)", res["ingest_replay"])}
-    for _, (name, r) in ing.items():
+    lines = {f"store_{comp}": (f"(f) TransitionStore.add + sync() per 100-step episode, {comp} bag", r)
+             for comp, r in ing.items()}
+    lines["replay"] = ("(f) PersistentReplay.add (decode + store + cache), zstd bag", res["ingest_replay"])
+    for name, r in lines.values():
         print(f"  {name}: {r['per_s']:.0f} transitions/s, {r['mb_per_s']:.0f} MB/s "
               f"({r['transitions']} transitions in {r['seconds']:.1f} s)")
     print()
@@ -519,13 +660,19 @@ def print_report(res: dict, args) -> None:
         return {"check": text, "ratio": ratio, "need": need, "pass": ok}
 
     s = {k: r["samples_per_s"] for k, r in rows.items()}
-    checks = [check("(b) >= 80% of (a)", s["b"] / a, 0.8),
-              check("(c) >= 3x (d)", s["c"] / s["d"], 3.0)]
-    extra = f"; vs the cold peer {s['b'] / s['e_cold']:.2f}" if "e_cold" in s else ""
-    checks.append(check("(b) >= TorchRL peer (warm page cache)", s["b"] / s["e_warm"], 1.0, extra))
-    for key, (name, r) in ing.items():
+    sim_zstd = next(r for r in sizes if r["images"] == "sim" and r["compression"] == "zstd"
+                    and r["chunk_bytes"] == SIZE_CHOICES[1][1])
+    checks = [check("sim images: bytes per transition, uncompressed / zstd (default chunks)",
+                    base["sim"] / sim_zstd["disk_bytes"], 5.0),
+              check("(b) zstd >= 80% of (b) uncompressed", s["b_zstd"] / s["b_none"], 0.8),
+              check("(c) zstd >= 80% of (c) uncompressed", s["c_zstd"] / s["c_none"], 0.8),
+              check("(b) >= 80% of (a)", s["b_zstd"] / a, 0.8),
+              check("(c) >= 3x (d)", s["c_zstd"] / s["d_zstd"], 3.0)]
+    extra = f"; vs the cold peer {s['b_zstd'] / s['e_cold']:.2f}" if "e_cold" in s else ""
+    checks.append(check("(b) >= TorchRL peer (warm page cache)", s["b_zstd"] / s["e_warm"], 1.0, extra))
+    for key in ("store_zstd", "replay"):
         checks.append(check(f"ingest {key} >= {TARGET_FACTOR}x {ROBOTS} robots ({target:.0f}/s)",
-                            r["per_s"] / target, 1.0))
+                            lines[key][1]["per_s"] / target, 1.0))
     res["checks"] = checks
     res["target_transitions_per_s"] = target
 
@@ -543,11 +690,17 @@ def main() -> int:
                     help="evict the files from the page cache every this many seconds during the disk-backed "
                          "measurements (0: only before)")
     ap.add_argument("--no-cold-peer", action="store_true", help="skip the cold-page-cache TorchRL measurement")
-    ap.add_argument("--pool", type=int, default=16, help="distinct message contents to build the data from")
+    ap.add_argument("--source", type=Path, help="take the transitions from this bag (two 128x128 cameras) instead "
+                    "of recording the simulated Franka")
+    ap.add_argument("--sim-transitions", type=int, default=480, help="real transitions to record (or take from "
+                    "--source) as the pool the data set is built from")
+    ap.add_argument("--pool", type=int, default=16, help="distinct noise-image transitions")
+    ap.add_argument("--size-transitions", type=int, default=1000, help="(s): transitions written per storage choice")
+    ap.add_argument("--reads", type=int, default=400, help="(s): random reads timed per storage choice")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--dir", type=Path, default=ROOT / "runs" / "bench_buffer",
                     help="a fresh directory is made inside it (on the disk under test; not tmpfs)")
-    ap.add_argument("--keep", action="store_true", help="keep the data (bag + TorchRL memmap) at the end")
+    ap.add_argument("--keep", action="store_true", help="keep the data (bags + TorchRL memmap) at the end")
     ap.add_argument("--json", type=Path, help="also save the results here")
     args = ap.parse_args()
     if args.warmup is None:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up (or refresh) the USER workspace: system libraries, .venv with pinned wheels, CMake repairs
-# for the ROS wheels, and a colcon build. Every step is skipped when its inputs did not change, so a
-# second run with nothing changed takes a few seconds.
+# for the ROS wheels, a colcon build, and the Node.js modules of the tests' MCAP reader. Every step is
+# skipped when its inputs did not change, so a second run with nothing changed takes a few seconds.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -13,6 +13,9 @@ say() { printf '[setup] %s\n' "$*"; }
 APT_PKGS=(libegl1 libegl-mesa0 libgl1-mesa-dri libgles2 libusb-1.0-0 libhidapi-hidraw0)
 missing=()
 for p in "${APT_PKGS[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+# Node.js runs Foxglove's MCAP reader in the tests (step 5); Debian's packages only where none is installed.
+command -v node >/dev/null || missing+=(nodejs)
+command -v npm >/dev/null || missing+=(npm)
 if ((${#missing[@]})); then
   say "installing system packages: ${missing[*]}"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
@@ -59,5 +62,15 @@ if [ "$(cat "$ROOT/install/.src.sha256" 2>/dev/null)" != "$src_hash" ]; then
       || { tail -60 build/colcon.log >&2; echo "[setup] ERROR: colcon build failed (full log: build/colcon.log)" >&2; exit 1; }
   )
   echo "$src_hash" > "$ROOT/install/.src.sha256"
+fi
+# 5. The tests' independent MCAP reader: Foxglove's @mcap/core under Node.js, pinned by test/js/package-lock.json.
+lock_hash="$(sha256sum test/js/package-lock.json | cut -d' ' -f1)"
+if [ "$(cat test/js/node_modules/.lock.sha256 2>/dev/null)" != "$lock_hash" ]; then
+  say "installing the tests' Node.js MCAP reader (npm ci in test/js)"
+  if (cd test/js && npm ci --no-audit --no-fund --loglevel=error >/dev/null); then
+    echo "$lock_hash" > test/js/node_modules/.lock.sha256
+  else
+    say "WARNING: npm ci failed; tests that read bags with Foxglove's reader will skip (and say why)"
+  fi
 fi
 say "ready: source scripts/env.sh to use the workspace"

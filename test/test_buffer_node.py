@@ -2,13 +2,13 @@
 disk), serves batches to a RemoteReplay, and survives kill -9 without losing or duplicating data."""
 from __future__ import annotations
 
+import random
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from mcap.reader import make_reader
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from user_msgs.msg import RobotStatus, Transition, TransitionAck
 from user_msgs.srv import SampleBatch
@@ -16,9 +16,9 @@ from user_msgs.srv import SampleBatch
 from hal_helpers import ROOT, Collect, node_cmd, profile_with
 
 sys.path.insert(0, str(ROOT / "src" / "user_buffer" / "test"))
+from bag_readers import assert_every_reader_sees_the_store, mcap_keys  # noqa: E402
 from buffer_helpers import STATE_DIM, transition_bytes, transition_msg  # noqa: E402
 
-from user_buffer.codec import transition_key  # noqa: E402
 from user_buffer.remote import RemoteReplay, RemoteSampleError  # noqa: E402
 from user_buffer.replay import Layout, LayoutMismatch  # noqa: E402
 from user_buffer.store import TransitionStore  # noqa: E402
@@ -67,21 +67,6 @@ def drain(policy, beats: Collect) -> RobotStatus:
                       if len(m) > 1 else False, 30, "every transition acknowledged by the buffer")
 
 
-def mcap_keys(bag: Path) -> list[tuple[str, int, int]]:
-    """(robot, episode, step) of every message in the bag's MCAP files, read with the mcap library."""
-    keys = []
-    files = sorted(bag.glob("*.mcap"))
-    assert files, f"no MCAP file in {bag}"
-    for path in files:
-        with open(path, "rb") as f:
-            for schema, channel, message in make_reader(f).iter_messages():
-                assert channel.topic == "/user/transitions" and channel.message_encoding == "cdr"
-                assert schema.name == "user_msgs/msg/Transition"
-                robot, _emb, episode, step, _term, _trunc = transition_key(message.data)
-                keys.append((robot, episode, step))
-    return keys
-
-
 def check_episodes(store: TransitionStore) -> list[dict]:
     """Every ended episode holds steps 0..n-1 exactly once; returns the ended episodes."""
     v = store.snapshot()
@@ -122,7 +107,7 @@ def test_robot_records_into_a_bag_and_is_acknowledged(procs, ros_node, tmp_path)
         store.close()
     keys = mcap_keys(bag)
     assert len(keys) == len(set(keys)) == final.steps_done, "the MCAP files must hold each transition once"
-    assert set(keys) == stored
+    assert set(keys) == stored == assert_every_reader_sees_the_store(bag)
     acked = {(a.robot_id, e, s) for a in acks.msgs if a.consumer == "buffer" for e, s in zip(a.episode_ids, a.steps)}
     assert acked == stored, "the buffer acknowledges exactly what it stored"
 
@@ -260,6 +245,10 @@ def test_kill_9_recovers_the_bag_loses_nothing_acknowledged_and_stores_resends_o
     _robot, policy = start_robot(procs, tmp_path)
     beats.wait(lambda m: m and m[-1].episodes_done >= 2, 60, "2 episodes")
     acks.wait(lambda m: len(m) >= 2, 10, "acknowledgements")
+    seed = random.randrange(1 << 30)
+    delay = random.Random(seed).uniform(0.0, 1.5)
+    print(f"kill -9 of the buffer node {delay:.3f} s after its first acknowledgements (seed {seed})")
+    time.sleep(delay)   # a random moment: mid-chunk, between a chunk and its index, mid-fsync ...
     first.kill()   # SIGKILL, mid-run
     first.popen.wait(timeout=5)
     with acks.lock:
@@ -296,11 +285,14 @@ def test_kill_9_recovers_the_bag_loses_nothing_acknowledged_and_stores_resends_o
         store.close()
     keys = mcap_keys(bag)
     assert len(keys) == len(set(keys)) == final.steps_done, "resent transitions must be stored once"
+    stored = assert_every_reader_sees_the_store(bag)   # the repaired file too: rosbags and Foxglove's reader
+    assert acked <= stored, f"kill after {delay:.3f} s (seed {seed}): a reader misses acknowledged transitions"
 
 
 @pytest.mark.parametrize("params, words", [
     ({}, "bag_dir: no bag directory given"),
     ({"bag_dir": "BAG", "chunk_mb": -1}, "chunk_mb: must be > 0, got -1"),
+    ({"bag_dir": "BAG", "compression": "gzip"}, "compression: must be zstd, lz4 or none, got 'gzip'"),
     ({"bag_dir": "BAG", "demo_dir": "NOWHERE"}, "demo_dir: no bag directory"),
     ({"bag_dir": "LOCKED"}, "another process is writing this bag"),
 ])

@@ -3,8 +3,10 @@ asynchronous design (kill -9 of the learner, kill -9 of the inference node)."""
 from __future__ import annotations
 
 import os
+import random
 import re
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -12,11 +14,14 @@ import numpy as np
 import pytest
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.serialization import deserialize_message
-from user_msgs.msg import EpisodeStats, Observation, RobotStatus, Transition
+from user_msgs.msg import EpisodeStats, Observation, RobotStatus, Transition, TransitionAck
 
 from user_buffer.store import TransitionStore
 
-from hal_helpers import Collect, learning_config_dir as config_dir, userctl_cmd
+from hal_helpers import ROOT, Collect, learning_config_dir as config_dir, userctl_cmd
+
+sys.path.insert(0, str(ROOT / "src" / "user_buffer" / "test"))
+from bag_readers import assert_every_reader_sees_the_store  # noqa: E402
 
 pytestmark = pytest.mark.timeout(300)
 LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
@@ -94,6 +99,7 @@ def test_kill_learner_robots_keep_going_no_transition_lost_and_resume(procs, ros
     transitions = Collect(ros_node, Transition, "/user/transitions")
     episodes = Collect(ros_node, EpisodeStats, "/user/episodes")
     beats = Collect(ros_node, RobotStatus, "/user/robots/heartbeat", LATCHED)
+    acks = Collect(ros_node, TransitionAck, "/user/transitions/ack")
     run = launch(procs, in_tmp, cfg, "realtime_factor:=0", "max_env_steps:=900", "respawn_delay:=4.0")
     ckpt_dir = in_tmp / "runs/test/checkpoints"
     end = time.monotonic() + 120
@@ -101,6 +107,12 @@ def test_kill_learner_robots_keep_going_no_transition_lost_and_resume(procs, ros
         time.sleep(0.2)
     assert list(ckpt_dir.glob("ckpt_*.pt")), "learner wrote no checkpoint"
     learner_pid = started_pid(run, "user/learner")
+    seed = random.randrange(1 << 30)
+    delay = random.Random(seed).uniform(0.0, 2.0)
+    print(f"kill -9 of the learner {delay:.3f} s after its first checkpoint (seed {seed})")
+    time.sleep(delay)   # a random moment of recording: mid-chunk, between a chunk and its index, mid-fsync ...
+    with acks.lock:
+        acked_before = {(a.robot_id, e, s) for a in acks.msgs for e, s in zip(a.episode_ids, a.steps)}
     os.killpg(learner_pid, signal.SIGKILL)
     killed_at = time.monotonic()
     n_episodes = len(episodes.msgs)
@@ -130,6 +142,11 @@ def test_kill_learner_robots_keep_going_no_transition_lost_and_resume(procs, ros
         assert not missing, f"{len(missing)} transitions of {rid} lost: {missing[:5]}"
     total = sum(len(s) for s in stored_by_robot.values())
     assert total >= 900, f"the run's budget was 900 new transitions, the bag holds {total}"
+    # Every file, the one the kill cut and the learner repaired included, reads in full with rosbags and
+    # Foxglove's indexed reader, and holds what was acknowledged before the kill.
+    read = assert_every_reader_sees_the_store(in_tmp / "runs/test/replay")
+    assert acked_before and acked_before <= read, (
+        f"kill after {delay:.3f} s (seed {seed}): acknowledged transitions missing {sorted(acked_before - read)[:5]}")
     with beats.lock:
         assert all(b.dropped_transitions == 0 for b in beats.msgs)
 

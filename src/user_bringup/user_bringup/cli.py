@@ -78,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds to wait for every live robot to confirm (default 10; discovering the "
                         "robots alone can take seconds)")
 
-    p = sub.add_parser("bag", help="inspect, replay or export a recorded transition bag (read-only)")
+    p = sub.add_parser("bag", help="inspect, replay, export or repair a recorded transition bag")
     bag = p.add_subparsers(dest="bag_command", metavar="BAG_COMMAND", parser_class=_Parser)
     bag.required = True
     bag_help = "the bag directory (holding metadata.yaml and <bag>_<N>.mcap files)"
@@ -102,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (new or empty)")
     p.add_argument("--format", choices=("csv", "npz"), default="csv",
                    help="steps.csv (default) or episode.npz next to the <camera>/<step>.png frames")
+    p = bag.add_parser("repair", help="close files cut by a crash and rewrite incomplete chunk indexes, so that "
+                                      "every reader (rosbags, Foxglove, ros2 bag) reads every message")
+    p.add_argument("bag_dir", help=bag_help)
     return parser
 
 
@@ -388,7 +391,7 @@ def _say(line: str) -> None:
 
 
 def cmd_bag(args: argparse.Namespace) -> int:
-    """``userctl bag info|replay|export``: offline tools on a transition bag (opened read-only)."""
+    """``userctl bag info|replay|export|repair``: offline tools on a transition bag (all but repair read-only)."""
     from user_buffer import bag_tools
     from user_buffer.codec import DecodeError
 
@@ -397,6 +400,12 @@ def cmd_bag(args: argparse.Namespace) -> int:
     if getattr(args, "episode", None) is not None and args.episode < 0:
         raise UsageError(f"--episode must be >= 0, got {args.episode}")
     try:
+        if args.bag_command == "repair":
+            found, n = bag_tools.repair_bag(args.bag_dir)
+            for line in found:
+                print(line)
+            print(f"{args.bag_dir}: {'repaired' if found else 'nothing to repair'}; {n} transitions")
+            return 0
         store = bag_tools.open_bag(args.bag_dir)
         try:
             if args.bag_command == "info":

@@ -1,4 +1,5 @@
-"""``userctl bag info|replay|export`` on a real bag: summaries, lossless export, errors, ROS replay."""
+"""``userctl bag info|replay|export|repair`` on a real bag: summaries, lossless export, errors, ROS replay,
+repairs that every reader accepts."""
 from __future__ import annotations
 
 import csv
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from bag_readers import assert_every_reader_sees_the_store
 from buffer_helpers import transition_msg
 from rclpy.serialization import serialize_message
 
@@ -87,7 +89,9 @@ def test_info_counts_and_read_only(bag, capsys):
     assert any(line.split() == ["franka_0", "franka_fr3", "12", "3", "2", "1"] for line in lines), out
     assert any(line.split() == ["ur5_0", "ur5e", "8", "2", "1", "1"] for line in lines), out
     assert any(line.split() == ["ur5e", "1", "8", "2", "1", "1"] for line in lines), out
-    assert any(line.split()[:4] == ["demo_0.mcap", line.split()[1], "20", "yes"] for line in lines), out
+    # NAME SIZE MB MESSAGES KB/MESSAGE CHUNKS COMPLETE
+    assert any(line.split()[:3] == ["demo_0.mcap", line.split()[1], "20"] and line.split()[4:] == ["zstd", "yes"]
+               for line in lines), out
     assert "problems: none" in out
     assert "\nepisodes (" not in out
 
@@ -118,6 +122,31 @@ def test_info_reports_damage_without_repairing(bag, tmp_path, capsys):
     assert "problems (1):" in out and "demo_0.mcap: not closed by its writer" in out, out
     assert "demo_0.mcap" in out and " no (being written" in out
     assert _state(copy) == before
+
+
+def test_repair_closes_a_cut_file_so_that_every_reader_reads_it(bag, tmp_path, capsys):
+    copy = tmp_path / "cut" / "demo"
+    shutil.copytree(bag, copy)
+    mcap = copy / "demo_0.mcap"
+    with open(mcap, "r+b") as f:               # a writer killed mid-chunk: no summary, no footer
+        f.truncate(mcap.stat().st_size - 200)
+    assert main(["bag", "repair", str(copy)]) == 0
+    out = capsys.readouterr().out
+    assert f"{mcap}: not closed by its writer" in out and f"{copy}: repaired; 20 transitions" in out, out
+    assert main(["bag", "info", str(copy)]) == 0
+    assert "problems: none" in capsys.readouterr().out
+    assert len(assert_every_reader_sees_the_store(copy)) == 20
+    assert main(["bag", "repair", str(copy)]) == 0
+    assert capsys.readouterr().out.strip() == f"{copy}: nothing to repair; 20 transitions"
+    writer = TransitionStore(copy)             # a bag being written is left alone
+    try:
+        before = _state(copy)
+        assert main(["bag", "repair", str(copy)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == f"userctl bag repair: error: {copy}: another process is writing this bag (stop it first)", err
+        assert _state(copy) == before
+    finally:
+        writer.close()
 
 
 def test_info_counts_a_step_stored_twice_once(bag, tmp_path, capsys):

@@ -1,6 +1,7 @@
 """The transition store: rosbag2/MCAP format checked by independent readers, index, recovery, damage."""
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
@@ -16,8 +17,11 @@ import pytest
 from rclpy.serialization import deserialize_message
 from user_msgs.msg import Transition
 
+from bag_readers import assert_every_reader_sees_the_store, foxglove_read, mcap_keys, rosbags_keys
 from buffer_helpers import episode_bytes, transition_msg
+from user_buffer import bag_tools
 from user_buffer import mcap_format as mf
+from user_buffer.codec import transition_key
 from user_buffer.store import INDEX_NAME, BagLocked, StoreOptions, TransitionStore
 
 CAMS = ("wrist", "side")
@@ -130,7 +134,8 @@ WRITER = textwrap.dedent("""
     sys.path.insert(0, {helpers!r})
     from buffer_helpers import episode_bytes
     from user_buffer.store import StoreOptions, TransitionStore
-    s = TransitionStore({bag!r}, options=StoreOptions(split_bytes=300_000, chunk_bytes=30_000))
+    s = TransitionStore({bag!r}, options=StoreOptions(split_bytes=300_000, chunk_bytes=30_000,
+                                                      compression={compression!r}))
     ep = {first_episode}
     while True:
         for i, b in enumerate(episode_bytes("franka_0", ep, 15, cams=("wrist",), size=24)):
@@ -146,13 +151,15 @@ WRITER = textwrap.dedent("""
 """)
 
 
-def test_kill_9_during_ingest_keeps_every_acknowledged_transition(tmp_path):
+@pytest.mark.parametrize("compression", ["zstd", "none"])
+def test_kill_9_during_ingest_keeps_every_acknowledged_transition_readable_by_every_reader(tmp_path, compression):
     bag = tmp_path / "bag"
     helpers = str(Path(__file__).resolve().parent)
     durable: set[tuple[str, int, int]] = set()
     rng = random.Random(4)
     for round_ in range(4):
-        script = WRITER.format(helpers=helpers, bag=str(bag), first_episode=1000 * (round_ + 1))
+        script = WRITER.format(helpers=helpers, bag=str(bag), first_episode=1000 * (round_ + 1),
+                               compression=compression)
         proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
                                 env=os.environ.copy())
         deadline = time.monotonic() + 60
@@ -185,10 +192,110 @@ def test_kill_9_during_ingest_keeps_every_acknowledged_transition(tmp_path):
         for p in bag.glob("*.mcap"):
             res = mf.scan(p)
             assert res.complete and not res.bad_chunks, f"{p.name}: {res.problem} {res.bad_chunks}"
-    from rosbags.rosbag2 import Reader
+            assert not mf.check_index(p)
+        stored = assert_every_reader_sees_the_store(bag)
+        assert durable <= stored, f"round {round_}: readers miss acknowledged {sorted(durable - stored)[:5]}"
 
-    with Reader(bag) as r:
-        assert r.message_count >= len(durable)
+
+def _crashed_file(tmp_path: Path, **opts) -> tuple[bytes, list[tuple[int, int, list]]]:
+    """The bytes of a file its writer was still appending to (no summary) and its chunks as
+    (start, end of chunk record, keys of its messages)."""
+    live = tmp_path / "live"
+    s = TransitionStore(live, options=StoreOptions(**opts))
+    for ep in range(3):
+        for b in episode_bytes("franka_0", ep, 12, cams=CAMS, size=24):
+            s.add(b)
+        s.sync()
+    (path,) = live.glob("*.mcap")
+    data = path.read_bytes()
+    s.close()
+    chunks = []
+    for ch in mf.scan(path).chunks:
+        records = mf.decompress(data[ch.records_start:ch.records_start + ch.compressed_size], ch.compression,
+                                ch.uncompressed_size)
+        keys = [(r, e, st) for r, _em, e, st, _t, _u in
+                (transition_key(records[m.data_offset:m.data_offset + m.length]) for m in ch.messages)]
+        chunks.append((ch.start, ch.start + ch.length, keys))
+    return data, chunks
+
+
+@pytest.mark.parametrize("compression", ["zstd", "none"])
+def test_a_file_cut_at_any_point_is_closed_so_every_reader_reads_every_complete_chunk(tmp_path, compression):
+    data, chunks = _crashed_file(tmp_path, chunk_bytes=8_000, compression=compression)
+    assert len(chunks) >= 6
+    rng = random.Random(9)
+    cuts = {len(data)}
+    for start, end, _keys in chunks[-3:]:   # around every record boundary of the last chunks ...
+        cuts |= {start - 1, start, start + 1, end - 1, end, end + 1, end + 12, (start + end) // 2}
+    cuts |= {rng.randrange(chunks[0][0], len(data)) for _ in range(8)}   # ... and anywhere
+    bags = {}
+    for cut in sorted(c for c in cuts if c <= len(data)):
+        bag = tmp_path / f"cut_{cut}"
+        bag.mkdir()
+        (bag / f"cut_{cut}_0.mcap").write_bytes(data[:cut])
+        s = TransitionStore(bag)      # repairs
+        assert any("not closed by its writer" in p for p in s.problems), s.problems
+        s.close()
+        want = sorted(k for _start, end, keys in chunks if end <= cut for k in keys)
+        for name, got in (("mcap", mcap_keys(bag)), ("rosbags", rosbags_keys(bag))):
+            assert sorted(got) == want, f"cut at {cut}: {name} reads {len(got)} messages, expected {len(want)}"
+        (path,) = bag.glob("*.mcap")
+        assert not mf.check_index(path), f"cut at {cut}: {mf.check_index(path)}"
+        bags[str(path)] = want
+    for path, got in foxglove_read([Path(p) for p in bags]).items():   # one Node run for every file
+        assert sorted(got) == bags[path], f"{path}: @mcap/core reads {got!r:.200}, expected {len(bags[path])}"
+
+
+def _repair_as_release_0_did(bag: Path, path: Path) -> None:
+    """Give ``path`` the summary the first release's repair wrote (chunk indexes naming no message
+    index) and list it as checked in a version 1 index, as that release left bags after a crash."""
+    res = mf.scan(path)
+    for ch in res.chunks:
+        ch.index_offsets, ch.end = {}, ch.start + ch.length
+    with open(path, "r+b") as f:
+        f.truncate(res.valid_end)
+        f.seek(res.valid_end)
+        mf._write_summary_of(f, res, res.chunks)
+    with np.load(bag / INDEX_NAME) as z:
+        cols = {k: z[k] for k in z.files}
+    meta = json.loads(bytes(cols["meta"]).decode())
+    meta["version"] = 1
+    st = path.stat()
+    for fe in meta["files"]:
+        if fe["name"] == path.name:
+            fe["size"], fe["mtime_ns"] = st.st_size, st.st_mtime_ns
+    cols["meta"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
+    with open(bag / INDEX_NAME, "wb") as f:
+        np.savez(f, **cols)
+
+
+def test_files_repaired_by_the_first_release_are_reported_and_fixed_when_the_bag_is_reopened(tmp_path):
+    bag = tmp_path / "old"
+    fill(bag, robots=("franka_0",), episodes=4, steps=10, split_bytes=60_000, chunk_bytes=20_000).close()
+    files = sorted(bag.glob("*.mcap"), key=lambda p: int(p.stem.rsplit("_", 1)[1]))
+    assert len(files) >= 2
+    total = len(store_rows := TransitionStore(bag, writable=False))
+    store_rows.close()
+    _repair_as_release_0_did(bag, files[0])
+    # What users met: indexed readers refuse or skip the file, the metadata still counts it.
+    fox = foxglove_read(files)
+    assert "chunk index without message indexes" in str(fox[str(files[0])]), fox[str(files[0])]
+    with pytest.raises(AssertionError, match="metadata.yaml counts"):
+        rosbags_keys(bag)
+    problem = mf.check_index(files[0])
+    assert problem and str(files[0]) in problem[0] and "indexed readers" in problem[0], problem
+    assert not mf.check_index(files[1])
+    ro = bag_tools.open_bag(bag)        # userctl bag info names the file
+    try:
+        text = bag_tools.format_info(bag_tools.bag_summary(ro))
+    finally:
+        ro.close()
+    assert f"{files[0]}: " in text and "chunk indexes are incomplete" in text, text
+    found, n = bag_tools.repair_bag(bag)   # = opening for writing, as the learner and buffer node do
+    assert n == total and any(str(files[0]) in f and "rewrote" in f for f in found), found
+    assert sorted(assert_every_reader_sees_the_store(bag)) == sorted(
+        ("franka_0", e, st) for e in range(1, 5) for st in range(10))
+    assert bag_tools.repair_bag(bag) == ([], total), "a second repair finds nothing"
 
 
 def _flip(path: Path, offset: int) -> None:
@@ -281,3 +388,35 @@ def test_a_transition_is_durable_only_after_sync(tmp_path):
     assert s.take_durable() == [("franka_0", 1, k) for k in range(6)]
     assert not s.is_durable("franka_0", 1, 6) and not s.is_durable("franka_9", 1, 0)
     s.close()
+
+
+def test_an_uncompressed_bag_reopened_with_the_default_keeps_reading_and_appends_compressed_files(tmp_path):
+    bag = tmp_path / "mixed"
+    fill(bag, robots=("franka_0",), episodes=2, steps=10, compression="none").close()   # as before this release
+    s = TransitionStore(bag)                                                            # the default: zstd
+    assert s.opts.compression == "zstd" and len(s) == 20
+    for b in episode_bytes("franka_0", 3, 10, cams=CAMS, size=24):
+        s.add(b)
+    s.close()
+    files = sorted(bag.glob("*.mcap"))
+    assert len(files) == 2
+    kinds = []
+    for f in files:
+        with open(f, "rb") as fh:
+            kinds.append({ci.compression for ci in mf.read_summary(fh, f.stat().st_size).chunk_indexes})
+    assert kinds == [{""}, {"zstd"}], kinds
+    ro = TransitionStore(bag, writable=False)
+    try:
+        for row in range(len(ro)):
+            m = deserialize_message(ro.read(row), Transition)
+            assert same(m, transition_msg(m.robot_id, m.episode_id, m.step, cams=CAMS, size=24, last=m.step == 9))
+    finally:
+        ro.close()
+    assert len(assert_every_reader_sees_the_store(bag)) == 30
+
+
+def test_bad_storage_options_are_refused_by_name():
+    with pytest.raises(ValueError, match="compression must be zstd, lz4 or none, got 'gzip'"):
+        StoreOptions(compression="gzip")
+    with pytest.raises(ValueError, match="chunk_bytes must be > 0, got 0"):
+        StoreOptions(chunk_bytes=0)

@@ -1,8 +1,10 @@
-"""Offline tools for a transition bag: a summary (``info``), ROS replay (``replay``) and file export.
+"""Offline tools for a transition bag: a summary (``info``), ROS replay (``replay``), file export and
+``repair``.
 
-Everything here opens the bag read-only (``TransitionStore(dir, writable=False)``: no lock, no index
-or metadata written), so it is safe on a copy, on a bag another process is still writing and on a
-damaged bag (what the store could not read is listed in ``problems``).
+All but ``repair`` open the bag read-only (``TransitionStore(dir, writable=False)``: no lock, no index
+or metadata written), so they are safe on a copy, on a bag another process is still writing and on a
+damaged bag (what the store could not read is listed in ``problems``). ``repair`` opens it for
+writing, which is what fixes a bag (the learner and the buffer node do the same when they start).
 
 Bad input (a missing bag, an unknown robot or episode, an unusable output folder...) raises
 :class:`BagToolError` with one line naming what was wrong; ``userctl bag`` reports it with exit
@@ -30,10 +32,11 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
+from . import mcap_format as mf
 from .codec import TransitionView, decode_transition
-from .store import FLAG_TERMINATED, FLAG_TRUNCATED, TransitionStore
+from .store import FLAG_TERMINATED, FLAG_TRUNCATED, BagLocked, TransitionStore
 
-__all__ = ["BagToolError", "EpisodeInfo", "open_bag", "list_episodes", "find_episode", "bag_summary",
+__all__ = ["BagToolError", "EpisodeInfo", "open_bag", "repair_bag", "list_episodes", "find_episode", "bag_summary",
            "format_info", "export_episode", "write_png", "replay_episode", "delay_ns", "prefixed_topics"]
 
 Printer = Callable[[str], None]
@@ -44,18 +47,35 @@ class BagToolError(ValueError):
 
 
 # -- opening and episodes -------------------------------------------------------------------------------
-def open_bag(path: str | os.PathLike) -> TransitionStore:
-    """Open the bag directory ``path`` read-only; :class:`BagToolError` if it is not a transition bag."""
+def _bag_dir(path: str | os.PathLike) -> Path:
     p = Path(path)
     if not p.exists():
         raise BagToolError(f"no bag directory {p}")
     if not p.is_dir():
         raise BagToolError(f"{p} is a file; pass the bag directory (the folder holding metadata.yaml)")
-    store = TransitionStore(p, writable=False)
-    if not store.mcap_files() and not (p / "metadata.yaml").exists():
-        store.close()
+    if not any(p.glob("*.mcap")) and not (p / "metadata.yaml").exists():
         raise BagToolError(f"{p} is not a transition bag (no metadata.yaml and no .mcap files)")
-    return store
+    return p
+
+
+def open_bag(path: str | os.PathLike) -> TransitionStore:
+    """Open the bag directory ``path`` read-only; :class:`BagToolError` if it is not a transition bag."""
+    return TransitionStore(_bag_dir(path), writable=False)
+
+
+def repair_bag(path: str | os.PathLike) -> tuple[list[str], int]:
+    """Open the bag for writing and close it again: files cut by a crash are closed, incomplete chunk
+    indexes rewritten, the index and ``metadata.yaml`` rebuilt. Returns what was found (one line per
+    repair or damage) and the number of transitions; :class:`BagToolError` while another process
+    writes the bag."""
+    try:
+        store = TransitionStore(_bag_dir(path))
+    except BagLocked as exc:
+        raise BagToolError(f"{exc} (stop it first)") from None
+    try:
+        return list(store.problems), len(store)
+    finally:
+        store.close()
 
 
 @dataclass
@@ -189,6 +209,13 @@ def bag_summary(store: TransitionStore, per_step: bool = False) -> dict:
             d["successes"] += bool(e.success)
         robots[e.robot_id]["other"].add(e.embodiment)
         embodiments[e.embodiment]["other"].add(e.robot_id)
+    problems = list(store.problems)
+    compression: dict[str, str] = {}
+    for f in store.files:
+        path = store.dir / f.name
+        compression[f.name] = _chunk_compression(path)
+        if f.complete:   # files trusted from the index were not re-read when the store opened
+            problems += [p for p in mf.check_index(path) if p not in problems]
     with_msgs = [f for f in store.files if f.messages]
     start = min((f.start_ns for f in with_msgs), default=0)
     end = max((f.end_ns for f in with_msgs), default=0)
@@ -197,8 +224,21 @@ def bag_summary(store: TransitionStore, per_step: bool = False) -> dict:
         "duplicates": sum(e.duplicates for e in eps), "start_ns": start, "end_ns": end,
         "episodes": eps, "robots": robots, "embodiments": embodiments,
         "successes": sum(bool(e.success) for e in eps), "per_step": per_step,
-        "problems": list(store.problems),
+        "problems": problems, "compression": compression,
     }
+
+
+def _chunk_compression(path: Path) -> str:
+    """How a file's chunks are stored ("zstd", "none", "zstd+none"...), read from its summary or first chunk."""
+    try:
+        with open(path, "rb") as f:
+            summary = mf.read_summary(f, os.fstat(f.fileno()).st_size)
+            if summary is not None:
+                kinds = sorted({ci.compression or "none" for ci in summary.chunk_indexes})
+                return "+".join(kinds) or "-"
+    except (OSError, mf.McapError, UnicodeDecodeError):
+        pass
+    return "-"   # no summary yet (being written, or cut short)
 
 
 def _table(header: Sequence[str], rows: list[Sequence[str]], right: set[int], indent: str = "  ") -> list[str]:
@@ -229,9 +269,11 @@ def format_info(s: dict, episodes: bool = False) -> str:
     files = s["files"]
     out.append(f"files ({len(files)}):")
     if files:
-        out += _table(("NAME", "SIZE MB", "MESSAGES", "COMPLETE"),
+        comp = s.get("compression", {})
+        out += _table(("NAME", "SIZE MB", "MESSAGES", "KB/MESSAGE", "CHUNKS", "COMPLETE"),
                       [(f.name, f"{f.size / 1e6:.2f}", str(f.messages),
-                        "yes" if f.complete else "no (being written, or cut short)") for f in files], {1, 2})
+                        f"{f.size / 1e3 / f.messages:.1f}" if f.messages else "-", comp.get(f.name, "?"),
+                        "yes" if f.complete else "no (being written, or cut short)") for f in files], {1, 2, 3})
     else:
         out.append("  (none)")
     eps: list[EpisodeInfo] = s["episodes"]

@@ -21,8 +21,8 @@ the next start repairs the file that was being written (cut after its last compl
 robots resend whatever was not acknowledged.
 
 Parameters: ``bag_dir`` (required), ``demo_dir`` (optional, opened read-only), ``consumer``,
-``sync_every_s`` (1.0), ``split_mb`` (512: start a new MCAP file past this size), ``chunk_mb`` (4),
-``compression`` ("" or "zstd"), ``status_every_s`` (5.0), ``max_response_mb`` (256: refuse batches
+``sync_every_s`` (1.0), ``split_mb`` (512: start a new MCAP file past this size), ``chunk_mb`` (0.125),
+``compression`` ("zstd", "lz4" or "none"), ``status_every_s`` (5.0), ``max_response_mb`` (256: refuse batches
 larger than this), ``seed`` (0).
 """
 from __future__ import annotations
@@ -52,7 +52,7 @@ from user_hal.node_main import run_node
 
 from .codec import DecodeError, transition_key
 from .replay import SampleSource
-from .store import BagLocked, StoreOptions, TransitionStore
+from .store import COMPRESSIONS, BagLocked, StoreOptions, TransitionStore
 
 #: The service a remote learner samples batches from.
 SAMPLE_SERVICE = "/user/buffer/sample"
@@ -78,8 +78,8 @@ class BufferNode(Node):
         self.declare_parameter("consumer", "buffer")
         self.declare_parameter("sync_every_s", 1.0, any_number)
         self.declare_parameter("split_mb", 512, any_number)
-        self.declare_parameter("chunk_mb", 4, any_number)
-        self.declare_parameter("compression", "")
+        self.declare_parameter("chunk_mb", 0.125, any_number)
+        self.declare_parameter("compression", "zstd")
         self.declare_parameter("status_every_s", 5.0, any_number)
         self.declare_parameter("max_response_mb", 256, any_number)
         self.declare_parameter("seed", 0)
@@ -96,9 +96,9 @@ class BufferNode(Node):
         chunk_mb = self._number("chunk_mb", positive=True)
         self.status_every_s = self._number("status_every_s", positive=True)
         self.max_response_bytes = int(self._number("max_response_mb", positive=True) * (1 << 20))
-        compression = str(p("compression").value or "")
-        if compression not in ("", "zstd"):
-            raise ConfigError(_PARAMS, "compression", f"must be \"\" or \"zstd\", got {compression!r}")
+        compression = str(p("compression").value)
+        if compression not in COMPRESSIONS:
+            raise ConfigError(_PARAMS, "compression", f"must be zstd, lz4 or none, got {compression!r}")
         if demo_dir and os.path.abspath(demo_dir) == os.path.abspath(bag_dir):
             raise ConfigError(_PARAMS, "demo_dir", f"must differ from bag_dir ({bag_dir})")
 

@@ -2,12 +2,13 @@
 
 Only the records a rosbag2 bag needs are produced: Header, Schema, Channel, Chunk (holding Message
 records), MessageIndex, DataEnd, and the summary (Schema, Channel, Statistics, ChunkIndex,
-SummaryOffset) closed by a Footer. Chunks are uncompressed by default, so a message's payload sits
-at a known absolute file offset and the replay cache can read one transition with one ``pread``.
+SummaryOffset) closed by a Footer. Chunks may be compressed (zstd or lz4, as the spec allows); a
+message in an uncompressed chunk sits at a known absolute file offset.
 
 The scanner is the other half of crash recovery: it walks a file record by record, checks each
 chunk's CRC, and stops at the first record that is cut short or malformed. What it returns is enough
-to index the file, to truncate it after its last complete chunk and to write a fresh summary.
+to index the file, to truncate it after its last complete chunk and to write a fresh summary whose
+chunk indexes are as complete as a normal close writes them (``check_index`` tells when they are not).
 Format reference: https://mcap.dev/spec (records, opcodes and field order).
 """
 from __future__ import annotations
@@ -43,7 +44,7 @@ _MSG_HEAD = struct.Struct("<HIQQ")     # channel id, sequence, log time, publish
 MESSAGE_DATA_SKIP = _REC.size + _MSG_HEAD.size   # record start -> payload
 _CHUNK_HEAD = struct.Struct("<QQQI")   # start time, end time, uncompressed size, uncompressed crc
 
-COMPRESSIONS = ("", "zstd")
+COMPRESSIONS = ("", "zstd", "lz4")
 
 
 class McapError(ValueError):
@@ -69,22 +70,36 @@ def _record(op: int, content: bytes) -> bytes:
     return _REC.pack(op, len(content)) + content
 
 
-def _compress(data: bytes, compression: str) -> bytes:
-    if compression == "":
-        return data
-    import zstandard
-
-    return zstandard.ZstdCompressor(level=1).compress(data)
-
-
-def decompress(data: bytes, compression: str, size: int) -> bytes:
-    """Inflate a chunk's records (``""`` or ``"zstd"``)."""
+def compress(data: bytes | memoryview, compression: str) -> bytes | memoryview:
+    """A chunk's records as stored: zstd level 1 (about 1 GB/s here) or an LZ4 frame, as MCAP wants."""
     if compression == "":
         return data
     if compression == "zstd":
         import zstandard
 
-        return zstandard.ZstdDecompressor().decompress(data, max_output_size=size)
+        return zstandard.ZstdCompressor(level=1).compress(data)
+    if compression == "lz4":
+        import lz4.frame
+
+        return lz4.frame.compress(data)
+    raise McapError(f"unsupported chunk compression {compression!r}")
+
+
+def decompress(data: bytes | memoryview, compression: str, size: int) -> bytes | memoryview:
+    """Inflate a chunk's records (``""``, ``"zstd"`` or ``"lz4"``) of ``size`` bytes."""
+    if compression == "":
+        return data
+    try:
+        if compression == "zstd":
+            import zstandard
+
+            return zstandard.ZstdDecompressor().decompress(data, max_output_size=size)
+        if compression == "lz4":
+            import lz4.frame
+
+            return lz4.frame.decompress(data)
+    except Exception as exc:  # noqa: BLE001 - zstd and lz4 raise their own error types for bad input
+        raise McapError(f"{compression} data does not decompress ({exc})") from None
     raise McapError(f"unsupported chunk compression {compression!r}")
 
 
@@ -130,7 +145,39 @@ class ChunkInfo:
     start_time: int
     end_time: int
     messages: list[MessageEntry]
-    end: int                   # file offset after the chunk's MessageIndex records
+    end: int                   # file offset after the chunk's MessageIndex records (those found)
+    index_offsets: dict[int, int] = dataclasses.field(default_factory=dict)   # channel -> its MessageIndex
+
+    @property
+    def index_length(self) -> int:
+        return self.end - (self.start + self.length)
+
+    def indexed(self) -> bool:
+        """Every channel with a message in this chunk has its MessageIndex record."""
+        return {m.channel_id for m in self.messages} <= self.index_offsets.keys()
+
+
+@dataclasses.dataclass
+class ChunkIndexEntry:
+    """One ChunkIndex record of a summary, as written in the file."""
+
+    start_time: int
+    end_time: int
+    start: int
+    length: int
+    index_offsets: dict[int, int]
+    index_length: int
+    compression: str
+    compressed_size: int
+    uncompressed_size: int
+
+
+@dataclasses.dataclass
+class Summary:
+    start: int                          # file offset of the summary section (just after DataEnd)
+    schemas: dict[int, Schema]
+    channels: dict[int, Channel]
+    chunk_indexes: list[ChunkIndexEntry]
 
 
 @dataclasses.dataclass
@@ -152,6 +199,7 @@ class ScanResult:
 class McapWriter:
     """Append-only MCAP writer. Messages are buffered into a chunk; ``flush`` writes it out.
 
+    A chunk is closed once its uncompressed records reach ``chunk_bytes`` (and at every ``flush``).
     ``on_chunk(chunk)`` is called after every chunk is written, with absolute offsets filled in.
     """
 
@@ -171,7 +219,6 @@ class McapWriter:
         self.message_count = 0
         self.first_time: int | None = None
         self.last_time = 0
-        self.chunks = 0
         self._buf = bytearray()
         self._entries: list[MessageEntry] = []
         self.closed = False
@@ -226,37 +273,22 @@ class McapWriter:
         if not self._entries:
             return None
         records = memoryview(self._buf)
-        stored = _compress(records, self.compression) if self.compression else records
+        stored = compress(records, self.compression)
         t0 = min(e.log_time for e in self._entries)
         t1 = max(e.log_time for e in self._entries)
-        comp = _s(self.compression)
-        head = _CHUNK_HEAD.pack(t0, t1, len(records), zlib.crc32(records)) + comp + struct.pack("<Q", len(stored))
+        head = (_CHUNK_HEAD.pack(t0, t1, len(records), zlib.crc32(records)) + _s(self.compression)
+                + struct.pack("<Q", len(stored)))
         start = self.position
         self._write(_REC.pack(OP_CHUNK, len(head) + len(stored)) + head)
         self._write(stored)   # no copy of the records: written straight from the chunk buffer
-        chunk_len = _REC.size + len(head) + len(stored)
-        records_start = start + _REC.size + _CHUNK_HEAD.size + len(comp) + 8
-        # Message indexes, one per channel present in the chunk.
-        idx_start = self.position
-        offsets: dict[int, int] = {}
-        by_channel: dict[int, list[MessageEntry]] = {}
-        for e in self._entries:
-            by_channel.setdefault(e.channel_id, []).append(e)
-        for cid, entries in sorted(by_channel.items()):
-            offsets[cid] = self.position
-            body = b"".join(struct.pack("<QQ", e.log_time, e.offset) for e in entries)
-            self._write(_record(OP_MESSAGE_INDEX, struct.pack("<H", cid) + _b32(body)))
-        idx_len = self.position - idx_start
-        off_map = b"".join(struct.pack("<HQ", c, o) for c, o in offsets.items())
-        self.chunk_index.append(_record(OP_CHUNK_INDEX, struct.pack("<QQQQ", t0, t1, start, chunk_len)
-                                        + _b32(off_map) + struct.pack("<Q", idx_len) + comp
-                                        + struct.pack("<QQ", len(stored), len(records))))
-        info = ChunkInfo(start, chunk_len, records_start, self.compression, len(stored), len(records), t0, t1,
-                         self._entries, self.position)
+        length = _REC.size + len(head) + len(stored)
+        info = ChunkInfo(start, length, start + _REC.size + len(head), self.compression, len(stored), len(records),
+                         t0, t1, self._entries, start + length)
+        self._write(message_indexes(info))
+        self.chunk_index.append(chunk_index_record(info))
         del records, stored
         self._buf = bytearray()
         self._entries = []
-        self.chunks += 1
         self.f.flush()   # hand the chunk to the OS: readers may pread it as soon as on_chunk returns
         if self.on_chunk is not None:
             self.on_chunk(info)
@@ -276,9 +308,9 @@ class McapWriter:
         if self.closed:
             return
         self.flush()
-        self._write(_record(OP_DATA_END, struct.pack("<I", 0)))   # 0: data-section CRC not computed (chunks have theirs)
+        self._write(_DATA_END)
         write_summary(self.f, self.schemas, self.channels, self.chunk_index, self.message_count,
-                      self.channel_counts, self.first_time or 0, self.last_time, self.chunks)
+                      self.channel_counts, self.first_time or 0, self.last_time)
         self.f.flush()
         os.fsync(self.f.fileno())
         self.closed = True
@@ -293,9 +325,39 @@ def _channel_record(c: Channel) -> bytes:
                    + _map_ss(c.metadata))
 
 
+_DATA_END = _record(OP_DATA_END, struct.pack("<I", 0))   # 0: data-section CRC not computed (chunks have theirs)
+
+
+def message_indexes(ch: ChunkInfo) -> bytes:
+    """The MessageIndex records (one per channel) that follow chunk ``ch`` in the file.
+
+    Sets ``ch.index_offsets`` and ``ch.end`` to where they go: right after the chunk, where indexed
+    readers look for them (they read ``message_index_length`` bytes from the first offset)."""
+    by_channel: dict[int, list[MessageEntry]] = {}
+    for e in ch.messages:
+        by_channel.setdefault(e.channel_id, []).append(e)
+    out = bytearray()
+    at = ch.start + ch.length
+    ch.index_offsets = {}
+    for cid, entries in sorted(by_channel.items()):
+        ch.index_offsets[cid] = at + len(out)
+        body = b"".join(struct.pack("<QQ", e.log_time, e.offset) for e in entries)
+        out += _record(OP_MESSAGE_INDEX, struct.pack("<H", cid) + _b32(body))
+    ch.end = at + len(out)
+    return bytes(out)
+
+
+def chunk_index_record(ch: ChunkInfo) -> bytes:
+    """The summary's ChunkIndex record of ``ch``, naming its MessageIndex records."""
+    off_map = b"".join(struct.pack("<HQ", c, o) for c, o in sorted(ch.index_offsets.items()))
+    return _record(OP_CHUNK_INDEX, struct.pack("<QQQQ", ch.start_time, ch.end_time, ch.start, ch.length)
+                   + _b32(off_map) + struct.pack("<Q", ch.index_length) + _s(ch.compression)
+                   + struct.pack("<QQ", ch.compressed_size, ch.uncompressed_size))
+
+
 def write_summary(f: BinaryIO, schemas: dict[int, Schema], channels: dict[int, Channel],
                   chunk_index: list[bytes], message_count: int, channel_counts: dict[int, int],
-                  first_time: int, last_time: int, chunk_count: int) -> None:
+                  first_time: int, last_time: int) -> None:
     """Summary section, summary offsets and footer, written at the current position of ``f``."""
     summary_start = f.tell()
     out = io.BytesIO()
@@ -311,7 +373,7 @@ def write_summary(f: BinaryIO, schemas: dict[int, Schema], channels: dict[int, C
     group(OP_SCHEMA, [_schema_record(s) for s in schemas.values()])
     group(OP_CHANNEL, [_channel_record(c) for c in channels.values()])
     counts = b"".join(struct.pack("<HQ", c, n) for c, n in sorted(channel_counts.items()))
-    stats = struct.pack("<QHIIIIQQ", message_count, len(schemas), len(channels), 0, 0, chunk_count,
+    stats = struct.pack("<QHIIIIQQ", message_count, len(schemas), len(channels), 0, 0, len(chunk_index),
                         first_time, last_time) + _b32(counts)
     group(OP_STATISTICS, [_record(OP_STATISTICS, stats)])
     group(OP_CHUNK_INDEX, chunk_index)
@@ -322,6 +384,19 @@ def write_summary(f: BinaryIO, schemas: dict[int, Schema], channels: dict[int, C
     footer_head = _REC.pack(OP_FOOTER, 20) + struct.pack("<QQ", summary_start, offsets_start)
     crc = zlib.crc32(footer_head, zlib.crc32(body))
     f.write(body + footer_head + struct.pack("<I", crc) + MAGIC)
+
+
+def _write_summary_of(f: BinaryIO, res: ScanResult, chunks: list[ChunkInfo]) -> None:
+    """``write_summary`` for the chunks of a scanned file (counts and times taken from them)."""
+    counts: dict[int, int] = {}
+    times = []
+    for ch in chunks:
+        for m in ch.messages:
+            counts[m.channel_id] = counts.get(m.channel_id, 0) + 1
+        if ch.messages:
+            times += [ch.start_time, ch.end_time]
+    write_summary(f, res.schemas, res.channels, [chunk_index_record(ch) for ch in chunks], sum(counts.values()),
+                  counts, min(times, default=0), max(times, default=0))
 
 
 # -- scanner -----------------------------------------------------------------------------------------
@@ -363,6 +438,18 @@ def _parse_channel(c: _Cursor) -> Channel:
     return Channel(cid, sid, topic, enc, meta)
 
 
+def _parse_chunk_index(c: _Cursor) -> ChunkIndexEntry:
+    t0, t1, start, length = c.u("Q"), c.u("Q"), c.u("Q"), c.u("Q")
+    m = _Cursor(memoryview(c.b32()))
+    offsets = {}
+    while m.p < len(m.d):
+        cid = m.u("H")
+        offsets[cid] = m.u("Q")
+    index_length = c.u("Q")
+    comp = c.s()
+    return ChunkIndexEntry(t0, t1, start, length, offsets, index_length, comp, c.u("Q"), c.u("Q"))
+
+
 def parse_chunk_records(records: bytes | memoryview, where: str) -> list[MessageEntry]:
     """Messages inside a chunk's uncompressed records (schema/channel records are skipped)."""
     mv = memoryview(records)
@@ -400,7 +487,10 @@ def _read_chunk(path: str, f: BinaryIO, start: int, content_len: int, on_chunk: 
     n = c.u("Q")
     rec_off = c.p
     stored = c.take(n)
-    records = decompress(bytes(stored), comp, usize)
+    try:
+        records = decompress(bytes(stored), comp, usize)
+    except McapError as exc:
+        raise McapError(f"{path}: chunk at {start}: {exc}") from None
     if len(records) != usize:
         raise McapError(f"{path}: chunk at {start}: {len(records)} bytes after decompression, header says {usize}")
     if crc and zlib.crc32(records) != crc:
@@ -433,54 +523,66 @@ def scan(path: str | os.PathLike, use_summary: bool = True, on_chunk: ChunkCallb
         return res
 
 
-def _scan_summary(f: BinaryIO, res: ScanResult, on_chunk: ChunkCallback | None) -> bool:
-    """Use the footer's summary to find chunks (skips over damaged ones); False if unusable."""
-    size = res.size
+def read_summary(f: BinaryIO, size: int) -> Summary | None:
+    """The summary found through the footer; None without a usable footer (a file not closed).
+
+    Raises :class:`McapError` when the footer is there but the summary fails its CRC or does not parse.
+    """
     if size < 8 + 8 + 9 + 20 + 8:
-        return False
+        return None
     f.seek(size - 8 - 29)
     tail = f.read(29 + 8)
     if tail[-8:] != MAGIC or tail[0] != OP_FOOTER:
-        return False
+        return None
     summary_start, offsets_start, crc = struct.unpack_from("<QQI", tail, 9)
     if not 8 < summary_start <= offsets_start <= size - 37:
-        return False
+        return None
     f.seek(summary_start)
     body = f.read(size - 8 - 29 - summary_start)
     if crc and zlib.crc32(tail[:9 + 16], zlib.crc32(body)) != crc:
-        res.bad_chunks.append(f"{res.path}: summary fails its CRC; scanning the file instead")
+        raise McapError("summary fails its CRC")
+    out = Summary(summary_start, {}, {}, [])
+    c = _Cursor(memoryview(body))
+    while c.p < len(body):
+        op, n = _REC.unpack(c.take(9))
+        rc = _Cursor(c.take(n))
+        if op == OP_SCHEMA:
+            s = _parse_schema(rc)
+            out.schemas[s.id] = s
+        elif op == OP_CHANNEL:
+            ch = _parse_channel(rc)
+            out.channels[ch.id] = ch
+        elif op == OP_CHUNK_INDEX:
+            out.chunk_indexes.append(_parse_chunk_index(rc))
+    return out
+
+
+def _scan_summary(f: BinaryIO, res: ScanResult, on_chunk: ChunkCallback | None) -> bool:
+    """Use the footer's summary to find chunks (skips over damaged ones); False if unusable."""
+    try:
+        summary = read_summary(f, res.size)
+    except (McapError, UnicodeDecodeError) as exc:
+        res.bad_chunks.append(f"{res.path}: {exc}; scanning the file instead")
         return False
-    # Header record.
+    if summary is None:
+        return False
     f.seek(8)
     op, n = _REC.unpack(f.read(9))
     if op != OP_HEADER:
         return False
     hc = _Cursor(memoryview(f.read(n)))
     res.profile, res.library = hc.s(), hc.s()
-    c = _Cursor(memoryview(body))
-    chunk_refs = []
-    try:
-        while c.p < len(body):
-            op, n = _REC.unpack(c.take(9))
-            rc = _Cursor(c.take(n))
-            if op == OP_SCHEMA:
-                s = _parse_schema(rc)
-                res.schemas[s.id] = s
-            elif op == OP_CHANNEL:
-                ch = _parse_channel(rc)
-                res.channels[ch.id] = ch
-            elif op == OP_CHUNK_INDEX:
-                rc.u("Q"), rc.u("Q")
-                chunk_refs.append((rc.u("Q"), rc.u("Q")))
-    except McapError:
-        return False
-    for start, length in chunk_refs:
+    res.schemas, res.channels = summary.schemas, summary.channels
+    for ci in summary.chunk_indexes:
         try:
-            res.chunks.append(_read_chunk(res.path, f, start, length - _REC.size, on_chunk))
+            info = _read_chunk(res.path, f, ci.start, ci.length - _REC.size, on_chunk)
         except McapError as exc:
             res.bad_chunks.append(str(exc))
+            continue
+        info.index_offsets, info.end = dict(ci.index_offsets), ci.start + ci.length + ci.index_length
+        res.chunks.append(info)
     res.complete = True
-    res.valid_end = summary_start
+    res.valid_end = summary.start
     return True
 
 
@@ -513,9 +615,12 @@ def _scan_linear(f: BinaryIO, res: ScanResult, on_chunk: ChunkCallback | None) -
                 res.bad_chunks.append(str(exc))
                 pending = None
         elif op == OP_MESSAGE_INDEX:
-            if pending is not None:
+            if pending is not None and n >= 2:
+                (cid,) = struct.unpack("<H", f.read(2))
+                pending.index_offsets[cid] = pos
                 pending.end = end
         elif op in (OP_HEADER, OP_SCHEMA, OP_CHANNEL):
+            pending = None
             try:
                 rc = _Cursor(memoryview(f.read(n)))
                 if op == OP_HEADER:
@@ -530,7 +635,7 @@ def _scan_linear(f: BinaryIO, res: ScanResult, on_chunk: ChunkCallback | None) -
                 res.problem = f"malformed record at {pos}: {exc}"
                 break
         elif op == OP_DATA_END:
-            res.valid_end = end
+            res.valid_end = pos    # the repair writes DataEnd again, with the summary
             res.problem = "summary missing or damaged after DataEnd"
             return
         else:
@@ -542,32 +647,116 @@ def _scan_linear(f: BinaryIO, res: ScanResult, on_chunk: ChunkCallback | None) -
 
 def finalize_truncated(path: str | os.PathLike, res: ScanResult,
                        on_chunk: ChunkCallback | None = None) -> ScanResult:
-    """Cut a file after its last good record and give it DataEnd, summary and footer (fsynced).
+    """Cut a file after its last good record and close it as the writer does (fsynced): DataEnd, then a
+    summary whose chunk indexes name every chunk's MessageIndex records, then the footer.
 
-    Chunks that failed their CRC stay in the file (readers that check CRCs skip them) but are left
-    out of the chunk index, so summary-based readers never see them.
+    A last chunk whose MessageIndex records were cut off gets them written anew. Chunks that failed
+    their CRC stay in the file (readers that check CRCs skip them) but are left out of the chunk
+    index, as is a chunk lacking message indexes elsewhere (not written by this writer; reported in
+    the returned result's ``bad_chunks``).
     """
     path = os.fspath(path)
-    index, counts, count = [], {}, 0
-    t0, t1 = None, 0
-    for ch in res.chunks:
-        comp = _s(ch.compression)
-        by_channel: dict[int, int] = {}
-        for m in ch.messages:
-            by_channel[m.channel_id] = by_channel.get(m.channel_id, 0) + 1
-            counts[m.channel_id] = counts.get(m.channel_id, 0) + 1
-            count += 1
-        index.append(_record(OP_CHUNK_INDEX, struct.pack("<QQQQ", ch.start_time, ch.end_time, ch.start, ch.length)
-                             + _b32(b"") + struct.pack("<Q", 0) + comp
-                             + struct.pack("<QQ", ch.compressed_size, ch.uncompressed_size)))
-        if ch.messages:
-            t0 = ch.start_time if t0 is None else min(t0, ch.start_time)
-            t1 = max(t1, ch.end_time)
+    end, fresh = res.valid_end, b""
+    last = res.chunks[-1] if res.chunks else None
+    if last is not None and not last.indexed() and last.end == res.valid_end:
+        end = last.start + last.length
+        fresh = message_indexes(last)
+    kept = [ch for ch in res.chunks if ch.indexed()]
     with open(path, "r+b") as f:
-        f.truncate(res.valid_end)
-        f.seek(res.valid_end)
-        f.write(_record(OP_DATA_END, struct.pack("<I", 0)))
-        write_summary(f, res.schemas, res.channels, index, count, counts, t0 or 0, t1, len(res.chunks))
+        f.truncate(end)
+        f.seek(end)
+        f.write(fresh + _DATA_END)
+        _write_summary_of(f, res, kept)
         f.flush()
         os.fsync(f.fileno())
-    return scan(path, on_chunk=on_chunk)
+    out = scan(path, on_chunk=on_chunk)
+    out.bad_chunks += [f"{path}: chunk at {ch.start} has no message index; its {len(ch.messages)} messages are "
+                       f"left out of the chunk index" for ch in res.chunks if not ch.indexed()]
+    return out
+
+
+def rewrite_summary(path: str | os.PathLike) -> ScanResult:
+    """Give a closed file a fresh summary whose chunk indexes name the MessageIndex records found right
+    after each chunk (fsynced); fixes files whose summary lacks them. A crash midway leaves a file
+    without a footer, which ``scan`` + ``finalize_truncated`` repair."""
+    path = os.fspath(path)
+    res = scan(path)
+    if not res.complete:
+        raise McapError(f"{path}: has no summary to rewrite ({res.problem})")
+    with open(path, "r+b") as f:
+        for ch in res.chunks:
+            _find_message_indexes(f, ch, res.valid_end)
+        f.truncate(res.valid_end)   # just after DataEnd
+        f.seek(res.valid_end)
+        _write_summary_of(f, res, [ch for ch in res.chunks if ch.indexed()])
+        f.flush()
+        os.fsync(f.fileno())
+    return scan(path)
+
+
+def _find_message_indexes(f: BinaryIO, ch: ChunkInfo, limit: int) -> None:
+    """Collect the MessageIndex records that directly follow chunk ``ch`` (up to file offset ``limit``)."""
+    ch.index_offsets = {}
+    pos = ch.end = ch.start + ch.length
+    while pos + _REC.size + 2 <= limit:
+        f.seek(pos)
+        op, n = _REC.unpack(f.read(_REC.size))
+        if op != OP_MESSAGE_INDEX or pos + _REC.size + n > limit or n < 2:
+            break
+        (cid,) = struct.unpack("<H", f.read(2))
+        ch.index_offsets[cid] = pos
+        pos = ch.end = pos + _REC.size + n
+
+
+def check_index(path: str | os.PathLike) -> list[str]:
+    """Why an indexed reader (rosbags, Foxglove's ``@mcap/core``, ``ros2 bag``) would miss messages of a
+    closed file: one line naming the file, or ``[]``. Reads only the summary and the records it points
+    at. A file without a footer is not checked here (``scan`` reports it)."""
+    path = os.fspath(path)
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        try:
+            summary = read_summary(f, size)
+        except (McapError, UnicodeDecodeError) as exc:
+            return [f"{path}: {exc}; indexed readers cannot open it"]
+        if summary is None:
+            return []
+        fd = f.fileno()
+        bad = [why for ci in summary.chunk_indexes if (why := _chunk_index_problem(fd, ci, summary.start))]
+    if not bad:
+        return []
+    return [f"{path}: {len(bad)} of {len(summary.chunk_indexes)} chunk indexes are incomplete ({bad[0]}), so "
+            f"indexed readers (rosbags, Foxglove, ros2 bag) miss or refuse its messages; opening the bag for "
+            f"writing rewrites them (userctl bag repair)"]
+
+
+def _chunk_index_problem(fd: int, ci: ChunkIndexEntry, data_end: int) -> str:
+    head = os.pread(fd, _REC.size, ci.start)
+    if len(head) < _REC.size or head[0] != OP_CHUNK or _REC.size + _REC.unpack(head)[1] != ci.length:
+        return f"no chunk of {ci.length} bytes at byte {ci.start}"
+    if not ci.index_offsets or ci.index_length == 0:
+        return f"the chunk at byte {ci.start} names no message index"
+    lo = ci.start + ci.length
+    hi = lo + ci.index_length
+    if hi > data_end:
+        return f"the message indexes of the chunk at byte {ci.start} run past the data section"
+    for cid, off in ci.index_offsets.items():
+        rec = os.pread(fd, _REC.size + 2, off) if lo <= off < hi else b""
+        if len(rec) < _REC.size + 2 or rec[0] != OP_MESSAGE_INDEX or struct.unpack_from("<H", rec, 9)[0] != cid \
+                or off + _REC.size + _REC.unpack_from(rec)[1] > hi:
+            return f"the chunk at byte {ci.start} points at no message index of channel {cid} (byte {off})"
+    return ""
+
+
+def read_chunk_records(fd: int, start: int) -> bytes | memoryview:
+    """The uncompressed records of the chunk at file offset ``start`` (CRC not checked: ``scan`` does)."""
+    head = os.pread(fd, _REC.size, start)
+    op, n = _REC.unpack(head) if len(head) == _REC.size else (0, 0)
+    content = os.pread(fd, n, start + _REC.size) if op == OP_CHUNK else b""
+    if op != OP_CHUNK or len(content) != n:
+        raise McapError(f"no complete chunk at byte {start}")
+    c = _Cursor(memoryview(content))
+    c.take(16)   # start and end time
+    usize, _crc = c.u("Q"), c.u("I")
+    comp = c.s()
+    return decompress(c.take(c.u("Q")), comp, usize)

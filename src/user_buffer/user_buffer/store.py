@@ -3,7 +3,9 @@
 ``TransitionStore`` appends serialized ``user_msgs/Transition`` messages (CDR bytes, exactly as they
 came off DDS) to ``<bag>_<N>.mcap`` files, splits files by size or age, and keeps an index row per
 transition: where its payload lies (file, absolute offset, length) and what it is (robot,
-embodiment, episode, step, terminated/truncated). Reading one transition back is one ``pread``.
+embodiment, episode, step, terminated/truncated). Chunks are zstd-compressed by default and hold
+about one image transition each (``StoreOptions.chunk_bytes``), so reading one transition back is
+one chunk read plus its decompression; in an uncompressed bag it is one ``pread``.
 
 Durability: ``sync()`` closes the open chunk and fsyncs the file; only then are the transitions in
 it reported by ``take_durable()`` (the buffer acknowledges them to the robots after that). The index
@@ -11,8 +13,9 @@ it reported by ``take_durable()`` (the buffer acknowledges them to the robots af
 ``index_every_s``; when it is missing or does not match the files it is rebuilt from them.
 
 Opening a bag for writing takes an exclusive lock and repairs what a crash left behind: a file
-without a footer is cut after its last complete chunk and given a fresh summary; chunks failing their
-CRC are reported by file name and skipped.
+without a footer is cut after its last complete chunk and closed as the writer would have closed it
+(summary with complete chunk indexes, footer); a closed file whose chunk indexes are incomplete gets
+them rewritten; chunks failing their CRC are reported by file name and skipped.
 """
 from __future__ import annotations
 
@@ -36,9 +39,12 @@ from .codec import DecodeError, transition_key
 TOPIC = "/user/transitions"
 TYPE = "user_msgs/msg/Transition"
 INDEX_NAME = "user_index.npz"
+# 2: every file listed was checked to have complete chunk indexes (version 1 trusted repaired files that lacked them)
+INDEX_VERSION = 2
 LOCK_NAME = ".user_buffer.lock"
 PENDING = np.iinfo(np.uint64).max
 FLAG_TERMINATED, FLAG_TRUNCATED, FLAG_COMPRESSED = 1, 2, 4
+COMPRESSIONS = ("zstd", "lz4", "none", "")   # "" is "none"
 
 ROW_FIELDS = {   # name -> dtype of one index column
     "file": np.uint16, "offset": np.uint64, "length": np.uint32, "chunk": np.uint64, "log_time": np.uint64,
@@ -72,9 +78,21 @@ class FileEntry:
 class StoreOptions:
     split_bytes: int = 512 << 20          # start a new file past this size
     split_seconds: float = 0.0            # ... or past this age (0: never)
-    chunk_bytes: int = 4 << 20            # a chunk closes past this size (and at every sync)
-    compression: str = ""                 # "" (fast random reads) or "zstd"; both lossless
+    chunk_bytes: int = 128 << 10          # a chunk closes past this many uncompressed bytes (and at every sync)
+    compression: str = "zstd"             # MCAP chunk compression: "zstd", "lz4" or "none" (""); all lossless
     index_every_s: float = 30.0
+    chunk_cache: int = 8                  # decompressed chunks kept for reads (sequential reads hit them)
+
+    def __post_init__(self) -> None:
+        if self.compression not in COMPRESSIONS:
+            raise ValueError(f"compression must be zstd, lz4 or none, got {self.compression!r}")
+        if self.chunk_bytes <= 0:
+            raise ValueError(f"chunk_bytes must be > 0, got {self.chunk_bytes}")
+
+    @property
+    def chunk_compression(self) -> str:
+        """The name MCAP records in each chunk ("" for none)."""
+        return "" if self.compression == "none" else self.compression
 
 
 class Rows:
@@ -174,12 +192,14 @@ class TransitionStore:
         if saved is not None:
             meta, data = saved
             old = [FileEntry(**f) for f in meta["files"]]
+            checked = meta.get("version", 1) >= INDEX_VERSION
             self.robots, self.embodiments = list(meta["robots"]), list(meta["embodiments"])
             ok_old = []
             for i, fe in enumerate(old):
                 p = self.dir / fe.name
                 st = p.stat() if p.exists() else None
-                if st is not None and fe.complete and st.st_size == fe.size and st.st_mtime_ns == fe.mtime_ns:
+                if st is not None and fe.complete and st.st_size == fe.size and st.st_mtime_ns == fe.mtime_ns \
+                        and (checked or not mf.check_index(p)):   # else re-indexed (and repaired) below
                     ok_old.append(i)
             mask = np.isin(data["file"], ok_old)
             remap = np.zeros(max(len(old), 1), np.uint16)
@@ -240,10 +260,17 @@ class TransitionStore:
             if self.writable:
                 self.problems.append(f"{path}: not closed by its writer ({res.problem}); recovered "
                                      f"{sum(len(c.messages) for c in res.chunks)} messages up to byte {res.valid_end}")
-                mf.finalize_truncated(path, res)
+                self.problems.extend(mf.finalize_truncated(path, res).bad_chunks)
                 res.complete = True
             else:
                 self.problems.append(f"{path}: not closed by its writer ({res.problem}); reading what is complete")
+        elif bad_index := mf.check_index(path):
+            if self.writable:   # e.g. repaired by a release whose repair left the chunk indexes empty
+                mf.rewrite_summary(path)
+                self.problems.append(f"{path}: chunk indexes were incomplete (indexed readers missed its messages); "
+                                     f"rewrote them")
+            else:
+                self.problems.extend(bad_index)
         st = path.stat()
         fe.size, fe.mtime_ns, fe.complete = st.st_size, st.st_mtime_ns, res.complete
         fe.stats_from_rows(self.rows.view()["log_time"][first_row:])
@@ -310,7 +337,7 @@ class TransitionStore:
                 remap[old_i] = new_i
             cols = {k: a[mask] for k, a in v.items()}
             cols["file"] = remap[cols["file"]] if len(cols["file"]) else cols["file"]
-            meta = {"version": 1, "files": files, "robots": self.robots, "embodiments": self.embodiments}
+            meta = {"version": INDEX_VERSION, "files": files, "robots": self.robots, "embodiments": self.embodiments}
         tmp = self.dir / f".{INDEX_NAME}.tmp"
         with open(tmp, "wb") as f:
             np.savez(f, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8),
@@ -338,7 +365,7 @@ class TransitionStore:
         self._wfile_idx = len(self.files)
         self.files.append(FileEntry(name))
         self._writer = mf.McapWriter(self._wfile, chunk_bytes=self.opts.chunk_bytes,
-                                     compression=self.opts.compression, on_chunk=self._on_chunk,
+                                     compression=self.opts.chunk_compression, on_chunk=self._on_chunk,
                                      library="user_buffer (rosbag2-compatible)")
         sid = self._writer.add_schema(TYPE, "ros2msg", rosbag2.message_definition(TYPE).encode())
         self._channel = self._writer.add_channel(TOPIC, "cdr", sid,
@@ -493,31 +520,23 @@ class TransitionStore:
             fd = self._fd(fidx)
         if flags & FLAG_COMPRESSED:
             records = self._chunk_records(fidx, fd, chunk)
-            return records[off:off + n]
+            return bytes(records[off:off + n])
         data = os.pread(fd, n, off)
         if len(data) != n:
             raise OSError(f"{self.dir / self.files[fidx].name}: short read at {off}")
         return data
 
-    def _chunk_records(self, fidx: int, fd: int, start: int) -> bytes:
+    def _chunk_records(self, fidx: int, fd: int, start: int) -> bytes | memoryview:
         key = (fidx, start)
         with self.lock:
             hit = self._chunk_cache.get(key)
             if hit is not None:
                 self._chunk_cache.move_to_end(key)
                 return hit
-        head = os.pread(fd, 9 + 28 + 4, start)
-        _, clen = mf._REC.unpack_from(head, 0)
-        content = os.pread(fd, clen, start + 9)
-        c = mf._Cursor(memoryview(content))
-        c.u("Q"), c.u("Q")
-        usize, _crc = c.u("Q"), c.u("I")
-        comp = c.s()
-        stored = c.take(c.u("Q"))
-        records = mf.decompress(bytes(stored), comp, usize)
+        records = mf.read_chunk_records(fd, start)   # outside the lock: other reads go on meanwhile
         with self.lock:
             self._chunk_cache[key] = records
-            while len(self._chunk_cache) > 8:
+            while len(self._chunk_cache) > self.opts.chunk_cache:
                 self._chunk_cache.popitem(last=False)
         return records
 
@@ -548,7 +567,8 @@ class TransitionStore:
         return out
 
     def verify(self) -> list[str]:
-        """Re-check every chunk's CRC (a scrub); returns one line per damaged chunk, naming the file."""
+        """Re-check every chunk's CRC and every chunk index (a scrub); one line per damaged chunk or
+        incomplete index, naming the file."""
         bad = []
         for fe in list(self.files):
             if self._writer is not None and fe is self.files[self._wfile_idx]:
@@ -559,4 +579,6 @@ class TransitionStore:
                 bad.append(str(exc))
                 continue
             bad.extend(res.bad_chunks)
+            if res.complete:
+                bad.extend(mf.check_index(self.dir / fe.name))
         return bad

@@ -25,6 +25,7 @@ def test_shipped_configs_load(name, cameras):
 @pytest.mark.parametrize("data, key, words", [
     ({"learner": {"mode": "fast"}}, "learner.mode", "must be one of"),
     ({"replay": {"kind": "s3"}}, "replay.kind", "must be one of"),
+    ({"replay": {"compression": "gzip"}}, "replay.compression", "must be one of"),
     ({"replay": {"demo_ratio": 0.5}}, "replay.demo_ratio", "needs demo_dir"),
     ({"replay": {"demo_ratio": 1.5, "demo_dir": "d"}}, "replay.demo_ratio", "in [0, 1]"),
     ({"replay": {"cache_mb": -1}}, "replay.cache_mb", ">= 0"),

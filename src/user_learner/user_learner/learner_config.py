@@ -98,7 +98,8 @@ class ReplayConfig:
     readers: int = dataclasses.field(default=2, metadata=non_negative())   # disk reader threads
     sync_every_s: float = dataclasses.field(default=1.0, metadata=positive())  # fsync + ack period
     split_mb: float = dataclasses.field(default=512.0, metadata=positive())    # start a new file
-    chunk_mb: float = dataclasses.field(default=4.0, metadata=positive())
+    chunk_mb: float = dataclasses.field(default=0.125, metadata=positive())  # uncompressed bytes per chunk
+    compression: Literal["zstd", "lz4", "none"] = "zstd"   # MCAP chunk compression (lossless)
 
     def validate(self) -> None:
         if self.demo_ratio > 1.0:

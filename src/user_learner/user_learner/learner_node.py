@@ -157,7 +157,8 @@ class LearnerNode(Node):
         directory = Path(R.dir) if R.dir else default_dir
         try:
             store = TransitionStore(directory, options=StoreOptions(
-                split_bytes=int(R.split_mb * 2**20), chunk_bytes=int(R.chunk_mb * 2**20)))
+                split_bytes=int(R.split_mb * 2**20), chunk_bytes=max(1, int(R.chunk_mb * 2**20)),
+                compression=R.compression))
             demos = TransitionStore(R.demo_dir, writable=False) if R.demo_dir else None
         except (BagLocked, FileNotFoundError) as exc:
             raise ConfigError(self.cfg.source, "replay.dir" if isinstance(exc, BagLocked) else "replay.demo_dir",
