@@ -369,44 +369,12 @@ SIZE_CHOICES = (("none", 128 << 10), ("zstd", 128 << 10), ("lz4", 128 << 10), ("
 SAMPLED = ("zstd", "none")            # bags the sampling rows run on: the default, and as before this release
 
 
-def size_row(msgs: Messages, d: Path, compression: str, chunk_bytes: int, episodes: int, reads: int,
-             seed: int) -> dict:
-    """(s) one storage choice: bytes per transition on disk, ingest rate, CPU cost of one random read."""
+def build_bag(msgs: Messages, bag: Path, episodes: int, compression: str, chunk_bytes: int = 128 << 10,
+              on_episode=None) -> dict:
+    """Write ``episodes`` episodes into a bag (timed: ``TransitionStore.add`` + ``sync()`` per episode)."""
     from user_buffer.store import StoreOptions, TransitionStore  # noqa: PLC0415
 
-    store = TransitionStore(d, options=StoreOptions(compression=compression, chunk_bytes=chunk_bytes))
-    n, raw, spent = 0, 0, 0.0
-    for ep in range(episodes):
-        batch = msgs.episode(ep)
-        t0 = time.perf_counter()
-        for b in batch:
-            store.add(b)
-        store.sync()
-        spent += time.perf_counter() - t0
-        n += len(batch)
-        raw += sum(len(b) for b in batch)
-    store.close()
-    disk = sum(p.stat().st_size for p in d.glob("*.mcap"))
-    ro = TransitionStore(d, writable=False, options=StoreOptions(chunk_cache=0))   # every read decompresses
-    rows = np.random.default_rng(seed).integers(0, n, reads + 20).tolist()
-    for r in rows[:20]:
-        ro.read(r)
-    t0 = time.perf_counter()
-    for r in rows[20:]:
-        ro.read(r)
-    read_ms = 1e3 * (time.perf_counter() - t0) / reads
-    ro.close()
-    shutil.rmtree(d)
-    return {"compression": compression, "chunk_bytes": chunk_bytes, "transitions": n, "message_bytes": raw / n,
-            "disk_bytes": disk / n, "ingest_per_s": n / spent, "ingest_mb_per_s": raw / 1e6 / spent,
-            "read_ms": read_ms}
-
-
-def build_bag(msgs: Messages, bag: Path, episodes: int, compression: str, on_episode=None) -> dict:
-    """Write the data set into a bag (timed: ``TransitionStore.add`` + ``sync()`` per episode)."""
-    from user_buffer.store import StoreOptions, TransitionStore  # noqa: PLC0415
-
-    store = TransitionStore(bag, options=StoreOptions(compression=compression))
+    store = TransitionStore(bag, options=StoreOptions(compression=compression, chunk_bytes=chunk_bytes))
     add_s, msg_bytes, n = 0.0, 0, 0
     for ep in range(episodes):
         batch = msgs.episode(ep)
@@ -422,8 +390,30 @@ def build_bag(msgs: Messages, bag: Path, episodes: int, compression: str, on_epi
     store.close()
     files = files_under(bag)
     return {"transitions": n, "seconds": add_s, "per_s": n / add_s, "mb_per_s": msg_bytes / 1e6 / add_s,
-            "message_bytes": msg_bytes, "bag_bytes": sum(p.stat().st_size for p in files),
+            "message_bytes": msg_bytes, "bag_bytes": sum(p.stat().st_size for p in files if p.suffix == ".mcap"),
             "bag_files": len([p for p in files if p.suffix == ".mcap"])}
+
+
+def size_row(msgs: Messages, d: Path, compression: str, chunk_bytes: int, episodes: int, reads: int,
+             seed: int) -> dict:
+    """(s) one storage choice: bytes per transition on disk, ingest rate, CPU cost of one random read."""
+    from user_buffer.store import StoreOptions, TransitionStore  # noqa: PLC0415
+
+    built = build_bag(msgs, d, episodes, compression, chunk_bytes)
+    n = built["transitions"]
+    ro = TransitionStore(d, writable=False, options=StoreOptions(chunk_cache=0))   # every read decompresses
+    rows = np.random.default_rng(seed).integers(0, n, reads + 20).tolist()
+    for r in rows[:20]:
+        ro.read(r)
+    t0 = time.perf_counter()
+    for r in rows[20:]:
+        ro.read(r)
+    read_ms = 1e3 * (time.perf_counter() - t0) / reads
+    ro.close()
+    shutil.rmtree(d)
+    return {"compression": compression, "chunk_bytes": chunk_bytes, "transitions": n,
+            "message_bytes": built["message_bytes"] / n, "disk_bytes": built["bag_bytes"] / n,
+            "ingest_per_s": built["per_s"], "ingest_mb_per_s": built["mb_per_s"], "read_ms": read_ms}
 
 
 def run(args, work: Path) -> dict:
@@ -494,7 +484,8 @@ def run(args, work: Path) -> dict:
 
     t_build = time.perf_counter()
     bags = {comp: work / f"bag_{comp}" for comp in SAMPLED}
-    res["ingest_store"] = {comp: build_bag(msgs, bags[comp], episodes, comp, fill_peers if i == 0 else None)
+    res["ingest_store"] = {comp: build_bag(msgs, bags[comp], episodes, comp,
+                                           on_episode=fill_peers if i == 0 else None)
                            for i, comp in enumerate(SAMPLED)}
     tr_files = files_under(work / "torchrl")
     res.update(build_s=time.perf_counter() - t_build, torchrl_bytes=sum(p.stat().st_size for p in tr_files))

@@ -46,16 +46,17 @@ def mcap_keys(bag: Path) -> list[Key]:
     return keys
 
 
-def rosbags_keys(bag: Path) -> list[Key]:
+def rosbags_messages(bag: Path):
+    """(connection, message) of every message rosbags reads, decoded with the types the bag itself carries
+    (not an installed package); checks that it yields as many as ``metadata.yaml`` counts."""
     from rosbags.rosbag2 import Reader
     from rosbags.typesys import Stores, get_typestore, get_types_from_msg
 
-    keys: list[Key] = []
     with Reader(bag) as reader:
-        typestores = {}
+        typestores, n = {}, 0
         for conn, _t, raw in reader.messages():
             ts = typestores.get(conn.id)
-            if ts is None:   # the types come from the bag itself, not from an installed package
+            if ts is None:
                 ts = typestores[conn.id] = get_typestore(Stores.EMPTY)
                 first, *deps = conn.msgdef.data.split("=" * 80 + "\n")
                 types = dict(get_types_from_msg(first, conn.msgtype))
@@ -64,11 +65,14 @@ def rosbags_keys(bag: Path) -> list[Key]:
                     pkg, name = head[len("MSG: "):].split("/")
                     types.update(get_types_from_msg(body, f"{pkg}/msg/{name}"))
                 ts.register(types)
-            m = ts.deserialize_cdr(raw, conn.msgtype)
-            keys.append((m.robot_id, int(m.episode_id), int(m.step)))
-        assert reader.message_count == len(keys), (
-            f"rosbags: metadata.yaml counts {reader.message_count} messages, the files yielded {len(keys)}")
-    return keys
+            n += 1
+            yield conn, ts.deserialize_cdr(raw, conn.msgtype)
+        assert reader.message_count == n, (
+            f"rosbags: metadata.yaml counts {reader.message_count} messages, the files yielded {n}")
+
+
+def rosbags_keys(bag: Path) -> list[Key]:
+    return [(m.robot_id, int(m.episode_id), int(m.step)) for _conn, m in rosbags_messages(bag)]
 
 
 def node_reader_missing() -> str:
