@@ -406,3 +406,28 @@ def test_bad_storage_options_are_refused_by_name():
         StoreOptions(compression="gzip")
     with pytest.raises(ValueError, match="chunk_bytes must be > 0, got 0"):
         StoreOptions(chunk_bytes=0)
+
+
+def test_a_file_cut_before_its_header_was_whole_is_removed_and_one_cut_after_it_is_closed(tmp_path):
+    bag = tmp_path / "b"
+    fill(bag, robots=("franka_0",), episodes=2, steps=5).close()
+    (good,) = bag.glob("*.mcap")
+    data = good.read_bytes()
+    header_end = 8 + 9 + int.from_bytes(data[9:17], "little")
+    victim = bag / "b_1.mcap"    # the next file of a writer killed right after creating it
+    for cut in (0, 3, 8, 12, header_end - 1):
+        victim.write_bytes(data[:cut])
+        ro = TransitionStore(bag, writable=False)
+        assert any(f"{victim}: cut before its MCAP header" in p and "skipped" in p for p in ro.problems), ro.problems
+        ro.close()
+        s = TransitionStore(bag)
+        assert not victim.exists() and any(f"{victim}: cut before" in p and "removed" in p for p in s.problems)
+        assert len(s) == 10
+        s.close()
+        assert len(assert_every_reader_sees_the_store(bag)) == 10, f"cut at {cut}"
+    victim.write_bytes(data[:header_end])   # a whole header and nothing else: closed as an empty file
+    s = TransitionStore(bag)
+    assert victim.exists() and any(f"{victim}: not closed by its writer" in p for p in s.problems), s.problems
+    s.close()
+    assert not mf.check_index(victim)
+    assert len(assert_every_reader_sees_the_store(bag)) == 10

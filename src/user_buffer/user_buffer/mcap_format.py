@@ -503,6 +503,20 @@ def _read_chunk(path: str, f: BinaryIO, start: int, content_len: int, on_chunk: 
     return info
 
 
+def cut_before_header(path: str | os.PathLike) -> bool:
+    """The file ends before its Header record is whole (empty, or a cut magic or header): it holds nothing."""
+    with open(path, "rb") as f:
+        head = f.read(4096)
+        if f.read(1):
+            return False
+    if not MAGIC.startswith(head[:8]):
+        return False
+    if len(head) < 8 + _REC.size:
+        return True
+    op, n = _REC.unpack_from(head, 8)
+    return op == OP_HEADER and len(head) < 8 + _REC.size + n
+
+
 def scan(path: str | os.PathLike, use_summary: bool = True, on_chunk: ChunkCallback | None = None) -> ScanResult:
     """Validate and list a file. Never raises for damaged content: damage goes to ``bad_chunks``.
 

@@ -249,6 +249,14 @@ class TransitionStore:
         def on_chunk(info: mf.ChunkInfo, records: bytes) -> None:
             self._add_chunk_rows(fidx, info, records)
 
+        if mf.cut_before_header(path):   # its writer was killed right after creating it
+            self.files.pop()
+            if self.writable:
+                path.unlink()
+                self.problems.append(f"{path}: cut before its MCAP header was written (it held nothing); removed")
+            else:
+                self.problems.append(f"{path}: cut before its MCAP header was written (it holds nothing); skipped")
+            return
         try:
             res = mf.scan(path, on_chunk=on_chunk)
         except mf.McapError as exc:
@@ -370,6 +378,7 @@ class TransitionStore:
         sid = self._writer.add_schema(TYPE, "ros2msg", rosbag2.message_definition(TYPE).encode())
         self._channel = self._writer.add_channel(TOPIC, "cdr", sid,
                                                  rosbag2.channel_metadata(TYPE, [rosbag2.qos_profile()]))
+        self._wfile.flush()   # header, schema and channel on disk at once: a crash leaves a file that opens
         self._wopened = time.monotonic()
         self._write_metadata()
 
