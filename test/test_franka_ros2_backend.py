@@ -411,7 +411,9 @@ def test_robot_node_stops_with_a_clear_error_when_franka_ros2_goes_away(procs, r
     """kill -9 of the driver: the stale state names the topic, recovery fails, the robot stops
     commanding (the controller holds its last target) and reports ERROR."""
     standin = start_standin(procs)
-    prof = franka_profile(tmp_path, **{"backend_options.recover_timeout": 1.0})
+    # state_timeout 2 s: a stand-in paused for 0.7 s under a loaded CI run must not count as going away
+    # before the kill; after it the stale state is still found within a few seconds.
+    prof = franka_profile(tmp_path, **{"backend_options.recover_timeout": 1.0, "backend_options.state_timeout": 2.0})
     beats = Collect(ros_node, RobotStatus, "/user/robots/heartbeat", LATCHED)
     eq = Collect(ros_node, PoseStamped, EQUILIBRIUM)
     robot = procs.start("robot", node_cmd("robot_node", {"robot_id": "franka_0", "profile": str(prof)}))
