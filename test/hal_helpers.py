@@ -39,7 +39,7 @@ def learning_config_dir(tmp_path: Path, profile: dict | None = None, **learner) 
     cfg = yaml.safe_load((d / "sac_peg.yaml").read_text())
     cfg["learner"].update({"min_buffer": 100, "publish_every_updates": 20, "checkpoint_every_updates": 100,
                            "sync_updates_per_episode": 20, "log_every_s": 2.0, **learner})
-    cfg["sac"].update({"batch_size": 64, "hidden_dims": [64, 64]})
+    cfg["algo"].update({"batch_size": 64, "hidden_dims": [64, 64]})
     (d / "sac_peg.yaml").write_text(yaml.safe_dump(cfg))
     prof = yaml.safe_load((d / "robot_sim.yaml").read_text())
     prof["robot"]["cameras"] = []

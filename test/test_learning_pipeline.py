@@ -94,6 +94,27 @@ def test_sync_run_alternates_collection_and_training(procs, ros_node, in_tmp):
     assert len(episodes.msgs) >= 4
 
 
+def test_sync_run_goes_on_after_the_learner_dies_while_a_robot_waits_for_its_reset(procs, ros_node, in_tmp):
+    """The episode end the dead learner had queued is gone; the new learner sees the waiting robot."""
+    cfg = config_dir(in_tmp, sync_updates_per_episode=2000, min_buffer=30)   # seconds of training per episode
+    beats = Collect(ros_node, RobotStatus, "/user/robots/heartbeat", LATCHED)
+    episodes = Collect(ros_node, EpisodeStats, "/user/episodes")
+    run = launch(procs, in_tmp, cfg, "realtime_factor:=0", "sync:=true", "max_env_steps:=150", "respawn_delay:=1.0")
+    episodes.wait(lambda m: len(m) >= 2, 120, "2 episodes")
+    # Killed once everything is acknowledged: no resent episode end can tell the new learner.
+    beats.wait(lambda m: m and m[-1].state == RobotStatus.STATE_IDLE and m[-1].unacked_transitions == 0, 60,
+               "the robot waiting for its reset, every transition acknowledged")
+    os.killpg(started_pid(run, "user/learner"), signal.SIGKILL)
+    killed = time.time()
+    beats.wait(lambda m: m[-1].header.stamp.sec + m[-1].header.stamp.nanosec * 1e-9 > killed + 0.5, 5,
+               "a heartbeat after the kill")
+    assert beats.msgs[-1].state == RobotStatus.STATE_IDLE, "the kill must catch the robot waiting for its reset"
+    n = len(episodes.msgs)
+    run.wait_for(r"node user/learner crashed \(signal SIGKILL\); respawning", 10)
+    episodes.wait(lambda m: len(m) >= n + 2, 90, "episodes after the learner's restart")
+    assert run.popen.wait(timeout=240) == 0, run.output()[-3000:]
+
+
 def test_kill_learner_robots_keep_going_no_transition_lost_and_resume(procs, ros_node, in_tmp):
     cfg = config_dir(in_tmp, checkpoint_every_updates=50)
     transitions = Collect(ros_node, Transition, "/user/transitions")

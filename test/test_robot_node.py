@@ -208,3 +208,41 @@ def test_ctrl_c_stops_the_robot_node_cleanly(procs, ros_node, tmp_path):
     assert robot.popen.wait(timeout=20) == 0
     out = robot.output()
     assert "Traceback" not in out, out[-2000:]
+
+
+@pytest.mark.parametrize("success", [True, False])
+def test_a_success_label_terminates_and_a_failure_label_truncates(procs, ros_node, tmp_path, success):
+    """Where a human gives up is no end state: the critic must bootstrap there (truncated, not terminated)."""
+    from std_srvs.srv import SetBool
+    from user_msgs.msg import Transition
+
+    start_robot(procs, tmp_path, rf=1.0, **{"task.terminate_on_success": False})
+    trans = Collect(ros_node, Transition, "/user/transitions", QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE))
+    obs = Collect(ros_node, Observation, "/franka_0/observation")
+    pub = ros_node.create_publisher(Action, "/franka_0/action", RELIABLE)
+    first = _current_obs(obs, 30)
+
+    def act() -> None:
+        o = obs.msgs[-1]
+        pub.publish(Action(robot_id="franka_0", episode_id=o.episode_id, step=o.step, source=Action.SOURCE_POLICY,
+                           action=[0.0] * 6 + [-1.0]))
+
+    trans.wait_matched(30)
+    end = time.monotonic() + 30
+    while len(trans.msgs) < 3 and time.monotonic() < end:
+        act()
+        time.sleep(0.05)
+    cli = ros_node.create_client(SetBool, "/franka_0/label_episode")
+    assert cli.wait_for_service(timeout_sec=10)
+    fut = cli.call_async(SetBool.Request(data=success))
+    end = time.monotonic() + 15
+    while not fut.done() and time.monotonic() < end:
+        act()
+        time.sleep(0.05)
+    assert fut.done() and fut.result().success, fut.result() and fut.result().message
+    trans.wait(lambda m: any(t.episode_id == first.episode_id and (t.terminated or t.truncated) for t in m),
+               10, "the labelled episode's last transition")
+    with trans.lock:
+        (t,) = [t for t in trans.msgs if t.episode_id == first.episode_id and (t.terminated or t.truncated)]
+    assert (t.success, t.terminated, t.truncated) == (success, success, not success), (
+        f"label {success}: success {t.success}, terminated {t.terminated}, truncated {t.truncated}")

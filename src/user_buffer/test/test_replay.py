@@ -118,6 +118,26 @@ def test_demo_mixing_ratio(tmp_path):
         PersistentReplay(TransitionStore(tmp_path / "x"), STATE, demo_ratio=0.5)
 
 
+def test_demonstrations_of_another_robot_id_still_make_their_share_of_every_batch(tmp_path):
+    demos = TransitionStore(tmp_path / "demos")
+    for s in range(10):   # recorded by the scripted expert under its own id
+        demos.add(transition_bytes("teacher", 7, s, reward=-1.0, last=s == 9))
+    demos.close()
+    rep = PersistentReplay(TransitionStore(tmp_path / "online"), STATE, prefetch=0, robots=["franka_0"],
+                           demos=TransitionStore(tmp_path / "demos", writable=False), demo_ratio=0.5, seed=0)
+    add_all(rep, episodes=(1, 2))
+    b = rep.sample(64)
+    assert int((b["reward"] == -1.0).sum()) == 32, "robots= filters the online data, not the demonstrations"
+    rep.close()
+
+
+def test_an_empty_demo_bag_is_an_error_naming_it(tmp_path):
+    TransitionStore(tmp_path / "empty").close()
+    with pytest.raises(ValueError, match=f"demo bag {tmp_path / 'empty'} holds no transitions; demo_ratio 0.5"):
+        PersistentReplay(TransitionStore(tmp_path / "online"), STATE,
+                         demos=TransitionStore(tmp_path / "empty", writable=False), demo_ratio=0.5)
+
+
 def test_same_seed_same_batches_with_prefetching(tmp_path):
     rep = replay(tmp_path, seed=0)
     add_all(rep, episodes=range(1, 4))

@@ -329,7 +329,8 @@ class BufferNode(Node):
             # source and the rows added later (extended after each sync) line up exactly.
             self._sync_locked()
             online = SampleSource(self.store, None, 0, robot_ids, embodiments)
-            demo = SampleSource(self.demos, None, 0, robot_ids, embodiments) if self.demos is not None else None
+            # Demonstrations come from whichever robot recorded them: only the embodiment filter applies.
+            demo = SampleSource(self.demos, None, 0, (), embodiments) if self.demos is not None else None
             with self._sources_lock:
                 self._sources[key] = (online, demo)
                 while len(self._sources) > MAX_SOURCES:

@@ -241,7 +241,11 @@ class PersistentReplay:
         self.layout = layout
         self.window = int(window)
         self.online = SampleSource(store, layout, cache_bytes, robots, embodiments)
-        self.demos = SampleSource(demos, layout, demo_cache_bytes, robots, embodiments) if demos is not None else None
+        # Demonstrations come from whichever robot (or id) recorded them: only the embodiment filter applies.
+        self.demos = SampleSource(demos, layout, demo_cache_bytes, (), embodiments) if demos is not None else None
+        if demo_ratio > 0 and self.demos is not None and self.demos.n == 0:
+            which = f" of embodiment {', '.join(sorted(self.demos.embodiments))}" if self.demos.embodiments else ""
+            raise ValueError(f"demo bag {demos.dir} holds no transitions{which}; demo_ratio {demo_ratio:g} needs some")
         self.demo_ratio = float(demo_ratio)
         self.rng = np.random.default_rng(seed)
         self.batch_size = int(batch_size)

@@ -49,7 +49,8 @@ class StepResult:
     outcome: TaskOutcome
     terminated: bool
     truncated: bool
-    executed: np.ndarray        # the clipped action actually applied
+    executed: np.ndarray        # the action actually applied (after the speed limits)
+    commanded: np.ndarray       # the action as given (validated, in [-1, 1]): what transitions record
 
 
 def proprio_vector(state: RobotState) -> np.ndarray:
@@ -188,7 +189,8 @@ class RobotCell:
         real-time robot the node waits there until shortly before the next control tick, so the
         observation shows the arm after it followed this action (see ``robot.inference_budget_s``).
         """
-        a = check_action(action, len(ACTION_NAMES))
+        commanded = check_action(action, len(ACTION_NAMES))
+        a = commanded
         self.step_calls += 1
         if self.step_calls in self.fault_steps:
             self.fault_steps.discard(self.step_calls)
@@ -226,7 +228,7 @@ class RobotCell:
         outcome = self.task.evaluate(state)
         terminated = outcome.success and self.profile.task.terminate_on_success
         truncated = not terminated and self.step_count >= self.cfg.max_episode_steps
-        return StepResult(state, outcome, terminated, truncated, a)
+        return StepResult(state, outcome, terminated, truncated, a, commanded)
 
     def hold(self, settle: Callable[[], None] | None = None) -> RobotState:
         """Hold the current target for one control period (no fresh valid action); ``settle`` as in step."""

@@ -28,10 +28,13 @@ the human control for ``robot.intervention_hold_s`` seconds: policy actions arri
 dropped (the robot holds if the human sends nothing for a step). Transitions executed from human
 actions carry ``action_source = SOURCE_HUMAN`` and ``intervened = true``; ``EpisodeStats
 .intervention_steps`` counts them and the node logs each hand-over and the per-episode rate.
-A label (``/<id>/label_episode``) makes the next control step the last of the episode: its
-transition is ``terminated`` with ``success`` as labelled (the reward's success bonus of 1 follows
-the label); if no action is at hand at that tick the robot records a hold step
-(``action_source = SOURCE_HOLD``) for it.
+A label (``/<id>/label_episode``) makes the next control step the last of the episode, with
+``success`` as labelled (the reward's success bonus of 1 follows the label): a success label
+``terminated``, a failure label ``truncated`` (where a human gave up is no end state: the critic
+still bootstraps there); if no action is at hand at that tick the robot records a hold step
+(``action_source = SOURCE_HOLD``) for it. A transition records the action as commanded (validated,
+in [-1, 1]), not after the speed limits: the limits are part of what the robot does with it, so the
+learner's critic sees the same actions as its actor produces.
 
 Safety:
 - velocity limits: the target moves at most ``robot.max_tcp_speed`` m/s and turns at most
@@ -676,13 +679,13 @@ class RobotNode(Node):
         terminated, truncated = res.terminated, res.truncated
         if label is not None:  # the human's word on success wins over the rule reward
             reward += float(label.success) - float(success)
-            success, terminated, truncated = label.success, True, False
+            success, terminated, truncated = label.success, label.success, not label.success
         next_obs = self._publish_observation(res.state)
         t = Transition()
         t.robot_id, t.embodiment = self.robot_id, self.profile.robot.embodiment
         t.episode_id, t.step = self.episode_id, self.step_index - 1
         t.obs, t.next_obs = obs, next_obs
-        t.action = res.executed.astype(np.float32).tolist()
+        t.action = res.commanded.astype(np.float32).tolist()
         t.action_source = a.source
         t.intervened = human
         t.policy_version = a.policy_version

@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 
 from user_learner.batch import ObsSpec
-from user_learner.sac import Policy, SACAgent, SACConfig
+from user_learner.algos.sac import SACAgent, SACConfig, SACPolicy
 
 
 @pytest.mark.parametrize("spec", [ObsSpec(state_dim=20), ObsSpec(state_dim=20, cameras=("wrist", "side"))],
                          ids=["state-mlp", "cnn-2x128px"])
 def test_act_latency(spec):
     cfg = SACConfig()
-    policy = Policy(spec, cfg)
+    policy = SACPolicy(spec, cfg)
     policy.load_policy_state_dict(SACAgent(spec, cfg).policy_state_dict())
     rng = np.random.default_rng(0)
     state = rng.standard_normal(spec.state_dim).astype(np.float32)

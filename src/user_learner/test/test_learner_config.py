@@ -16,7 +16,7 @@ def test_shipped_configs_load(name, cameras):
     cfg = load_learner_config(ROOT / "config" / f"{name}.yaml")
     spec = cfg.obs.spec()
     assert spec.cameras == cameras and spec.state_dim == 20 and spec.action_dim == 7
-    assert cfg.sac.batch_size == 256 and cfg.learner.mode == "async"
+    assert cfg.algo_name == "sac" and cfg.algo.batch_size == 256 and cfg.learner.mode == "async"
     raw = np.zeros(20, np.float32)
     raw[:3] = (0.55, 0.05, 0.15)
     assert np.allclose(cfg.obs.normalizer()(raw)[:3], (1.0, 1.0, 1.0))
@@ -30,8 +30,12 @@ def test_shipped_configs_load(name, cameras):
     ({"replay": {"demo_ratio": 1.5, "demo_dir": "d"}}, "replay.demo_ratio", "in [0, 1]"),
     ({"replay": {"cache_mb": -1}}, "replay.cache_mb", ">= 0"),
     ({"learner": {"min_buffer": -1}}, "learner.min_buffer", ">= 0"),
-    ({"sac": {"discount": "high"}}, "sac.discount", "expected a number"),
-    ({"sac": {"batch_size": 0}}, "sac.batch_size", ""),
+    ({"algo": {"name": "sac", "discount": "high"}}, "algo.discount", "expected a number"),
+    ({"algo": {"batch_size": 0}}, "algo.batch_size", "must be > 0"),
+    ({"algo": {"name": "ppo"}}, "algo.name", "unknown algorithm 'ppo'; registered: sac"),
+    ({"algo": "sac"}, "algo", "expected a mapping with a name"),
+    ({"algo": {"name": "sac", "discont": 0.9}}, "algo.discont", "unknown key"),
+    ({"sac": {"discount": 0.9}}, "sac", "moved under algo:"),
     ({"obs": {"state_scale": [1.0, 2.0]}}, "obs.state_scale", "state_dim is 20"),
     ({"obs": {"camras": []}}, "obs.camras", "unknown key"),
 ])

@@ -7,7 +7,7 @@ import torch
 
 from user_learner.batch import ObsSpec, batch_from_numpy, obs_to_tensors
 from user_learner.networks import random_shift
-from user_learner.sac import SACAgent, SACConfig
+from user_learner.algos.sac import SACAgent, SACConfig
 
 SIZE = 32
 

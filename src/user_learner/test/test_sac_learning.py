@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from user_learner.batch import ObsSpec, batch_from_numpy
-from user_learner.sac import SACAgent, SACConfig
+from user_learner.algos.sac import SACAgent, SACConfig
 
 STEP = 0.1          # metres per unit action
 HORIZON = 20        # steps per episode

@@ -9,7 +9,7 @@ import torch
 
 from user_learner.batch import ObsSpec
 from user_learner.checkpoint import checkpoint_path, load_latest_checkpoint, save_checkpoint
-from user_learner.sac import Policy, SACAgent, SACConfig
+from user_learner.algos.sac import SACAgent, SACConfig, SACPolicy
 
 STATE_SPEC = ObsSpec(state_dim=5, action_dim=3)
 IMAGE_SPEC = ObsSpec(state_dim=5, cameras=("wrist", "side"), image_size=(40, 32), action_dim=3)
@@ -82,7 +82,7 @@ def test_policy_acts_like_the_agent(spec, make_batch):
     weights = agent.policy_state_dict()
     assert all(k.startswith(("actor.", "conv.")) for k in weights), f"only actor and encoder: {sorted(weights)}"
     assert any(k.startswith("conv.") for k in weights) == bool(spec.cameras)
-    policy = Policy(spec, CFG)
+    policy = SACPolicy(spec, CFG)
     policy.load_policy_state_dict(weights)
     rng = np.random.default_rng(3)
     for _ in range(5):
@@ -90,7 +90,7 @@ def test_policy_acts_like_the_agent(spec, make_batch):
         pixels = rng.integers(0, 256, spec.pixel_shape, dtype=np.uint8) if spec.cameras else None
         expected = agent.act(state, pixels, deterministic=True)
         np.testing.assert_allclose(policy.act(state, pixels, deterministic=True), expected, rtol=0, atol=1e-6,
-                                   err_msg="Policy and SACAgent disagree on the deterministic action")
+                                   err_msg="SACPolicy and SACAgent disagree on the deterministic action")
         sampled = policy.act(state, pixels, deterministic=False)
         assert sampled.shape == (spec.action_dim,) and np.all(np.abs(sampled) <= 1)
     with pytest.raises(KeyError, match="unexpected key"):

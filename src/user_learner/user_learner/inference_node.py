@@ -1,18 +1,19 @@
 """The inference node: observations in, actions out, for every robot it serves (edge side).
 
 For each ``robot_ids`` entry it subscribes ``/<id>/observation`` and answers on ``/<id>/action``
-with the current policy, stamping the action with the policy version. New weights arrive on
-``/user/policy/weights`` (transient-local: a late start gets the newest at once); a worker thread
-builds a shadow policy from them and the next observation swaps it in with one reference
-assignment, so weights never change during a forward pass. With no learner around it keeps acting
-with the last weights it has. Evaluation episodes (``Observation.evaluation``) get the mean action.
+with the current policy of the configured algorithm (``algo.name``), stamping the action with the
+policy version. New weights arrive on ``/user/policy/weights`` (transient-local: a late start gets
+the newest at once); a worker thread builds a shadow policy from them and the next observation swaps
+it in (``serving.PolicyServer``), so weights never change during a forward pass. Each robot draws its
+exploration noise from its own generator, seeded from (``seed``, robot id) and kept across swaps.
+With no learner around it keeps acting with the last weights it has. Evaluation episodes
+(``Observation.evaluation``) get the deterministic action.
 Publishes ``/user/inference/status`` (version in use, latency p50/p99) twice a second.
 """
 from __future__ import annotations
 
 import collections
 import sys
-import threading
 import time
 
 import numpy as np
@@ -25,9 +26,10 @@ from user_hal import qos
 from user_hal.config_schema import ConfigError
 from user_hal.node_main import run_node
 
+from .algos import get_algorithm
 from .convert import ObservationMismatch, observation_arrays
 from .learner_config import load_learner_config
-from .sac import Policy
+from .serving import PolicyServer
 from .weight_sync import WeightSubscriber
 
 
@@ -42,52 +44,45 @@ class InferenceNode(Node):
         path = self.get_parameter("config").value
         if not path:
             raise ConfigError("<parameters>", "config", "no learner config given (parameter 'config')")
-        self.cfg = load_learner_config(path)
+        seed = int(self.get_parameter("seed").value)
+        # The learner applies the same seed: before its first weights arrive, both hold the same networks.
+        self.cfg = load_learner_config(path, {"algo.seed": seed})
         torch.set_num_threads(self.cfg.learner.torch_threads)
-        torch.manual_seed(int(self.get_parameter("seed").value))
         self.spec = self.cfg.obs.spec()
         self.normalize = self.cfg.obs.normalizer()
-        self.policy = Policy(self.spec, self.cfg.sac)
-        self.version = 0
-        self._shadow: tuple[int, Policy] | None = None
-        self._shadow_lock = threading.Lock()
+        algorithm = get_algorithm(self.cfg.algo_name)
         self.robot_ids = [r for r in self.get_parameter("robot_ids").value if r]
+        self.server = PolicyServer(lambda: algorithm.policy(self.spec, self.cfg.algo), seed, self.robot_ids)
         self.latencies: collections.deque[float] = collections.deque(maxlen=500)
         self.actions_sent = 0
         self._pubs = {}
         for rid in self.robot_ids:
             self._pubs[rid] = self.create_publisher(Action, qos.robot_topic(rid, "action"), qos.CONTROL)
             self.create_subscription(Observation, qos.robot_topic(rid, "observation"), self._on_obs, qos.CONTROL)
-        self.weights = WeightSubscriber(self, on_weights=self._on_weights)
+        self.weights = WeightSubscriber(self, on_weights=self.server.prepare, policy_name=self.cfg.algo_name)
         self.pub_status = self.create_publisher(PolicyStatus, qos.POLICY_STATUS_TOPIC, qos.SENSOR)
         self.create_timer(0.5, self._status)
         self.get_logger().info(
-            f"inference for {', '.join(self.robot_ids)}: {len(self.spec.cameras)} cameras "
+            f"inference for {', '.join(self.robot_ids)}: {self.cfg.algo_name}, {len(self.spec.cameras)} cameras "
             f"{list(self.spec.cameras)}, state {self.spec.state_dim}, config {self.cfg.source}")
 
-    def _on_weights(self, version: int, state_dict: dict) -> None:
-        """Worker thread: build the next policy off the control path."""
-        shadow = Policy(self.spec, self.cfg.sac)
-        shadow.load_policy_state_dict(state_dict)
-        with self._shadow_lock:
-            self._shadow = (version, shadow)
-
-    def _swap(self) -> None:
-        """Adopt the newest shadow policy. Runs only in executor callbacks, which never overlap a forward
-        pass (one single-threaded executor serves observations and the status timer)."""
-        if self._shadow is not None:
-            with self._shadow_lock:
-                (self.version, self.policy), self._shadow = self._shadow, None
+    @property
+    def version(self) -> int:
+        return self.server.version
 
     def _on_obs(self, obs: Observation) -> None:
         t0 = time.perf_counter()
-        self._swap()  # between steps, never during a forward pass
+        # Swaps happen only in executor callbacks, which never overlap a forward pass (one
+        # single-threaded executor serves observations and the status timer).
+        self.server.swap()
+        if obs.robot_id not in self.server.generators:
+            return
         try:
             state, pixels = observation_arrays(obs, self.spec, self.normalize)
         except ObservationMismatch as exc:
             self.get_logger().error(f"cannot act: {exc}", throttle_duration_sec=2.0)
             return
-        action = self.policy.act(state, pixels, deterministic=obs.evaluation)
+        action = self.server.act(obs.robot_id, state, pixels, deterministic=obs.evaluation)
         a = Action()
         a.header.stamp = obs.header.stamp
         a.robot_id, a.episode_id, a.step = obs.robot_id, obs.episode_id, obs.step
@@ -108,7 +103,7 @@ class InferenceNode(Node):
         return float(np.percentile(lat, 50) * 1e3), float(np.percentile(lat, 99) * 1e3)
 
     def _status(self) -> None:
-        self._swap()  # a robot waiting for its reset sends no observations: adopt new weights anyway
+        self.server.swap()  # a robot waiting for its reset sends no observations: adopt new weights anyway
         s = PolicyStatus()
         s.header.stamp = self.get_clock().now().to_msg()
         s.node = self.get_fully_qualified_name()

@@ -1,7 +1,9 @@
-"""The learning configuration: observation layout, SAC hyper-parameters and the learner's schedule.
+"""The learning configuration: observation layout, the algorithm and its hyper-parameters, the
+learner's schedule and the replay.
 
-One YAML file (``config/sac_peg.yaml``, ``config/sac_peg_cnn.yaml``) is read by both the learner
-and the inference node, so the networks on both sides are built alike. Validated at load: a bad
+One YAML file (``config/sac_peg.yaml``, ``config/sac_peg_cnn.yaml``...) is read by both the learner
+and the inference node, so the networks on both sides are built alike. ``algo.name`` picks the
+algorithm (``algos/``), whose config dataclass reads the rest of ``algo:``. Validated at load: a bad
 value raises ``ConfigError`` naming the file and the dotted key.
 """
 from __future__ import annotations
@@ -10,10 +12,10 @@ import dataclasses
 from pathlib import Path
 from typing import Any, Literal
 
-from user_hal.config_schema import load_config_file, non_negative, positive
+from user_hal.config_schema import ConfigError, apply_overrides, load_dataclass, non_negative, positive, read_yaml
 
+from .algos import AlgoConfig, UnknownAlgorithm, get_algorithm
 from .batch import ObsSpec
-from .sac import SACConfig
 
 
 class StateNormalizer:
@@ -109,14 +111,42 @@ class ReplayConfig:
 
 
 @dataclasses.dataclass
-class LearnerConfig:
+class _Sections:
+    """The sections every learning config has, whatever the algorithm."""
+
     obs: ObsConfig = dataclasses.field(default_factory=ObsConfig)
-    sac: SACConfig = dataclasses.field(default_factory=SACConfig)
     learner: LearnerOptions = dataclasses.field(default_factory=LearnerOptions)
     replay: ReplayConfig = dataclasses.field(default_factory=ReplayConfig)
+
+
+@dataclasses.dataclass
+class LearnerConfig:
+    obs: ObsConfig
+    learner: LearnerOptions
+    replay: ReplayConfig
+    algo_name: str                # the registered algorithm (``algo.name``)
+    algo: AlgoConfig              # its config dataclass (the rest of ``algo:``)
     source: str = "<defaults>"
 
 
 def load_learner_config(path: str | Path, overrides: dict[str, Any] | None = None) -> LearnerConfig:
-    """Load and validate a learning configuration file; ``overrides`` use dotted keys."""
-    return load_config_file(LearnerConfig, path, overrides)
+    """Load and validate a learning configuration file; ``overrides`` use dotted keys (``algo.seed``)."""
+    source = str(path)
+    data = read_yaml(path)
+    if overrides:
+        data = apply_overrides(data, overrides)
+    if "sac" in data:
+        raise ConfigError(source, "sac", "the algorithm's settings moved under algo: (algo: {name: sac, ...})")
+    algo = data.pop("algo", None)
+    algo = {} if algo is None else algo
+    if not isinstance(algo, dict):
+        raise ConfigError(source, "algo", f"expected a mapping with a name, got {type(algo).__name__} {algo!r}")
+    algo = dict(algo)
+    name = algo.pop("name", "sac")
+    try:
+        algorithm = get_algorithm(str(name))
+    except UnknownAlgorithm as exc:
+        raise ConfigError(source, "algo.name", str(exc)) from None
+    algo_cfg = load_dataclass(algorithm.config, algo, source, "algo")
+    sections = load_dataclass(_Sections, data, source)
+    return LearnerConfig(sections.obs, sections.learner, sections.replay, algorithm.name, algo_cfg, source)

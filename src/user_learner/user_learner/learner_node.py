@@ -1,10 +1,9 @@
-"""The learner node: transitions in, SAC updates, versioned weights out, checkpoints on disk.
+"""The learner node: transitions in, updates of the configured algorithm, versioned weights out,
+checkpoints on disk.
 
-Async mode (default): a training thread updates continuously once ``min_buffer`` transitions are in,
-capped at ``max_utd`` updates per environment step, while robots and inference never wait for it.
-Sync mode, for comparison: robots run with ``auto_reset:=false``; after each episode the learner
-trains ``sync_updates_per_episode`` updates, publishes the weights, waits until the inference node
-uses them, and only then resets the robot for its next episode: the traditional loop.
+What to do when (updates, publishing, checkpoints, budgets; async or the sync loop, where robots
+wait for the learner to reset them) is decided by ``schedule.TrainingSchedule``; this node carries it
+out in a training thread while robots and inference never wait for it (async).
 
 Replay (``replay.kind``): ``bag`` (default) records every transition, exactly as received, into the
 persistent MCAP buffer (``user_buffer``) and samples through its RAM cache; transitions are
@@ -16,9 +15,9 @@ transitions are acknowledged on receipt.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import math
 import os
-import queue
 import random
 import sys
 import threading
@@ -31,7 +30,7 @@ import torch
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.executors import MultiThreadedExecutor
 from rclpy.node import Node
-from user_msgs.msg import EpisodeStats, PolicyStatus, Transition, TransitionAck
+from user_msgs.msg import Action, EpisodeStats, PolicyStatus, RobotStatus, Transition, TransitionAck
 from user_msgs.srv import ResetRobot
 
 from user_buffer.codec import DecodeError, decode_transition
@@ -42,12 +41,13 @@ from user_hal.config_schema import ConfigError
 from user_hal.node_main import run_node
 
 from .batch import batch_from_numpy
+from .algos import get_algorithm
 from .checkpoint import checkpoint_path, load_latest_checkpoint, save_checkpoint
 from .convert import ObservationMismatch, transition_arrays
 from .learner_config import load_learner_config
 from .progress import Progress
 from .replay import MemoryReplay, load_replay_state_dict, replay_state_dict
-from .sac import SACAgent
+from .schedule import Do, TrainingSchedule
 from .weight_sync import WeightPublisher
 
 CONSUMER = "learner"
@@ -55,7 +55,7 @@ SEEN_PER_ROBOT = 50_000       # keys remembered per robot to drop resent duplica
 
 
 class LearnerNode(Node):
-    """ROS shell around ``SACAgent`` + a replay buffer."""
+    """ROS shell around an algorithm's agent + a replay buffer."""
 
     def __init__(self) -> None:
         super().__init__("learner")
@@ -80,7 +80,7 @@ class LearnerNode(Node):
         if p("max_minutes").value > 0:
             overrides["learner.max_minutes"] = float(p("max_minutes").value)
         seed = int(p("seed").value)
-        overrides.setdefault("sac.seed", seed)
+        overrides["algo.seed"] = seed   # the inference node applies the same seed
         self.cfg = load_learner_config(path, overrides)
         L = self.cfg.learner
         self.opts = L
@@ -88,7 +88,7 @@ class LearnerNode(Node):
         random.seed(seed)
         self.spec = self.cfg.obs.spec()
         self.normalize = self.cfg.obs.normalizer()
-        self.agent = SACAgent(self.spec, self.cfg.sac)
+        self.agent = get_algorithm(self.cfg.algo_name).agent(self.spec, self.cfg.algo)
         run = str(p("run_name").value)
         R = self.cfg.replay
         self.bag_mode = R.kind == "bag"
@@ -103,7 +103,7 @@ class LearnerNode(Node):
         self.log_dir = Path(p("logs_dir").value) / run
         self.session = random.getrandbits(63)
         self.version = 0
-        self.env_steps = 0
+        self._resumed_env_steps = 0
         self.duplicates = 0
         self.rejected = 0
         self._seen: dict[str, collections.OrderedDict] = {}
@@ -112,14 +112,14 @@ class LearnerNode(Node):
         self._data_lock = threading.Lock()
         self.staleness: collections.deque[int] = collections.deque(maxlen=2000)
         self.inference_version = 0
-        self._episode_ends: queue.SimpleQueue[str] = queue.SimpleQueue()
         self.resumed_from: str | None = None
         if p("resume").value:
             self._resume()
-            try:
-                self.version = max(self.version, int(self.version_file.read_text()))
-            except (OSError, ValueError):
-                pass
+        try:   # versions only grow, resumed or not: a running inference node ignores older ones
+            self.version = max(self.version, int(self.version_file.read_text()))
+        except (OSError, ValueError):
+            pass
+        self.schedule = TrainingSchedule(L, updates=self.agent.num_updates, env_steps=self._resumed_env_steps)
 
         data_cb = MutuallyExclusiveCallbackGroup()
         other = ReentrantCallbackGroup()
@@ -132,9 +132,12 @@ class LearnerNode(Node):
         self.create_subscription(EpisodeStats, qos.EPISODES_TOPIC, self._on_episode, qos.DATA, callback_group=other)
         self.create_subscription(PolicyStatus, qos.POLICY_STATUS_TOPIC, self._on_policy_status, qos.SENSOR,
                                  callback_group=other)
+        if L.mode == "sync":   # a robot left waiting for its reset (by a learner that died) is reset too
+            self.create_subscription(RobotStatus, qos.HEARTBEAT_TOPIC, self._on_heartbeat, qos.ANNOUNCEMENTS_IN,
+                                     callback_group=other)
         self.pub_ack = self.create_publisher(TransitionAck, qos.TRANSITION_ACK_TOPIC, qos.DATA)
         self.create_timer(0.25, self._send_acks, callback_group=other)
-        self.weights = WeightPublisher(self, policy_name="sac")
+        self.weights = WeightPublisher(self, policy_name=self.cfg.algo_name)
         self._reset_clients: dict[str, object] = {}
         self._cb_other = other
         self.progress = Progress(self.cfg, self.log_dir, self.get_logger())
@@ -149,7 +152,8 @@ class LearnerNode(Node):
                 where += (f" + {self.replay.demos.n} demonstrations from {self.replay.demos.store.dir} "
                           f"({self.replay.demo_ratio:.0%} of each batch)")
         self.get_logger().info(
-            f"learner ({L.mode}): {'images ' + str(list(self.spec.cameras)) if self.spec.cameras else 'state'} "
+            f"learner ({L.mode}): {self.cfg.algo_name}, "
+            f"{'images ' + str(list(self.spec.cameras)) if self.spec.cameras else 'state'} "
             f"policy, config {self.cfg.source}, {where}, checkpoints {self.ckpt_dir}, TensorBoard {self.log_dir}"
             + (f", resumed from {self.resumed_from}" if self.resumed_from else ""))
 
@@ -168,10 +172,14 @@ class LearnerNode(Node):
         spec = self.spec
         layout = Layout(state_dim=spec.state_dim, action_dim=spec.action_dim, cameras=tuple(spec.cameras),
                         image_size=tuple(spec.image_size))
-        return PersistentReplay(store, layout, cache_bytes=int(R.cache_mb * 2**20), window=R.window,
-                                robots=R.robots, embodiments=R.embodiments, demos=demos, demo_ratio=R.demo_ratio,
-                                seed=seed, batch_size=self.cfg.sac.batch_size, prefetch=R.prefetch,
-                                readers=R.readers, sync_every_s=R.sync_every_s)
+        try:
+            return PersistentReplay(store, layout, cache_bytes=int(R.cache_mb * 2**20), window=R.window,
+                                    robots=R.robots, embodiments=R.embodiments, demos=demos,
+                                    demo_ratio=R.demo_ratio, seed=seed, batch_size=self.cfg.algo.batch_size,
+                                    prefetch=R.prefetch, readers=R.readers, sync_every_s=R.sync_every_s)
+        except ValueError as exc:   # e.g. an empty demo bag
+            store.close()
+            raise ConfigError(self.cfg.source, "replay.demo_dir", str(exc)) from None
 
     # -- checkpoints ----------------------------------------------------------------------------------
     def _resume(self) -> None:
@@ -179,13 +187,23 @@ class LearnerNode(Node):
         if found is None:
             return
         path, payload = found
-        self.agent.load_state_dict(payload["agent"])
+        algo = payload.get("algo", {"name": "sac"})   # checkpoints before the registry were all SAC
+        if algo["name"] != self.cfg.algo_name:
+            raise ConfigError(self.cfg.source, "algo.name",
+                              f"{self.cfg.algo_name!r}, but this run's checkpoint {path} was written by "
+                              f"{algo['name']!r}; choose another run_name (or resume:=false to start over)")
+        try:
+            self.agent.load_state_dict(payload["agent"])
+        except (KeyError, RuntimeError, ValueError) as exc:
+            raise ConfigError(self.cfg.source, "algo",
+                              f"does not fit this run's checkpoint {path} (networks differ: "
+                              f"{str(exc).splitlines()[0]}); choose another run_name or resume:=false") from None
         self.version = int(payload["version"])
-        self.env_steps = int(payload["env_steps"])
+        self._resumed_env_steps = int(payload["env_steps"])
         if self.bag_mode:
             # The bag is the record: transitions the checkpoint counted but the kill cut off the bag
             # before they were on disk come again from the robots and are counted once, here.
-            self.env_steps = len(self.replay.online.store)
+            self._resumed_env_steps = len(self.replay.online.store)
         if "replay" in payload and not self.bag_mode:
             load_replay_state_dict(self.replay, payload["replay"])
         for rid, keys in payload.get("seen", {}).items():
@@ -195,7 +213,9 @@ class LearnerNode(Node):
     def _checkpoint(self) -> None:
         """Write a checkpoint; afterwards every transition it holds may be acknowledged."""
         with self._data_lock:
-            payload = {"agent": self.agent.state_dict(), "version": self.version, "env_steps": self.env_steps,
+            payload = {"agent": self.agent.state_dict(), "version": self.version,
+                       "env_steps": self.schedule.env_steps,
+                       "algo": {"name": self.cfg.algo_name, "config": dataclasses.asdict(self.cfg.algo)},
                        "seen": {rid: torch.tensor(list(s.keys()), dtype=torch.int64).reshape(-1, 2)
                                 for rid, s in self._seen.items()}}
             if self.opts.checkpoint_replay and not self.bag_mode:
@@ -208,7 +228,6 @@ class LearnerNode(Node):
             with self._data_lock:
                 for rid, keys in durable.items():
                     self._ackable[rid].extend(keys)
-        self._last_ckpt = time.monotonic()
 
     # -- data (executor threads) ------------------------------------------------------------------------
     def _on_transition(self, msg: Transition) -> None:
@@ -231,11 +250,8 @@ class LearnerNode(Node):
             seen[key] = None
             if len(seen) > SEEN_PER_ROBOT:
                 seen.popitem(last=False)
-            self.env_steps += 1
             (self._unacked if self.opts.checkpoint_replay else self._ackable)[rid].append(key)
-            self.staleness.append(max(0, self.version - int(msg.policy_version)))
-        if msg.terminated or msg.truncated:
-            self._episode_ends.put(rid)
+        self._received(rid, msg.action_source, int(msg.policy_version), msg.terminated or msg.truncated)
 
     def _on_raw_transition(self, data: bytes) -> None:
         try:
@@ -252,10 +268,15 @@ class LearnerNode(Node):
                 if self.replay.online.store.is_durable(t.robot_id, t.episode_id, t.step):
                     self._ackable[t.robot_id].append((t.episode_id, t.step))
                 return
-            self.env_steps += 1
-            self.staleness.append(max(0, self.version - t.policy_version))
-        if t.terminated or t.truncated:
-            self._episode_ends.put(t.robot_id)
+        self._received(t.robot_id, t.action_source, t.policy_version, t.terminated or t.truncated)
+
+    def _received(self, robot_id: str, action_source: int, policy_version: int, episode_end: bool) -> None:
+        """Bookkeeping of one new transition: env steps, staleness of policy actions, episode ends."""
+        self.schedule.add_env_steps(1)
+        if action_source == Action.SOURCE_POLICY:   # human, hold and scripted steps carry no policy version
+            self.staleness.append(max(0, self.version - policy_version))
+        if episode_end:
+            self.schedule.episode_ended(robot_id)
 
     def _send_acks(self) -> None:
         if self.bag_mode:
@@ -277,6 +298,9 @@ class LearnerNode(Node):
     def _on_episode(self, msg: EpisodeStats) -> None:
         self.progress.episode(msg)
 
+    def _on_heartbeat(self, msg: RobotStatus) -> None:
+        self.schedule.robot_status(msg.robot_id, msg.state == RobotStatus.STATE_IDLE and msg.episodes_done > 0)
+
     def _on_policy_status(self, msg: PolicyStatus) -> None:
         self.inference_version = int(msg.policy_version)
         self.progress.inference(msg)
@@ -297,96 +321,46 @@ class LearnerNode(Node):
 
     def _train_main(self) -> None:
         try:
-            if self.opts.mode != "sync":
-                # Async: inference starts from the learner's weights at once. Sync: weights change
-                # only between episodes, so the first episode runs on the inference node's own start.
-                self._publish(sync=False)
             self._t0 = time.monotonic()
             self._first_update_at: float | None = None
-            self._last_ckpt = self._t0
-            self._last_publish = self._t0
-            if self.opts.mode == "sync":
-                self._sync_loop()
-            else:
-                self._async_loop()
-            if not self._stop.is_set():  # budget reached
-                self._checkpoint()
-                self.progress.summary(self._stats(), final=True)
+            while not self._stop.is_set():
+                step = self.schedule.next(len(self.replay))
+                if step.do is Do.STOP:
+                    self._checkpoint()
+                    self.progress.summary(self._stats(), final=True)
+                    break
+                if step.do is Do.UPDATE:
+                    self._update_once()
+                elif step.do is Do.PUBLISH:
+                    version = self._publish(sync=step.wait_for_inference)
+                    if step.wait_for_inference:
+                        self._wait_inference(version, timeout=30.0)
+                elif step.do is Do.CHECKPOINT:
+                    self._checkpoint()
+                elif step.do is Do.RESET:
+                    self._reset_robot(step.robot_id)
+                else:
+                    self._stop.wait(0.005)
+                self.schedule.done(step)
+                self.progress.maybe_log(self._stats())
         except Exception as exc:  # report, never hang
             self.get_logger().error(f"learner failed: {type(exc).__name__}: {exc}")
             self.exit_code = 1
         finally:
             self.finished.set()
 
-    def _budget_left(self) -> bool:
-        L = self.opts
-        if L.max_env_steps and self.env_steps >= L.max_env_steps:
-            return False
-        if L.max_minutes and time.monotonic() - self._t0 >= 60.0 * L.max_minutes:
-            return False
-        return True
-
     def _update_once(self) -> None:
         if self.bag_mode:   # thread-safe and prefetched; states are stored raw, normalized here
-            arrays = self.replay.sample(self.cfg.sac.batch_size)
+            arrays = self.replay.sample(self.cfg.algo.batch_size)
             arrays["state"] = self.normalize(arrays["state"])
             arrays["next_state"] = self.normalize(arrays["next_state"])
         else:
             with self._data_lock:
-                arrays = self.replay.sample(self.cfg.sac.batch_size)
+                arrays = self.replay.sample(self.cfg.algo.batch_size)
         if self._first_update_at is None:
             self._first_update_at = time.monotonic() - self._t0
         metrics = self.agent.update(batch_from_numpy(arrays))
         self.progress.update(metrics, self.agent.num_updates)
-
-    def _periodic(self) -> None:
-        now = time.monotonic()
-        L = self.opts
-        if (self.agent.num_updates and self.agent.num_updates % L.publish_every_updates == 0) or \
-                now - self._last_publish >= L.publish_every_s:
-            self._publish(sync=False)
-        if (self.agent.num_updates and self.agent.num_updates % L.checkpoint_every_updates == 0) or \
-                now - self._last_ckpt >= 30.0:
-            self._checkpoint()
-        self.progress.maybe_log(self._stats())
-
-    def _async_loop(self) -> None:
-        L = self.opts
-        while not self._stop.is_set() and self._budget_left():
-            ready = len(self.replay) >= max(L.min_buffer, 1)
-            capped = L.max_utd > 0 and self.agent.num_updates >= L.max_utd * max(self.env_steps - L.min_buffer, 0)
-            if not ready or capped:
-                self._stop.wait(0.005)
-                self._periodic_idle()
-                continue
-            self._update_once()
-            self._periodic()
-
-    def _periodic_idle(self) -> None:
-        now = time.monotonic()
-        if now - self._last_ckpt >= 30.0:
-            self._checkpoint()
-        self.progress.maybe_log(self._stats())
-
-    def _sync_loop(self) -> None:
-        L = self.opts
-        while not self._stop.is_set() and self._budget_left():
-            try:
-                rid = self._episode_ends.get(timeout=0.2)
-            except queue.Empty:
-                self._periodic_idle()
-                continue
-            if len(self.replay) >= max(L.min_buffer, 1):
-                for _ in range(L.sync_updates_per_episode):
-                    if self._stop.is_set():
-                        return
-                    self._update_once()
-                version = self._publish(sync=True)
-                self._wait_inference(version, timeout=30.0)
-                if self.agent.num_updates % L.checkpoint_every_updates < L.sync_updates_per_episode:
-                    self._checkpoint()  # crossed a multiple of checkpoint_every_updates
-            self._periodic_idle()
-            self._reset_robot(rid)
 
     def _publish(self, sync: bool) -> int:
         self.version += 1
@@ -399,7 +373,6 @@ class LearnerNode(Node):
             self.weights.publish(sd, self.version)
         else:
             self.weights.publish_async(sd, self.version)
-        self._last_publish = time.monotonic()
         return self.version
 
     def _wait_inference(self, version: int, timeout: float) -> None:
@@ -424,24 +397,15 @@ class LearnerNode(Node):
         stale = np.array(tuple(self.staleness)) if self.staleness else np.zeros(1)
         elapsed = time.monotonic() - self._t0
         return {
-            "elapsed_s": elapsed, "env_steps": self.env_steps, "updates": self.agent.num_updates,
+            "elapsed_s": elapsed, "env_steps": self.schedule.env_steps, "updates": self.agent.num_updates,
             "version": self.version, "inference_version": self.inference_version,
             "staleness_mean": float(stale.mean()), "staleness_p99": float(np.percentile(stale, 99)),
             "buffer": len(self.replay), "duplicates": self.duplicates,
             **({"cache_hit_rate": self.replay.stats()["cache_hit_rate"],
                 "sample_wait_ms": self.replay.stats()["sample_wait_ms"]} if self.bag_mode else {}),
-            "budget_fraction": self._budget_fraction(elapsed),
+            "budget_fraction": self.schedule.budget_fraction(),
             "first_update_s": self._first_update_at if self._first_update_at is not None else math.nan,
         }
-
-    def _budget_fraction(self, elapsed: float) -> float:
-        L = self.opts
-        fractions = []
-        if L.max_env_steps:
-            fractions.append(self.env_steps / L.max_env_steps)
-        if L.max_minutes:
-            fractions.append(elapsed / (60.0 * L.max_minutes))
-        return max(fractions) if fractions else math.nan
 
 
 def _spin(node: LearnerNode) -> int:

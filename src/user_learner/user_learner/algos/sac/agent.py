@@ -1,6 +1,6 @@
 """Soft Actor-Critic with a critic ensemble and DrQ image augmentation, as used by SERL / HIL-SERL.
 
-``SACAgent`` is the learner side (all networks, optimisers, the update); ``Policy`` is the light
+``SACAgent`` is the learner side (all networks, optimisers, the update); ``SACPolicy`` is the light
 inference side built from the same ``ObsSpec`` + ``SACConfig`` and fed with
 ``SACAgent.policy_state_dict()``. Neither knows anything about ROS.
 
@@ -32,17 +32,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from .batch import ObsSpec, check_batch, obs_to_tensors
-from .networks import Actor, ConvTrunk, Critic, random_shift, squashed_sample
+from ...batch import ObsSpec, check_batch, obs_to_tensors
+from ...networks import Actor, ConvTrunk, Critic, random_shift, squashed_sample
+from ..base import AlgoConfig
 
 STATE_DICT_VERSION = 1
 
 
 @dataclasses.dataclass
-class SACConfig:
-    """Every SAC hyper-parameter. Defaults follow the SERL / HIL-SERL peg-insertion (DrQ) settings."""
+class SACConfig(AlgoConfig):
+    """Every SAC hyper-parameter (plus ``batch_size`` and ``seed`` from ``AlgoConfig``). Defaults follow
+    the SERL / HIL-SERL peg-insertion (DrQ) settings."""
 
-    batch_size: int = 256                 # used by the learner node when it samples
     discount: float = 0.97                # SERL peg insertion; ~33-step horizon at 10 Hz
     actor_lr: float = 3e-4
     critic_lr: float = 3e-4
@@ -61,7 +62,6 @@ class SACConfig:
     backup_entropy: bool = False          # SERL / RLPD: no entropy term in the TD target
     log_std_min: float = -5.0
     log_std_max: float = 2.0
-    seed: int = 0
 
     def resolved_target_entropy(self, action_dim: int) -> float:
         """The entropy the temperature steers towards."""
@@ -69,7 +69,8 @@ class SACConfig:
 
     def validate(self) -> None:
         """Raise ``ValueError("key: problem")`` for an unusable value (the form ``load_dataclass`` reports)."""
-        positive = ("batch_size", "actor_lr", "critic_lr", "temp_lr", "init_temperature", "critic_actor_ratio",
+        super().validate()
+        positive = ("actor_lr", "critic_lr", "temp_lr", "init_temperature", "critic_actor_ratio",
                     "critic_ensemble", "encoder_dim", "conv_channels", "image_downsample")
         for key in positive:
             if not getattr(self, key) > 0:
@@ -90,7 +91,7 @@ class SACConfig:
 
 
 def _build_policy_nets(spec: ObsSpec, cfg: SACConfig) -> tuple[ConvTrunk | None, Actor]:
-    """The networks inference needs; built first so Agent and Policy start from identical weights."""
+    """The networks inference needs; built first so SACAgent and SACPolicy start from identical weights."""
     conv = ConvTrunk(spec.image_size, cfg.conv_channels, downsample=cfg.image_downsample) if spec.cameras else None
     actor = Actor(spec, conv.out_dim if conv else 0, cfg.encoder_dim, cfg.hidden_dims,
                   cfg.log_std_min, cfg.log_std_max)
@@ -278,7 +279,7 @@ class SACAgent:
 
     # ---------------------------------------------------------------- persistence
     def policy_state_dict(self) -> dict[str, torch.Tensor]:
-        """Copies (on CPU) of exactly what ``Policy`` needs: actor and conv trunk."""
+        """Copies (on CPU) of exactly what ``SACPolicy`` needs: actor and conv trunk."""
         out = {f"actor.{k}": v.detach().to("cpu", copy=True) for k, v in self.actor.state_dict().items()}
         if self.conv is not None:
             out.update({f"conv.{k}": v.detach().to("cpu", copy=True) for k, v in self.conv.state_dict().items()})
@@ -324,8 +325,10 @@ class SACAgent:
         _set_numpy_rng_state(d["rng"]["numpy"])
 
 
-class Policy:
+class SACPolicy:
     """The inference side: conv trunk + actor only, loaded from ``SACAgent.policy_state_dict()``."""
+
+    chunk_size = 1
 
     def __init__(self, spec: ObsSpec, cfg: SACConfig, device: str | torch.device = "cpu") -> None:
         spec.validate()
@@ -337,7 +340,7 @@ class Policy:
         for module in (self.conv, self.actor):
             if module is not None:
                 module.to(self.device).eval().requires_grad_(False)
-        self.generator = torch.Generator(self.device).manual_seed(cfg.seed)
+        self._generator: torch.Generator | None = None   # used when a caller passes none
 
     def load_policy_state_dict(self, d: dict[str, torch.Tensor]) -> None:
         """Load weights from ``SACAgent.policy_state_dict()``; raises on missing or unexpected keys."""
@@ -351,8 +354,14 @@ class Policy:
         if self.conv is not None:
             self.conv.load_state_dict(parts["conv"])
 
-    def act(self, state: np.ndarray, pixels: np.ndarray | None, deterministic: bool) -> np.ndarray:
-        """Action in ``[-1, 1]^A`` for one observation; no autograd bookkeeping."""
+    def act(self, state: np.ndarray, pixels: np.ndarray | None, deterministic: bool,
+            generator: torch.Generator | None = None) -> np.ndarray:
+        """Action in ``[-1, 1]^A`` for one observation; noise from ``generator`` (default: the policy's
+        own, seeded with ``cfg.seed``); no autograd bookkeeping."""
+        if generator is None:
+            if self._generator is None:
+                self._generator = torch.Generator(self.device).manual_seed(self.cfg.seed)
+            generator = self._generator
         with torch.inference_mode():
             return _policy_action(self.conv, self.actor, self.spec, state, pixels, deterministic,
-                                  self.generator, self.device)
+                                  generator, self.device)

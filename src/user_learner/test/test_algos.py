@@ -1,0 +1,74 @@
+"""The algorithm registry and the inference side's policy server (weight swaps, exploration noise)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from user_learner.algos import UnknownAlgorithm, algorithm_names, get_algorithm
+from user_learner.batch import ObsSpec
+from user_learner.serving import PolicyServer, robot_seed
+
+SPEC = ObsSpec(state_dim=4, action_dim=3)
+
+
+def test_unknown_algorithm_lists_the_registered_ones():
+    assert "sac" in algorithm_names()
+    with pytest.raises(UnknownAlgorithm) as err:
+        get_algorithm("ppo")
+    assert str(err.value) == f"unknown algorithm 'ppo'; registered: {', '.join(algorithm_names())}"
+
+
+@pytest.mark.parametrize("name", algorithm_names())
+def test_every_algorithm_builds_a_policy_that_takes_its_agents_weights(name):
+    algo = get_algorithm(name)
+    cfg = algo.config(hidden_dims=(16,)) if "hidden_dims" in algo.config.__dataclass_fields__ else algo.config()
+    agent = algo.agent(SPEC, cfg)
+    policy = algo.policy(SPEC, cfg)
+    policy.load_policy_state_dict(agent.policy_state_dict())
+    state = np.linspace(-1, 1, SPEC.state_dim).astype(np.float32)
+    a = policy.act(state, None, deterministic=True, generator=torch.Generator().manual_seed(0))
+    b = policy.act(state, None, deterministic=True, generator=torch.Generator().manual_seed(1))
+    shape = (SPEC.action_dim,) if policy.chunk_size == 1 else (policy.chunk_size, SPEC.action_dim)
+    assert a.shape == shape and np.all(np.abs(a) <= 1.0)
+    assert np.array_equal(a, b), "evaluation must not depend on the noise generator"
+
+
+def _server(seed: int = 0, robots=("franka_0", "franka_1")) -> tuple[PolicyServer, dict]:
+    algo = get_algorithm("sac")
+    cfg = algo.config(hidden_dims=(16,), seed=3)
+    weights = algo.agent(SPEC, cfg).policy_state_dict()
+    server = PolicyServer(lambda: algo.policy(SPEC, cfg), seed, robots)
+    server.prepare(1, weights)
+    assert server.swap() and server.version == 1
+    return server, weights
+
+
+STATE = np.zeros(SPEC.state_dim, np.float32)
+
+
+def test_exploration_noise_goes_on_across_weight_swaps():
+    server, weights = _server()
+    before = [server.act("franka_0", STATE, None, False) for _ in range(3)]
+    server.prepare(2, weights)   # the same weights again: only the noise can make actions differ
+    assert server.swap() and server.version == 2
+    after = [server.act("franka_0", STATE, None, False) for _ in range(3)]
+    assert not any(np.array_equal(x, y) for x in before for y in after), (
+        "after a swap the robot replays the noise draws it made before it")
+
+
+def test_robots_explore_differently_and_reruns_alike():
+    server, _ = _server()
+    a0 = [server.act("franka_0", STATE, None, False) for _ in range(3)]
+    a1 = [server.act("franka_1", STATE, None, False) for _ in range(3)]
+    assert not any(np.array_equal(x, y) for x, y in zip(a0, a1)), "two robots draw the same noise"
+    again, _ = _server()
+    assert all(np.array_equal(x, again.act("franka_0", STATE, None, False)) for x in a0), "same seed, same noise"
+    other, _ = _server(seed=1)
+    assert not np.array_equal(a0[0], other.act("franka_0", STATE, None, False)), "the seed must matter"
+    assert robot_seed(0, "franka_0") != robot_seed(0, "franka_1") != robot_seed(1, "franka_1")
+
+
+def test_no_swap_without_new_weights():
+    server, _ = _server()
+    assert not server.swap() and server.version == 1
