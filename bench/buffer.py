@@ -223,14 +223,6 @@ def record_sim(work: Path, transitions: int) -> Path:
     return work / "runs" / "sim" / "replay"
 
 
-def arrays_of(view):
-    from user_learner.replay import TransitionArrays  # noqa: PLC0415
-
-    return TransitionArrays(state=view.obs.proprio, action=view.action, reward=view.reward,
-                            terminated=view.terminated, next_state=view.next_obs.proprio,
-                            pixels=np.stack(view.obs.images), next_pixels=np.stack(view.next_obs.images))
-
-
 # ------------------------------------------------------------------------------------------ measuring
 
 def check_batch(batch) -> None:
@@ -424,11 +416,9 @@ def run(args, work: Path) -> dict:
     logging.getLogger("torchrl").setLevel(logging.WARNING)
     from user_buffer.codec import decode_transition  # noqa: PLC0415
     from user_buffer.replay import Layout  # noqa: PLC0415
-    from user_learner.batch import ObsSpec  # noqa: PLC0415
     from user_learner.replay import MemoryReplay  # noqa: PLC0415
 
     layout = Layout(state_dim=STATE_DIM, action_dim=ACTION_DIM, cameras=CAMERAS, image_size=(IMAGE, IMAGE))
-    spec = ObsSpec(state_dim=STATE_DIM, cameras=CAMERAS, image_size=(IMAGE, IMAGE), action_dim=ACTION_DIM)
     bpt = layout.bytes_per_transition()
     episodes = max(2, round(args.gb * 1e9 / bpt / EPISODE_STEPS))
     n = episodes * EPISODE_STEPS
@@ -470,15 +460,15 @@ def run(args, work: Path) -> dict:
     print(f"writing {n} transitions ({episodes} episodes x {EPISODE_STEPS} steps, {ROBOTS} robots) = "
           f"{data_bytes / 1e9:.2f} GB decoded into {len(SAMPLED)} bags in {work} ({dev} on {mnt}, {fs}) ...",
           flush=True)
-    memory = MemoryReplay(spec, capacity=n, seed=args.seed)
+    memory = MemoryReplay(layout, capacity=n, seed=args.seed, checkpointed=False)
     rb = ReplayBuffer(storage=LazyMemmapStorage(n, scratch_dir=work / "torchrl"), batch_size=BATCH)
 
     def fill_peers(batch: list[bytes]) -> None:
         first = len(memory)
         for b in batch:
-            memory.add(arrays_of(decode_transition(b)))
+            memory.add(b, decode_transition(b))
         sl = slice(first, first + len(batch))
-        rb.extend(TensorDict({k: torch.from_numpy(getattr(memory, k)[sl]) for k in
+        rb.extend(TensorDict({k: torch.from_numpy(memory.arrays[k][sl]) for k in
                               ("state", "next_state", "action", "reward", "terminated", "pixels", "next_pixels")},
                              batch_size=[len(batch)]))
 

@@ -76,6 +76,35 @@ def test_async_run_trains_publishes_and_checkpoints(procs, ros_node, in_tmp):
     assert len(stored) >= 400 and stored <= produced
 
 
+@pytest.mark.parametrize("kind", ["memory", "remote"])
+def test_the_other_replay_kinds_train_through_the_graph(procs, ros_node, in_tmp, kind):
+    """replay.kind memory (a RAM ring, acknowledged once checkpointed) and remote (buffer:=true: a buffer
+    node records and acknowledges, the learner samples batches from it and receives no transitions)."""
+    import yaml
+
+    cfg = config_dir(in_tmp)
+    args = ["realtime_factor:=0", "max_env_steps:=250"]
+    if kind == "memory":
+        path = cfg / "sac_peg.yaml"
+        data = yaml.safe_load(path.read_text())
+        data["replay"] = {"kind": "memory"}
+        path.write_text(yaml.safe_dump(data))
+    else:
+        args.append("buffer:=true")
+    transitions = Collect(ros_node, Transition, "/user/transitions")
+    run = launch(procs, in_tmp, cfg, *args)
+    assert run.popen.wait(timeout=240) == 0, run.output()[-3000:]
+    out = run.output()
+    summary = re.search(r"summary: (\d+) env steps, (\d+) updates", out)
+    assert summary and int(summary.group(1)) >= 250 and int(summary.group(2)) > 0, out[-3000:]
+    where = {"memory": "replay in memory", "remote": "replay of a buffer node"}[kind]
+    assert where in out, out[-3000:]
+    assert max(t.policy_version for t in transitions.msgs) > 1, "the robot never acted with learned weights"
+    if kind == "remote":   # the buffer node's bag holds what the robot produced
+        stored = assert_every_reader_sees_the_store(in_tmp / "runs/test/replay")
+        assert len(stored) >= 250
+
+
 def test_sync_run_alternates_collection_and_training(procs, ros_node, in_tmp):
     cfg = config_dir(in_tmp)
     episodes = Collect(ros_node, EpisodeStats, "/user/episodes")

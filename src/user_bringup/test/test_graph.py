@@ -96,7 +96,7 @@ def test_franka_sac_defaults() -> None:
     assert g.args == {
         "robot": "sim", "robots": 1, "policy": "sac", "config": "sac_peg", "sync": False,
         "max_env_steps": 0, "max_minutes": 0.0, "run_name": "franka_sac",
-        "realtime_factor": 1.0, "episodes": 0, "seed": 0, "record": False, "teleop": "none",
+        "realtime_factor": 1.0, "episodes": 0, "seed": 0, "record": False, "buffer": False, "teleop": "none",
         "teleop_robot": "franka_0", "sim_human": False, "respawn_delay": 5.0,
     }
     assert g.robot_ids == ["franka_0"]
@@ -121,6 +121,15 @@ def test_franka_sac_defaults() -> None:
     assert inference.parameters == {"config": learning, "robot_ids": ["franka_0"], "seed": 0}
     assert learner.parameters["config"] == learning and learner.parameters["sync"] is False
     assert g.config_dir == FRANKA_SAC.parent.resolve() or g.config_dir == FRANKA_SAC.parent
+    assert learner.parameters["remote_buffer"] is False
+
+
+def test_franka_sac_buffer_puts_a_buffer_node_between_robots_and_learner() -> None:
+    nodes = by_label(load_graph(FRANKA_SAC, {"buffer": "true", "run_name": "r"}).nodes)
+    assert list(nodes) == ["user/registry", "franka_0/robot", "user/buffer", "franka_0/inference", "user/learner"]
+    assert nodes["franka_0/robot"].parameters["ack_consumers"] == ["buffer"]
+    assert nodes["user/buffer"].parameters == {"bag_dir": "runs/r/replay", "consumer": "buffer"}
+    assert nodes["user/learner"].parameters["remote_buffer"] is True
 
 
 def test_franka_sac_scripted_and_sync_variants() -> None:

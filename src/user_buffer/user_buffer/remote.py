@@ -46,6 +46,8 @@ class RemoteSampleError(RuntimeError):
 class RemoteReplay:
     """Batches from a buffer node's ``/user/buffer/sample``, prefetched by a background thread."""
 
+    records = False   # the buffer node records (and acknowledges) the transitions, not the learner
+
     def __init__(self, node: Node, layout: Layout, batch_size: int = 256, window: int = 0,
                  robot_ids: Iterable[str] = (), embodiments: Iterable[str] = (), demo_ratio: float = 0.0,
                  prefetch: int = 2, service: str = SAMPLE_SERVICE, timeout_s: float = 30.0,
@@ -132,6 +134,27 @@ class RemoteReplay:
                 "queued": float(self._queue.qsize()),
                 "request_ms": 1e3 * self.request_s / self.requests if self.requests else 0.0,
                 "sample_wait_ms": 1e3 * self.wait_s / self.sampled if self.sampled else 0.0}
+
+    def take_durable(self) -> list[tuple[str, int, int]]:
+        return []   # the buffer node acknowledges what it stores
+
+    problems: list[str] = []
+
+    def held(self) -> None:
+        return None
+
+    def checkpoint(self) -> None:
+        return None
+
+    def checkpoint_saved(self) -> None:
+        pass
+
+    def restore(self, state) -> None:
+        pass
+
+    def describe(self) -> str:
+        demo = f", {self.demo_ratio:.0%} demonstrations" if self.demo_ratio else ""
+        return f"replay of a buffer node ({self.service}, {self._size} transitions{demo})"
 
     def close(self) -> None:
         """Stop prefetching and remove the service client from the node."""

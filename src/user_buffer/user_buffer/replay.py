@@ -227,7 +227,9 @@ class SampleSource:
 
 
 class PersistentReplay:
-    """Disk-backed replay with a RAM cache and background prefetching (the learner's buffer)."""
+    """Disk-backed replay with a RAM cache and background prefetching (the learner's ``bag`` replay)."""
+
+    records = True   # the learner adds every transition it receives
 
     def __init__(self, store: TransitionStore, layout: Layout, *, cache_bytes: int = 2 << 30, window: int = 0,
                  robots: Iterable[str] = (), embodiments: Iterable[str] = (),
@@ -254,6 +256,7 @@ class PersistentReplay:
         self._last_sync = time.monotonic()
         self.added = 0
         self.duplicates = 0
+        self._redo: list[tuple[str, int, int]] = []
         self.hits = 0
         self.misses = 0
         self.wait_s = 0.0
@@ -279,6 +282,8 @@ class PersistentReplay:
         row = self.online.store.add(data)
         if row < 0:
             self.duplicates += 1
+            if self.online.store.is_durable(t.robot_id, t.episode_id, t.step):
+                self._redo.append((t.robot_id, t.episode_id, t.step))   # release the robot's resent copy
             return False
         self.added += 1
         if t.terminated or t.truncated:
@@ -301,7 +306,36 @@ class PersistentReplay:
         self._last_sync = time.monotonic()
 
     def take_durable(self) -> list[tuple[str, int, int]]:
-        return self.online.store.take_durable()
+        """Transitions fsynced since the last call (syncing first if ``sync_every_s`` is up), and resent
+        ones whose stored copy was durable already."""
+        self.maybe_sync()
+        redo, self._redo = self._redo, []
+        return self.online.store.take_durable() + redo
+
+    @property
+    def problems(self) -> list[str]:
+        """Damage and repairs the stores found when they were opened (file names included)."""
+        return self.online.store.problems + (self.demos.store.problems if self.demos is not None else [])
+
+    def held(self) -> int:
+        """Every transition in the bag (the record a restarted learner counts its env steps from)."""
+        return len(self.online.store)
+
+    def checkpoint(self) -> None:
+        return None   # the bag is its own record
+
+    def checkpoint_saved(self) -> None:
+        pass
+
+    def restore(self, state) -> None:
+        pass
+
+    def describe(self) -> str:
+        text = f"replay bag {self.online.store.dir} ({len(self)} transitions)"
+        if self.demos is not None:
+            text += (f" + {self.demos.n} demonstrations from {self.demos.store.dir} "
+                     f"({self.demo_ratio:.0%} of each batch)")
+        return text
 
     # -- sampling --------------------------------------------------------------------------------------
     def __len__(self) -> int:

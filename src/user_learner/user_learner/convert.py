@@ -1,4 +1,4 @@
-"""user_msgs -> numpy: observations and transitions as the learner and the policy consume them."""
+"""user_msgs -> numpy: observations as the policy consumes them."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,7 +6,6 @@ import numpy as np
 from user_hal.ros_convert import msg_to_image
 
 from .batch import ObsSpec
-from .replay import TransitionArrays
 
 
 class ObservationMismatch(ValueError):
@@ -38,19 +37,3 @@ def observation_arrays(obs, spec: ObsSpec, normalize=None) -> tuple[np.ndarray, 
                                       f"policy expects {w}x{h}")
         frames.append(img)
     return state, np.stack(frames)
-
-
-def transition_arrays(msg, spec: ObsSpec, normalize=None) -> TransitionArrays:
-    """A ``user_msgs/Transition`` as ``TransitionArrays`` (states normalized like observations)."""
-    state, pixels = observation_arrays(msg.obs, spec, normalize)
-    next_state, next_pixels = observation_arrays(msg.next_obs, spec, normalize)
-    action = np.asarray(msg.action, dtype=np.float32)
-    if action.shape[0] != spec.action_dim:
-        raise ObservationMismatch(f"{msg.robot_id}: action has {action.shape[0]} values, policy expects "
-                                  f"{spec.action_dim}")
-    return TransitionArrays(
-        state=state, action=action, reward=float(msg.reward), terminated=bool(msg.terminated),
-        next_state=next_state, pixels=pixels, next_pixels=next_pixels, robot_id=msg.robot_id,
-        episode_id=int(msg.episode_id), step=int(msg.step), policy_version=int(msg.policy_version),
-        intervened=bool(msg.intervened),
-    )

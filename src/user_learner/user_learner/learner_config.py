@@ -86,9 +86,10 @@ class LearnerOptions:
 
 @dataclasses.dataclass
 class ReplayConfig:
-    """Where the learner keeps transitions: ``bag`` (persistent MCAP buffer) or ``memory``."""
+    """Where the learner keeps transitions: ``bag`` (persistent MCAP buffer), ``memory`` (RAM) or
+    ``remote`` (a buffer node records them and serves batches)."""
 
-    kind: Literal["bag", "memory"] = "bag"
+    kind: Literal["bag", "memory", "remote"] = "bag"
     dir: str = ""                       # "" -> <runs_dir>/<run_name>/replay
     cache_mb: float = dataclasses.field(default=1024.0, metadata=non_negative())  # decoded RAM cache
     window: int = dataclasses.field(default=0, metadata=non_negative())   # 0: uniform over all data
@@ -149,4 +150,7 @@ def load_learner_config(path: str | Path, overrides: dict[str, Any] | None = Non
         raise ConfigError(source, "algo.name", str(exc)) from None
     algo_cfg = load_dataclass(algorithm.config, algo, source, "algo")
     sections = load_dataclass(_Sections, data, source)
+    if sections.learner.mode == "sync" and sections.replay.kind == "remote":
+        raise ConfigError(source, "replay.kind", "remote needs learner.mode async (in sync mode the learner "
+                                                 "resets robots when their transitions reach it)")
     return LearnerConfig(sections.obs, sections.learner, sections.replay, algorithm.name, algo_cfg, source)

@@ -5,12 +5,10 @@ What to do when (updates, publishing, checkpoints, budgets; async or the sync lo
 wait for the learner to reset them) is decided by ``schedule.TrainingSchedule``; this node carries it
 out in a training thread while robots and inference never wait for it (async).
 
-Replay (``replay.kind``): ``bag`` (default) records every transition, exactly as received, into the
-persistent MCAP buffer (``user_buffer``) and samples through its RAM cache; transitions are
-acknowledged (``/user/transitions/ack``) once fsynced, so robots keep and resend the rest and a learner
-killed with SIGKILL loses nothing. ``memory`` keeps a RAM ring buffer; with ``checkpoint_replay`` its
-contents go into every checkpoint and acknowledgements wait for the checkpoint, otherwise
-transitions are acknowledged on receipt.
+The replay is whichever ``replay.kind`` the config names (``replay.py``): the node hands it every
+transition it receives (raw CDR bytes, stored exactly as received) unless a buffer node records them
+(``remote``), and acknowledges (``/user/transitions/ack``) what the replay reports as stored for good,
+so robots keep and resend the rest and a learner killed with SIGKILL loses nothing acknowledged.
 """
 from __future__ import annotations
 
@@ -34,8 +32,8 @@ from user_msgs.msg import Action, EpisodeStats, PolicyStatus, RobotStatus, Trans
 from user_msgs.srv import ResetRobot
 
 from user_buffer.codec import DecodeError, decode_transition
-from user_buffer.replay import Layout, LayoutMismatch, PersistentReplay
-from user_buffer.store import BagLocked, StoreOptions, TransitionStore
+from user_buffer.replay import Layout, LayoutMismatch
+from user_buffer.store import BagLocked
 from user_hal import qos
 from user_hal.config_schema import ConfigError
 from user_hal.node_main import run_node
@@ -43,15 +41,13 @@ from user_hal.node_main import run_node
 from .batch import batch_from_numpy
 from .algos import get_algorithm
 from .checkpoint import checkpoint_path, load_latest_checkpoint, save_checkpoint
-from .convert import ObservationMismatch, transition_arrays
 from .learner_config import load_learner_config
 from .progress import Progress
-from .replay import MemoryReplay, load_replay_state_dict, replay_state_dict
+from .replay import open_replay
 from .schedule import Do, TrainingSchedule
 from .weight_sync import WeightPublisher
 
 CONSUMER = "learner"
-SEEN_PER_ROBOT = 50_000       # keys remembered per robot to drop resent duplicates
 
 
 class LearnerNode(Node):
@@ -68,6 +64,7 @@ class LearnerNode(Node):
         self.declare_parameter("seed", 0)
         self.declare_parameter("max_env_steps", 0)   # 0: the config's budget
         self.declare_parameter("max_minutes", 0.0)
+        self.declare_parameter("remote_buffer", False)   # true: replay.kind remote (a buffer node records)
         p = self.get_parameter
         path = p("config").value
         if not path:
@@ -79,6 +76,8 @@ class LearnerNode(Node):
             overrides["learner.max_env_steps"] = int(p("max_env_steps").value)
         if p("max_minutes").value > 0:
             overrides["learner.max_minutes"] = float(p("max_minutes").value)
+        if p("remote_buffer").value:
+            overrides["replay.kind"] = "remote"
         seed = int(p("seed").value)
         overrides["algo.seed"] = seed   # the inference node applies the same seed
         self.cfg = load_learner_config(path, overrides)
@@ -90,12 +89,17 @@ class LearnerNode(Node):
         self.normalize = self.cfg.obs.normalizer()
         self.agent = get_algorithm(self.cfg.algo_name).agent(self.spec, self.cfg.algo)
         run = str(p("run_name").value)
-        R = self.cfg.replay
-        self.bag_mode = R.kind == "bag"
-        if self.bag_mode:
-            self.replay = self._open_bag(R, Path(p("runs_dir").value) / run / "replay", seed)
-        else:
-            self.replay = MemoryReplay(self.spec, L.replay_capacity, seed=seed)
+        spec = self.spec
+        layout = Layout(state_dim=spec.state_dim, action_dim=spec.action_dim, cameras=tuple(spec.cameras),
+                        image_size=tuple(spec.image_size))
+        try:
+            self.replay = open_replay(self.cfg.replay.kind, cfg=self.cfg, layout=layout, seed=seed, node=self,
+                                      default_dir=Path(p("runs_dir").value) / run / "replay")
+        except (BagLocked, FileNotFoundError, ValueError) as exc:   # a bag in use, a missing or empty demo bag
+            key = "replay.dir" if isinstance(exc, BagLocked) else "replay.demo_dir"
+            raise ConfigError(self.cfg.source, key, str(exc)) from None
+        for problem in self.replay.problems:
+            self.get_logger().warning(problem)
         self.ckpt_dir = Path(p("runs_dir").value) / run / "checkpoints"
         # Versions must grow across restarts (inference ignores older ones): the last one published
         # is kept next to the checkpoints; a process crash leaves the page cache intact.
@@ -106,10 +110,6 @@ class LearnerNode(Node):
         self._resumed_env_steps = 0
         self.duplicates = 0
         self.rejected = 0
-        self._seen: dict[str, collections.OrderedDict] = {}
-        self._unacked: dict[str, list[tuple[int, int]]] = collections.defaultdict(list)  # not yet durable
-        self._ackable: dict[str, list[tuple[int, int]]] = collections.defaultdict(list)  # durable, to send
-        self._data_lock = threading.Lock()
         self.staleness: collections.deque[int] = collections.deque(maxlen=2000)
         self.inference_version = 0
         self.resumed_from: str | None = None
@@ -123,12 +123,9 @@ class LearnerNode(Node):
 
         data_cb = MutuallyExclusiveCallbackGroup()
         other = ReentrantCallbackGroup()
-        if self.bag_mode:   # raw CDR bytes: stored exactly as received, decoded without rclpy objects
-            self.create_subscription(Transition, qos.TRANSITIONS_TOPIC, self._on_raw_transition,
-                                     qos.TRANSITIONS_IN, callback_group=data_cb, raw=True)
-        else:
+        if self.replay.records:   # raw CDR bytes: stored exactly as received, decoded without rclpy objects
             self.create_subscription(Transition, qos.TRANSITIONS_TOPIC, self._on_transition,
-                                     qos.TRANSITIONS_IN, callback_group=data_cb)
+                                     qos.TRANSITIONS_IN, callback_group=data_cb, raw=True)
         self.create_subscription(EpisodeStats, qos.EPISODES_TOPIC, self._on_episode, qos.DATA, callback_group=other)
         self.create_subscription(PolicyStatus, qos.POLICY_STATUS_TOPIC, self._on_policy_status, qos.SENSOR,
                                  callback_group=other)
@@ -145,41 +142,11 @@ class LearnerNode(Node):
         self.finished = threading.Event()
         self.exit_code = 0
         self._thread = threading.Thread(target=self._train_main, name="learner-train", daemon=True)
-        where = "replay in memory"
-        if self.bag_mode:
-            where = f"replay bag {self.replay.online.store.dir} ({len(self.replay)} transitions)"
-            if self.replay.demos is not None:
-                where += (f" + {self.replay.demos.n} demonstrations from {self.replay.demos.store.dir} "
-                          f"({self.replay.demo_ratio:.0%} of each batch)")
         self.get_logger().info(
             f"learner ({L.mode}): {self.cfg.algo_name}, "
             f"{'images ' + str(list(self.spec.cameras)) if self.spec.cameras else 'state'} "
-            f"policy, config {self.cfg.source}, {where}, checkpoints {self.ckpt_dir}, TensorBoard {self.log_dir}"
-            + (f", resumed from {self.resumed_from}" if self.resumed_from else ""))
-
-    def _open_bag(self, R, default_dir: Path, seed: int) -> PersistentReplay:
-        directory = Path(R.dir) if R.dir else default_dir
-        try:
-            store = TransitionStore(directory, options=StoreOptions(
-                split_bytes=int(R.split_mb * 2**20), chunk_bytes=max(1, int(R.chunk_mb * 2**20)),
-                compression=R.compression))
-            demos = TransitionStore(R.demo_dir, writable=False) if R.demo_dir else None
-        except (BagLocked, FileNotFoundError) as exc:
-            raise ConfigError(self.cfg.source, "replay.dir" if isinstance(exc, BagLocked) else "replay.demo_dir",
-                              str(exc)) from None
-        for problem in store.problems + (demos.problems if demos else []):
-            self.get_logger().warning(problem)
-        spec = self.spec
-        layout = Layout(state_dim=spec.state_dim, action_dim=spec.action_dim, cameras=tuple(spec.cameras),
-                        image_size=tuple(spec.image_size))
-        try:
-            return PersistentReplay(store, layout, cache_bytes=int(R.cache_mb * 2**20), window=R.window,
-                                    robots=R.robots, embodiments=R.embodiments, demos=demos,
-                                    demo_ratio=R.demo_ratio, seed=seed, batch_size=self.cfg.algo.batch_size,
-                                    prefetch=R.prefetch, readers=R.readers, sync_every_s=R.sync_every_s)
-        except ValueError as exc:   # e.g. an empty demo bag
-            store.close()
-            raise ConfigError(self.cfg.source, "replay.demo_dir", str(exc)) from None
+            f"policy, config {self.cfg.source}, {self.replay.describe()}, checkpoints {self.ckpt_dir}, "
+            f"TensorBoard {self.log_dir}" + (f", resumed from {self.resumed_from}" if self.resumed_from else ""))
 
     # -- checkpoints ----------------------------------------------------------------------------------
     def _resume(self) -> None:
@@ -199,61 +166,25 @@ class LearnerNode(Node):
                               f"does not fit this run's checkpoint {path} (networks differ: "
                               f"{str(exc).splitlines()[0]}); choose another run_name or resume:=false") from None
         self.version = int(payload["version"])
-        self._resumed_env_steps = int(payload["env_steps"])
-        if self.bag_mode:
-            # The bag is the record: transitions the checkpoint counted but the kill cut off the bag
-            # before they were on disk come again from the robots and are counted once, here.
-            self._resumed_env_steps = len(self.replay.online.store)
-        if "replay" in payload and not self.bag_mode:
-            load_replay_state_dict(self.replay, payload["replay"])
-        for rid, keys in payload.get("seen", {}).items():
-            self._seen[rid] = collections.OrderedDict((tuple(k), None) for k in keys.tolist())
+        if payload.get("replay") is not None:
+            self.replay.restore(payload["replay"])
+        # A replay that is its own record (the bag) counts: transitions the checkpoint counted but the
+        # kill cut off before they were on disk come again from the robots and are counted once.
+        held = self.replay.held()
+        self._resumed_env_steps = int(payload["env_steps"]) if held is None else held
         self.resumed_from = str(path)
 
     def _checkpoint(self) -> None:
-        """Write a checkpoint; afterwards every transition it holds may be acknowledged."""
-        with self._data_lock:
-            payload = {"agent": self.agent.state_dict(), "version": self.version,
-                       "env_steps": self.schedule.env_steps,
-                       "algo": {"name": self.cfg.algo_name, "config": dataclasses.asdict(self.cfg.algo)},
-                       "seen": {rid: torch.tensor(list(s.keys()), dtype=torch.int64).reshape(-1, 2)
-                                for rid, s in self._seen.items()}}
-            if self.opts.checkpoint_replay and not self.bag_mode:
-                payload["replay"] = replay_state_dict(self.replay)
-                durable = {rid: keys for rid, keys in self._unacked.items()}
-                self._unacked = collections.defaultdict(list)
+        """Write a checkpoint (with the replay's contents, if it needs that to be restored)."""
+        payload = {"agent": self.agent.state_dict(), "version": self.version, "env_steps": self.schedule.env_steps,
+                   "algo": {"name": self.cfg.algo_name, "config": dataclasses.asdict(self.cfg.algo)},
+                   "replay": self.replay.checkpoint()}
         save_checkpoint(checkpoint_path(self.ckpt_dir, self.agent.num_updates), payload,
                         keep=self.opts.keep_checkpoints)
-        if self.opts.checkpoint_replay and not self.bag_mode:
-            with self._data_lock:
-                for rid, keys in durable.items():
-                    self._ackable[rid].extend(keys)
+        self.replay.checkpoint_saved()   # what it holds may be acknowledged now
 
     # -- data (executor threads) ------------------------------------------------------------------------
-    def _on_transition(self, msg: Transition) -> None:
-        key = (int(msg.episode_id), int(msg.step))
-        rid = msg.robot_id
-        with self._data_lock:
-            seen = self._seen.setdefault(rid, collections.OrderedDict())
-            if key in seen:
-                self.duplicates += 1
-                self._ackable[rid].append(key)  # we hold it already: release the robot's copy
-                return
-        try:
-            t = transition_arrays(msg, self.spec, self.normalize)
-        except ObservationMismatch as exc:
-            self.rejected += 1
-            self.get_logger().error(f"dropping transition: {exc}", throttle_duration_sec=2.0)
-            return
-        with self._data_lock:
-            self.replay.add(t)
-            seen[key] = None
-            if len(seen) > SEEN_PER_ROBOT:
-                seen.popitem(last=False)
-            (self._unacked if self.opts.checkpoint_replay else self._ackable)[rid].append(key)
-        self._received(rid, msg.action_source, int(msg.policy_version), msg.terminated or msg.truncated)
-
-    def _on_raw_transition(self, data: bytes) -> None:
+    def _on_transition(self, data: bytes) -> None:
         try:
             t = decode_transition(data)
             added = self.replay.add(data, t)
@@ -261,13 +192,9 @@ class LearnerNode(Node):
             self.rejected += 1
             self.get_logger().error(f"not training on a transition: {exc}", throttle_duration_sec=2.0)
             return
-        with self._data_lock:
-            if not added:
-                self.duplicates += 1
-                # Stored already: release the robot's copy now if ours is on disk, else with the next sync.
-                if self.replay.online.store.is_durable(t.robot_id, t.episode_id, t.step):
-                    self._ackable[t.robot_id].append((t.episode_id, t.step))
-                return
+        if not added:
+            self.duplicates += 1   # resent after a restart; the replay acknowledges it again
+            return
         self._received(t.robot_id, t.action_source, t.policy_version, t.terminated or t.truncated)
 
     def _received(self, robot_id: str, action_source: int, policy_version: int, episode_end: bool) -> None:
@@ -279,14 +206,9 @@ class LearnerNode(Node):
             self.schedule.episode_ended(robot_id)
 
     def _send_acks(self) -> None:
-        if self.bag_mode:
-            self.replay.maybe_sync()
-            durable = self.replay.take_durable()
-            with self._data_lock:
-                for rid, episode, step in durable:
-                    self._ackable[rid].append((episode, step))
-        with self._data_lock:
-            pending, self._ackable = self._ackable, collections.defaultdict(list)
+        pending: dict[str, list[tuple[int, int]]] = collections.defaultdict(list)
+        for rid, episode, step in self.replay.take_durable():
+            pending[rid].append((episode, step))
         for rid, keys in pending.items():
             for i in range(0, len(keys), 2000):
                 part = keys[i:i + 2000]
@@ -316,14 +238,15 @@ class LearnerNode(Node):
             self._checkpoint()  # a clean stop keeps everything received so far
         self.weights.close()
         self.progress.close()
-        if self.bag_mode:
-            self.replay.close()   # summary + footer + index: the bag is complete
+        self.replay.close()   # a bag: summary + footer + index, complete
 
     def _train_main(self) -> None:
         try:
             self._t0 = time.monotonic()
             self._first_update_at: float | None = None
             while not self._stop.is_set():
+                if not self.replay.records:   # a buffer node receives the transitions: count what it holds
+                    self.schedule.env_steps = len(self.replay)
                 step = self.schedule.next(len(self.replay))
                 if step.do is Do.STOP:
                     self._checkpoint()
@@ -350,13 +273,9 @@ class LearnerNode(Node):
             self.finished.set()
 
     def _update_once(self) -> None:
-        if self.bag_mode:   # thread-safe and prefetched; states are stored raw, normalized here
-            arrays = self.replay.sample(self.cfg.algo.batch_size)
-            arrays["state"] = self.normalize(arrays["state"])
-            arrays["next_state"] = self.normalize(arrays["next_state"])
-        else:
-            with self._data_lock:
-                arrays = self.replay.sample(self.cfg.algo.batch_size)
+        arrays = self.replay.sample(self.cfg.algo.batch_size)   # states as the robots sent them
+        arrays["state"] = self.normalize(arrays["state"])
+        arrays["next_state"] = self.normalize(arrays["next_state"])
         if self._first_update_at is None:
             self._first_update_at = time.monotonic() - self._t0
         metrics = self.agent.update(batch_from_numpy(arrays))
@@ -401,8 +320,7 @@ class LearnerNode(Node):
             "version": self.version, "inference_version": self.inference_version,
             "staleness_mean": float(stale.mean()), "staleness_p99": float(np.percentile(stale, 99)),
             "buffer": len(self.replay), "duplicates": self.duplicates,
-            **({"cache_hit_rate": self.replay.stats()["cache_hit_rate"],
-                "sample_wait_ms": self.replay.stats()["sample_wait_ms"]} if self.bag_mode else {}),
+            **{k: v for k, v in self.replay.stats().items() if k in ("cache_hit_rate", "sample_wait_ms")},
             "budget_fraction": self.schedule.budget_fraction(),
             "first_update_s": self._first_update_at if self._first_update_at is not None else math.nan,
         }

@@ -1,141 +1,227 @@
-"""An in-memory replay store behind the narrow interface the learner uses.
+"""The learner's replay: one interface, three kinds, chosen by ``replay.kind``.
 
-``add(transition)``, ``sample(batch_size)``, ``len()`` and ``stats()`` are all the learner needs, so
-the persistent, cache-aware buffer (``user_buffer``) drops in behind the same four calls.
+- ``memory``: ``MemoryReplay``, a RAM ring buffer. With ``learner.checkpoint_replay`` its contents go
+  into every checkpoint and a transition is acknowledged once a saved checkpoint holds it; otherwise
+  on receipt (a crash then loses what the robots were told was stored).
+- ``bag``: ``user_buffer.replay.PersistentReplay``, the persistent MCAP buffer; a transition is
+  acknowledged once fsynced.
+- ``remote``: ``user_buffer.remote.RemoteReplay``, batches from a buffer node, which records and
+  acknowledges; the learner receives no transitions itself.
+
+Every kind stores transitions as they came (raw proprio) and returns batches as a dict of numpy
+arrays keyed as ``batch.py`` says; the learner normalizes states itself. ``open_replay`` builds the
+configured kind, so the learner never asks which one it has.
 """
 from __future__ import annotations
 
-import dataclasses
 import threading
-from typing import Protocol
+from pathlib import Path
+from typing import Any, Callable, Protocol
 
 import numpy as np
 
-from .batch import ObsSpec
+from user_buffer.codec import TransitionView
+from user_buffer.replay import Layout, LayoutMismatch
+
+Key = tuple[str, int, int]   # robot_id, episode_id, step
 
 
-@dataclasses.dataclass
-class TransitionArrays:
-    """One transition as numpy arrays (pixels may be None for a state-only spec)."""
+class Replay(Protocol):
+    """What the learner needs from a replay, whatever its kind."""
 
-    state: np.ndarray            # float32 [state_dim]
-    action: np.ndarray           # float32 [action_dim]
-    reward: float
-    terminated: bool
-    next_state: np.ndarray
-    pixels: np.ndarray | None = None       # uint8 [n_cams, H, W, 3]
-    next_pixels: np.ndarray | None = None
-    robot_id: str = ""
-    episode_id: int = 0
-    step: int = 0
-    policy_version: int = 0
-    intervened: bool = False
+    #: True: the learner feeds it every transition it receives (``add``); False: it is fed elsewhere
+    records: bool
+    #: what opening it found (damaged or repaired files), one line each
+    problems: list[str]
 
+    def add(self, data: bytes, t: TransitionView) -> bool:
+        """Store one serialized transition (``t`` is its decoded view); False if already held."""
 
-class ReplayBuffer(Protocol):
-    """What the learner needs from a buffer."""
-
-    def add(self, t: TransitionArrays) -> None: ...
     def sample(self, batch_size: int) -> dict[str, np.ndarray]: ...
-    def __len__(self) -> int: ...
+
+    def __len__(self) -> int:
+        """Transitions it samples from."""
+
     def stats(self) -> dict[str, float]: ...
+
+    def take_durable(self) -> list[Key]:
+        """Transitions stored for good since the last call (to acknowledge to their robots)."""
+
+    def held(self) -> int | None:
+        """How many transitions it holds for good (the record a restart counts from), or None when
+        the checkpoint's count is the record."""
+
+    def checkpoint(self) -> dict[str, Any] | None:
+        """What a checkpoint must carry to restore this replay (None: it keeps itself)."""
+
+    def checkpoint_saved(self) -> None:
+        """The checkpoint holding the last ``checkpoint()`` is on disk."""
+
+    def restore(self, state: dict[str, Any]) -> None: ...
+
+    def describe(self) -> str: ...
+
+    def close(self) -> None: ...
 
 
 class MemoryReplay:
-    """A ring buffer of preallocated arrays; uniform sampling; thread-safe add/sample."""
+    """A ring buffer of preallocated arrays; uniform sampling; thread-safe ``add``/``sample``."""
 
-    def __init__(self, spec: ObsSpec, capacity: int, seed: int = 0) -> None:
+    records = True
+    problems: list[str] = []
+
+    def __init__(self, layout: Layout, capacity: int, seed: int = 0, checkpointed: bool = True) -> None:
         if capacity <= 0:
             raise ValueError(f"capacity must be > 0, got {capacity}")
-        self.spec = spec
+        self.layout = layout
         self.capacity = capacity
+        self.checkpointed = checkpointed
         self.rng = np.random.default_rng(seed)
+        self.arrays = {k: np.zeros_like(a) for k, a in layout.empty(capacity).items()}
+        self._scratch = layout.empty(1)
+        self.slot_keys: list[Key | None] = [None] * capacity
+        self._slots: dict[Key, int] = {}
         self._lock = threading.Lock()
-        s, a = spec.state_dim, spec.action_dim
-        self.state = np.zeros((capacity, s), np.float32)
-        self.next_state = np.zeros((capacity, s), np.float32)
-        self.action = np.zeros((capacity, a), np.float32)
-        self.reward = np.zeros(capacity, np.float32)
-        self.terminated = np.zeros(capacity, np.float32)
-        self.policy_version = np.zeros(capacity, np.int64)
-        self.intervened = np.zeros(capacity, bool)
-        if spec.cameras:
-            w, h = spec.image_size
-            shape = (capacity, len(spec.cameras), h, w, 3)
-            self.pixels = np.zeros(shape, np.uint8)
-            self.next_pixels = np.zeros(shape, np.uint8)
         self._next = 0
         self._size = 0
         self.added = 0
+        self.duplicates = 0
+        self._pending: list[Key] = []      # held, not yet in a saved checkpoint
+        self._in_flight: list[Key] = []    # in the checkpoint being written
+        self._durable: list[Key] = []
 
-    def add(self, t: TransitionArrays) -> None:
+    def add(self, data: bytes, t: TransitionView) -> bool:
+        key = (t.robot_id, int(t.episode_id), int(t.step))
+        self.layout.fill(self._scratch, 0, t)   # LayoutMismatch before anything changes
         with self._lock:
+            if key in self._slots:
+                self.duplicates += 1
+                if key not in self._pending and key not in self._in_flight:
+                    self._durable.append(key)   # our copy is safe: release the robot's resent one
+                return False
             i = self._next
-            self.state[i] = t.state
-            self.next_state[i] = t.next_state
-            self.action[i] = t.action
-            self.reward[i] = t.reward
-            self.terminated[i] = float(t.terminated)
-            self.policy_version[i] = t.policy_version
-            self.intervened[i] = t.intervened
-            if self.spec.cameras:
-                self.pixels[i] = t.pixels
-                self.next_pixels[i] = t.next_pixels
+            old = self.slot_keys[i]
+            if old is not None:
+                del self._slots[old]
+            for k, a in self.arrays.items():
+                a[i] = self._scratch[k][0]
+            self.slot_keys[i] = key
+            self._slots[key] = i
             self._next = (i + 1) % self.capacity
             self._size = min(self._size + 1, self.capacity)
             self.added += 1
+            (self._pending if self.checkpointed else self._durable).append(key)
+        return True
 
     def sample(self, batch_size: int) -> dict[str, np.ndarray]:
         with self._lock:
             if self._size == 0:
                 raise ValueError("cannot sample from an empty replay buffer")
             idx = self.rng.integers(0, self._size, batch_size)
-            batch = {
-                "state": self.state[idx], "action": self.action[idx], "reward": self.reward[idx],
-                "terminated": self.terminated[idx], "next_state": self.next_state[idx],
-            }
-            if self.spec.cameras:
-                batch["pixels"] = self.pixels[idx]
-                batch["next_pixels"] = self.next_pixels[idx]
-            return batch
+            return {k: a[idx] for k, a in self.arrays.items()}
 
     def __len__(self) -> int:
         return self._size
 
     def stats(self) -> dict[str, float]:
-        return {"size": float(self._size), "added": float(self.added), "capacity": float(self.capacity)}
+        return {"size": float(self._size), "added": float(self.added), "capacity": float(self.capacity),
+                "duplicates": float(self.duplicates)}
+
+    def take_durable(self) -> list[Key]:
+        with self._lock:
+            out, self._durable = self._durable, []
+        return out
+
+    def held(self) -> int | None:
+        return None
+
+    def checkpoint(self) -> dict[str, Any] | None:
+        if not self.checkpointed:
+            return None
+        import torch
+
+        with self._lock:
+            n = self._size
+            state = {k: torch.from_numpy(np.ascontiguousarray(a[:n])) for k, a in self.arrays.items()}
+            keys = self.slot_keys[:n]
+            state.update(size=n, next=self._next, added=self.added, rng=self.rng.bit_generator.state,
+                         robots=[k[0] for k in keys],
+                         episodes=torch.tensor([k[1] for k in keys], dtype=torch.int64),
+                         steps=torch.tensor([k[2] for k in keys], dtype=torch.int64))
+            self._in_flight += self._pending
+            self._pending = []
+        return state
+
+    def checkpoint_saved(self) -> None:
+        with self._lock:
+            self._durable += self._in_flight
+            self._in_flight = []
+
+    def restore(self, state: dict[str, Any]) -> None:
+        n = int(state["size"])
+        if n > self.capacity:
+            raise ValueError(f"the checkpoint holds {n} transitions, replay capacity is {self.capacity}")
+        with self._lock:
+            for k, a in self.arrays.items():
+                if k not in state:
+                    raise ValueError(f"the checkpoint's replay has no {k!r} (it was saved for other observations)")
+                a[:n] = state[k].numpy()
+            keys = list(zip(state["robots"], state["episodes"].tolist(), state["steps"].tolist()))
+            self.slot_keys = keys + [None] * (self.capacity - n)
+            self._slots = {k: i for i, k in enumerate(keys)}
+            self._size = n
+            self._next = int(state["next"]) % self.capacity if n == self.capacity else n
+            self.added = int(state["added"])
+            self.rng.bit_generator.state = state["rng"]
+
+    def describe(self) -> str:
+        how = "acknowledged once checkpointed" if self.checkpointed else "acknowledged on receipt"
+        return f"replay in memory ({self._size} of {self.capacity} transitions, {how})"
+
+    def close(self) -> None:
+        pass
 
 
-def _tensor(a: np.ndarray):
-    import torch
-
-    return torch.from_numpy(np.ascontiguousarray(a))
-
-
-def replay_state_dict(r: MemoryReplay) -> dict:
-    """The filled part of a MemoryReplay as tensors (loads with ``torch.load(weights_only=True)``)."""
-    n = r._size
-    d = {"size": n, "next": r._next, "added": r.added, "capacity": r.capacity,
-         "rng": r.rng.bit_generator.state}
-    for name in ("state", "next_state", "action", "reward", "terminated", "policy_version", "intervened"):
-        d[name] = _tensor(getattr(r, name)[:n])
-    if r.spec.cameras:
-        d["pixels"], d["next_pixels"] = _tensor(r.pixels[:n]), _tensor(r.next_pixels[:n])
-    return d
+def open_replay(kind: str, **context) -> Replay:
+    """The replay of ``kind`` (``memory``, ``bag`` or ``remote``), built from the learner's context."""
+    try:
+        make = _KINDS[kind]
+    except KeyError:
+        raise ValueError(f"replay.kind: must be one of {', '.join(_KINDS)}, got {kind!r}") from None
+    return make(**context)
 
 
-def load_replay_state_dict(r: MemoryReplay, d: dict) -> None:
-    """Restore ``replay_state_dict`` output into ``r`` (same spec; capacity may differ if large enough)."""
-    n = int(d["size"])
-    if n > r.capacity:
-        raise ValueError(f"checkpoint holds {n} transitions, replay capacity is {r.capacity}")
-    names = ["state", "next_state", "action", "reward", "terminated", "policy_version", "intervened"]
-    if r.spec.cameras and "pixels" in d:
-        names += ["pixels", "next_pixels"]
-    with r._lock:
-        for name in names:
-            getattr(r, name)[:n] = d[name].numpy()
-        r._size = n
-        r._next = int(d["next"]) % r.capacity if n == r.capacity else n
-        r.added = int(d["added"])
-        r.rng.bit_generator.state = d["rng"]
+def _memory(cfg, layout: Layout, seed: int, **_) -> Replay:
+    return MemoryReplay(layout, cfg.learner.replay_capacity, seed=seed, checkpointed=cfg.learner.checkpoint_replay)
+
+
+def _bag(cfg, layout: Layout, seed: int, default_dir: Path, **_) -> Replay:
+    from user_buffer.replay import PersistentReplay
+    from user_buffer.store import StoreOptions, TransitionStore
+
+    R = cfg.replay
+    store = TransitionStore(Path(R.dir) if R.dir else default_dir, options=StoreOptions(
+        split_bytes=int(R.split_mb * 2**20), chunk_bytes=max(1, int(R.chunk_mb * 2**20)), compression=R.compression))
+    demos = None
+    try:
+        demos = TransitionStore(R.demo_dir, writable=False) if R.demo_dir else None
+        return PersistentReplay(store, layout, cache_bytes=int(R.cache_mb * 2**20), window=R.window,
+                                robots=R.robots, embodiments=R.embodiments, demos=demos, demo_ratio=R.demo_ratio,
+                                seed=seed, batch_size=cfg.algo.batch_size, prefetch=R.prefetch, readers=R.readers,
+                                sync_every_s=R.sync_every_s)
+    except BaseException:
+        store.close()
+        if demos is not None:
+            demos.close()
+        raise
+
+
+def _remote(cfg, layout: Layout, node, **_) -> Replay:
+    from user_buffer.remote import RemoteReplay
+
+    R = cfg.replay
+    return RemoteReplay(node, layout, batch_size=cfg.algo.batch_size, window=R.window, robot_ids=R.robots,
+                        embodiments=R.embodiments, demo_ratio=R.demo_ratio, prefetch=max(1, R.prefetch))
+
+
+_KINDS: dict[str, Callable[..., Replay]] = {"memory": _memory, "bag": _bag, "remote": _remote}
