@@ -39,6 +39,12 @@ PROPRIO_NAMES = (
 )
 
 
+#: during a reset the target runs at most this many speed-limited steps ahead of the measured TCP ...
+FOLLOW_PERIODS = 4
+#: ... and waits at most this many control periods for a lagging arm
+FOLLOW_TIMEOUT_PERIODS = 50
+
+
 class ActionError(ValueError):
     """An action that must not be executed; the message says why."""
 
@@ -153,13 +159,17 @@ class RobotCell:
         """
         start_pos, start_quat = self.sample_start(seed)
         state = self.backend.state()
+        # Start from where the arm is (maybe outside the box: the motion brings it in), not where the
+        # last target pushed it (into a surface, say).
+        self.target_pos = state.tcp_pos.copy()
         lift = self.profile.task.lift
         lifted = np.clip(state.tcp_pos + np.array([0.0, 0.0, lift]), self.box_lo, self.box_hi)
         self._move_to(lifted, self.target_quat, pace)
         above = np.array([start_pos[0], start_pos[1], max(start_pos[2], lifted[2])])
         self._move_to(above, start_quat, pace)
         self._move_to(start_pos, start_quat, pace)
-        # Settle so the episode starts at rest.
+        self._follow(start_pos, self.max_step, pace)   # the episode starts at the start pose ...
+        # ... and at rest.
         for _ in range(3):
             self.backend.advance(self.period)
             if pace:
@@ -168,18 +178,37 @@ class RobotCell:
         return self.backend.state()
 
     def _move_to(self, pos: np.ndarray, quat: np.ndarray, pace: Callable[[], None] | None) -> None:
+        """Move the target in steps bounded by the speed limits, never more than ``FOLLOW_PERIODS``
+        steps ahead of the measured TCP (a lagging or slowed arm is waited for: ``_follow``)."""
         start_pos, start_quat = self.target_pos.copy(), self.target_quat.copy()
         dist = float(np.linalg.norm(pos - start_pos))
         rot = quat_to_rotvec_between(start_quat, quat)
         n = max(1, math.ceil(dist / self.max_step - 1e-9), math.ceil(np.linalg.norm(rot) / self.max_turn - 1e-9))
         for i in range(1, n + 1):
             f = i / n
-            self.target_pos = start_pos + f * (pos - start_pos)
+            nxt = start_pos + f * (pos - start_pos)
+            self._follow(nxt, FOLLOW_PERIODS * self.max_step, pace)
+            self.target_pos = nxt
             self.target_quat = quat_mul(quat_from_rotvec(f * rot), start_quat)
             self.backend.set_target(self.target_pos, self.target_quat, self.gripper)
             self.backend.advance(self.period)
             if pace:
                 pace()
+
+    def _follow(self, point: np.ndarray, within: float, pace: Callable[[], None] | None) -> None:
+        """Hold the current target until the measured TCP is ``within`` metres of ``point``; BackendError
+        after ``FOLLOW_TIMEOUT_PERIODS`` control periods."""
+        for _ in range(FOLLOW_TIMEOUT_PERIODS):
+            if np.linalg.norm(point - self.backend.state().tcp_pos) <= within:
+                return
+            self.backend.set_target(self.target_pos, self.target_quat, self.gripper)
+            self.backend.advance(self.period)
+            if pace:
+                pace()
+        lag = float(np.linalg.norm(point - self.backend.state().tcp_pos))
+        if lag > within:
+            raise BackendError(f"the arm does not follow the reset motion: its TCP stays {lag:.3f} m from the "
+                               f"target after {FOLLOW_TIMEOUT_PERIODS * self.period:.1f} s")
 
     # -- control steps -----------------------------------------------------------------------------
     def step(self, action: np.ndarray, settle: Callable[[], None] | None = None) -> StepResult:

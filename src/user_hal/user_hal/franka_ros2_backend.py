@@ -323,13 +323,24 @@ class FrankaRos2Backend(RobotBackend):
         t = self._topics
         deadline = time.monotonic() + self._connect_timeout
         while time.monotonic() < deadline:
-            with self._lock:
-                have_pose = self._snap.pose_count > 0
-            if have_pose and self._pub.get_subscription_count() > 0:
+            with self._lock:   # the joints too: the first observations must not show zeros for them
+                have_pose, have_joints = self._snap.pose_count > 0, self._snap.arm_count > 0
+            if have_pose and have_joints and self._pub.get_subscription_count() > 0:
                 break
             time.sleep(0.02)
         with self._lock:
-            have_pose = self._snap.pose_count > 0
+            have_pose, have_joints = self._snap.pose_count > 0, self._snap.arm_count > 0
+        if have_pose and not have_joints:
+            raise BackendError(f"no arm joints on {t.joints} within {self._connect_timeout:g} s (current_pose "
+                               f"arrives): is joint_state_broadcaster running, and are the joints named "
+                               f"{', '.join(self._arm_joints)}?")
+        if have_pose and self._finger_joints:   # the gripper may publish apart, and an arm may have none
+            end = min(deadline, time.monotonic() + 2.0)
+            while time.monotonic() < end and self._snap.finger_count == 0:
+                time.sleep(0.02)
+            if self._snap.finger_count == 0:
+                self._log("warning", f"no finger joints ({', '.join(self._finger_joints)}) on "
+                                     f"{t.gripper_joints or t.joints}: the gripper width reads 0")
         if not have_pose:
             raise BackendError(
                 f"no message on {t.pose} within {self._connect_timeout:g} s: is franka_ros2 running with "
