@@ -105,6 +105,23 @@ def test_the_other_replay_kinds_train_through_the_graph(procs, ros_node, in_tmp,
         assert len(stored) >= 250
 
 
+def test_a_config_that_does_not_fit_the_robot_is_refused_naming_both_sides(procs, in_tmp):
+    import yaml
+
+    cfg = config_dir(in_tmp)
+    path = cfg / "sac_peg.yaml"
+    data = yaml.safe_load(path.read_text())
+    data["obs"].update(state_dim=19, state_offset=[], state_scale=[])
+    path.write_text(yaml.safe_dump(data))
+    run = launch(procs, in_tmp, cfg, "realtime_factor:=0")
+    assert run.popen.wait(timeout=120) == 2, run.output()[-3000:]
+    out = run.output()
+    assert "node franka_0/inference refused its configuration (code 2); stopping the run" in out, out[-3000:]
+    assert (f"{path}: obs: the policy (state_dim 19, 7 actions, no cameras) cannot serve robot franka_0 "
+            f"(franka_fr3): it publishes 20 proprio values (tcp_x") in out, out[-3000:]
+    assert "the policy takes state_dim 19" in out
+
+
 def test_sync_run_alternates_collection_and_training(procs, ros_node, in_tmp):
     cfg = config_dir(in_tmp)
     episodes = Collect(ros_node, EpisodeStats, "/user/episodes")

@@ -16,7 +16,6 @@ uses 0.5). Given a seed and unchanging data, the sequence of batches is determin
 from __future__ import annotations
 
 import collections
-import dataclasses
 import logging
 import threading
 import time
@@ -24,6 +23,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Iterable
 
 import numpy as np
+
+from user_common.features import Features
 
 from .codec import DecodeError, TransitionView, decode_transition
 from .store import TransitionStore
@@ -35,36 +36,9 @@ class LayoutMismatch(ValueError):
     """A stored transition does not fit the layout the learner asked for."""
 
 
-@dataclasses.dataclass(frozen=True)
-class Layout:
-    """What a batch holds: proprio and action sizes, and which cameras at which size."""
-
-    state_dim: int
-    action_dim: int = 7
-    cameras: tuple[str, ...] = ()
-    image_size: tuple[int, int] = (128, 128)     # width, height
-
-    @property
-    def image_shape(self) -> tuple[int, int, int, int]:
-        w, h = self.image_size
-        return (len(self.cameras), h, w, 3)
-
-    def bytes_per_transition(self) -> int:
-        n = 4 * (2 * self.state_dim + self.action_dim + 2)
-        if self.cameras:
-            n += 2 * int(np.prod(self.image_shape))
-        return n
-
-    def empty(self, n: int) -> dict[str, np.ndarray]:
-        """Uninitialized arrays for ``n`` transitions."""
-        out = {"state": np.empty((n, self.state_dim), np.float32),
-               "next_state": np.empty((n, self.state_dim), np.float32),
-               "action": np.empty((n, self.action_dim), np.float32),
-               "reward": np.empty(n, np.float32), "terminated": np.empty(n, np.float32)}
-        if self.cameras:
-            out["pixels"] = np.empty((n, *self.image_shape), np.uint8)
-            out["next_pixels"] = np.empty((n, *self.image_shape), np.uint8)
-        return out
+class Layout(Features):
+    """The feature schema (``user_common.features.Features``) plus how a decoded transition fills a
+    row of a batch."""
 
     def fill(self, out: dict[str, np.ndarray], i: int, t: TransitionView) -> None:
         """Write one decoded transition into row ``i`` of ``out``; LayoutMismatch if it does not fit."""

@@ -9,11 +9,11 @@ import time
 import numpy as np
 import pytest
 
-from user_learner.batch import ObsSpec
+from user_common.features import Features
 from user_learner.algos.sac import SACAgent, SACConfig, SACPolicy
 
 
-@pytest.mark.parametrize("spec", [ObsSpec(state_dim=20), ObsSpec(state_dim=20, cameras=("wrist", "side"))],
+@pytest.mark.parametrize("spec", [Features(state_dim=20), Features(state_dim=20, cameras=("wrist", "side"))],
                          ids=["state-mlp", "cnn-2x128px"])
 def test_act_latency(spec):
     cfg = SACConfig()
@@ -21,7 +21,7 @@ def test_act_latency(spec):
     policy.load_policy_state_dict(SACAgent(spec, cfg).policy_state_dict())
     rng = np.random.default_rng(0)
     state = rng.standard_normal(spec.state_dim).astype(np.float32)
-    pixels = rng.integers(0, 256, spec.pixel_shape, dtype=np.uint8) if spec.cameras else None
+    pixels = rng.integers(0, 256, spec.image_shape, dtype=np.uint8) if spec.cameras else None
     for _ in range(10):  # warm-up: first calls allocate and pick kernels
         policy.act(state, pixels, deterministic=True)
     times = []

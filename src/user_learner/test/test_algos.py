@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from user_learner.algos import UnknownAlgorithm, algorithm_names, get_algorithm
-from user_learner.batch import ObsSpec
+from user_common.features import Features
 from user_learner.serving import PolicyServer, robot_seed
 
-SPEC = ObsSpec(state_dim=4, action_dim=3)
+SPEC = Features(state_dim=4, action_dim=3)
 
 
 def test_unknown_algorithm_lists_the_registered_ones():

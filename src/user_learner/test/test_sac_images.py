@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from user_learner.batch import ObsSpec, batch_from_numpy, obs_to_tensors
+from user_common.features import Features
+from user_learner.batch import batch_from_numpy, obs_to_tensors
 from user_learner.networks import random_shift
 from user_learner.algos.sac import SACAgent, SACConfig
 
@@ -32,7 +33,7 @@ def square_batch(rng: np.random.Generator, size: int) -> dict[str, torch.Tensor]
         "next_pixels": np.stack([square_image(v) for v in x2])[:, None]})
 
 
-SPEC = ObsSpec(state_dim=1, cameras=("front",), image_size=(SIZE, SIZE), action_dim=1)
+SPEC = Features(state_dim=1, cameras=("front",), image_size=(SIZE, SIZE), action_dim=1)
 CFG = SACConfig(hidden_dims=(64, 64), encoder_dim=32, critic_actor_ratio=2, seed=0)
 
 
@@ -89,11 +90,11 @@ def test_actor_update_leaves_conv_and_critic_unchanged():
 
 
 def test_default_128px_two_camera_encoder_works():
-    spec = ObsSpec(state_dim=20, cameras=("wrist", "side"))
+    spec = Features(state_dim=20, cameras=("wrist", "side"))
     agent = SACAgent(spec, SACConfig(hidden_dims=(32,)))
     rng = np.random.default_rng(0)
-    pixels = rng.integers(0, 256, spec.pixel_shape, dtype=np.uint8)
-    assert spec.pixel_shape == (2, 128, 128, 3)
+    pixels = rng.integers(0, 256, spec.image_shape, dtype=np.uint8)
+    assert spec.image_shape == (2, 128, 128, 3)
     obs = obs_to_tensors(np.zeros(20, np.float32), pixels)
     assert obs["pixels"].shape == (1, 2, 128, 128, 3) and obs["state"].shape == (1, 20)
     assert agent.conv(obs["pixels"]).shape == (1, 2, agent.conv.out_dim)

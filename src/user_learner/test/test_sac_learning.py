@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from user_learner.batch import ObsSpec, batch_from_numpy
+from user_common.features import Features
+from user_learner.batch import batch_from_numpy
 from user_learner.algos.sac import SACAgent, SACConfig
 
 STEP = 0.1          # metres per unit action
@@ -68,7 +69,7 @@ def success_rate(agent: SACAgent, starts: np.ndarray) -> float:
 
 def test_sac_drives_point_mass_to_origin():
     cfg = SACConfig(hidden_dims=(64, 64), batch_size=128, seed=0)
-    agent = SACAgent(ObsSpec(state_dim=1, action_dim=1), cfg)
+    agent = SACAgent(Features(state_dim=1, action_dim=1), cfg)
     rng = np.random.default_rng(0)
     env, replay = PointMass(8, rng), Replay(40_000)
     eval_starts = np.random.default_rng(1).uniform(-1, 1, 50)
@@ -102,7 +103,7 @@ def test_terminal_transitions_do_not_bootstrap(terminated, expected_q):
     # Constant reward 1 everywhere: Q converges to 1 if every transition is terminal,
     # and to 1 / (1 - discount) if none is.
     cfg = SACConfig(hidden_dims=(32, 32), discount=0.5, critic_lr=3e-3, tau=0.05, seed=0)
-    agent = SACAgent(ObsSpec(state_dim=2, action_dim=1), cfg)
+    agent = SACAgent(Features(state_dim=2, action_dim=1), cfg)
     rng = np.random.default_rng(0)
     n = 64
     batch = batch_from_numpy({
@@ -117,7 +118,7 @@ def test_terminal_transitions_do_not_bootstrap(terminated, expected_q):
 def test_redq_subsample_and_entropy_backup_run():
     cfg = SACConfig(hidden_dims=(32,), critic_ensemble=5, critic_subsample=2, backup_entropy=True,
                     critic_actor_ratio=1)
-    agent = SACAgent(ObsSpec(state_dim=3, action_dim=2), cfg)
+    agent = SACAgent(Features(state_dim=3, action_dim=2), cfg)
     rng = np.random.default_rng(0)
     batch = batch_from_numpy({
         "state": rng.standard_normal((16, 3)), "next_state": rng.standard_normal((16, 3)),
@@ -130,6 +131,6 @@ def test_redq_subsample_and_entropy_backup_run():
 
 def test_bad_config_names_the_key():
     with pytest.raises(ValueError, match="critic_subsample"):
-        SACAgent(ObsSpec(state_dim=3, action_dim=2), SACConfig(critic_ensemble=2, critic_subsample=3))
+        SACAgent(Features(state_dim=3, action_dim=2), SACConfig(critic_ensemble=2, critic_subsample=3))
     with pytest.raises(ValueError, match="discount"):
         SACConfig(discount=1.5).validate()

@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from user_learner.batch import ObsSpec
+from user_common.features import Features
 from user_learner.checkpoint import checkpoint_path, load_latest_checkpoint, save_checkpoint
 from user_learner.algos.sac import SACAgent, SACConfig, SACPolicy
 
-STATE_SPEC = ObsSpec(state_dim=5, action_dim=3)
-IMAGE_SPEC = ObsSpec(state_dim=5, cameras=("wrist", "side"), image_size=(40, 32), action_dim=3)
+STATE_SPEC = Features(state_dim=5, action_dim=3)
+IMAGE_SPEC = Features(state_dim=5, cameras=("wrist", "side"), image_size=(40, 32), action_dim=3)
 # An ensemble with a random REDQ subset and ratio 2 exercises every random draw and both update kinds.
 CFG = SACConfig(hidden_dims=(32, 32), encoder_dim=16, critic_ensemble=3, critic_subsample=2, seed=7)
 
@@ -87,7 +87,7 @@ def test_policy_acts_like_the_agent(spec, make_batch):
     rng = np.random.default_rng(3)
     for _ in range(5):
         state = rng.standard_normal(spec.state_dim).astype(np.float32)
-        pixels = rng.integers(0, 256, spec.pixel_shape, dtype=np.uint8) if spec.cameras else None
+        pixels = rng.integers(0, 256, spec.image_shape, dtype=np.uint8) if spec.cameras else None
         expected = agent.act(state, pixels, deterministic=True)
         np.testing.assert_allclose(policy.act(state, pixels, deterministic=True), expected, rtol=0, atol=1e-6,
                                    err_msg="SACPolicy and SACAgent disagree on the deterministic action")

@@ -3,16 +3,16 @@ from __future__ import annotations
 
 import numpy as np
 
+from user_common.features import Features
 from user_hal.ros_convert import msg_to_image
 
-from .batch import ObsSpec
 
 
 class ObservationMismatch(ValueError):
-    """An observation does not fit the policy's ObsSpec (wrong proprio size, missing camera...)."""
+    """An observation does not fit the policy's Features (wrong proprio size, missing camera...)."""
 
 
-def observation_arrays(obs, spec: ObsSpec, normalize=None) -> tuple[np.ndarray, np.ndarray | None]:
+def observation_arrays(obs, spec: Features, normalize=None) -> tuple[np.ndarray, np.ndarray | None]:
     """``(state, pixels)`` of a ``user_msgs/Observation``; pixels ordered as ``spec.cameras``.
 
     ``normalize`` (e.g. ``ObsConfig.normalizer()``) maps the raw proprio to what the policy sees.

@@ -20,7 +20,7 @@ import numpy as np
 import rclpy
 import torch
 from rclpy.node import Node
-from user_msgs.msg import Action, Observation, PolicyStatus
+from user_msgs.msg import Action, Observation, PolicyStatus, RobotDescription
 
 from user_hal import qos
 from user_hal.config_schema import ConfigError
@@ -60,11 +60,20 @@ class InferenceNode(Node):
             self._pubs[rid] = self.create_publisher(Action, qos.robot_topic(rid, "action"), qos.CONTROL)
             self.create_subscription(Observation, qos.robot_topic(rid, "observation"), self._on_obs, qos.CONTROL)
         self.weights = WeightSubscriber(self, on_weights=self.server.prepare, policy_name=self.cfg.algo_name)
+        # A robot whose description disagrees with the config is refused: exit 2, one line naming both.
+        self.create_subscription(RobotDescription, qos.DESCRIPTION_TOPIC, self._on_description, qos.ANNOUNCEMENTS_IN)
         self.pub_status = self.create_publisher(PolicyStatus, qos.POLICY_STATUS_TOPIC, qos.SENSOR)
         self.create_timer(0.5, self._status)
         self.get_logger().info(
             f"inference for {', '.join(self.robot_ids)}: {self.cfg.algo_name}, {len(self.spec.cameras)} cameras "
             f"{list(self.spec.cameras)}, state {self.spec.state_dim}, config {self.cfg.source}")
+
+    def _on_description(self, d: RobotDescription) -> None:
+        if d.robot_id not in self.server.generators:
+            return
+        why = self.spec.mismatch_with_robot(d)
+        if why:
+            raise ConfigError(self.cfg.source, "obs", f"the policy ({self.spec.describe()}) cannot serve {why}")
 
     @property
     def version(self) -> int:

@@ -12,10 +12,11 @@ import dataclasses
 from pathlib import Path
 from typing import Any, Literal
 
+from user_common.features import Features
 from user_hal.config_schema import ConfigError, apply_overrides, load_dataclass, non_negative, positive, read_yaml
 
 from .algos import AlgoConfig, UnknownAlgorithm, get_algorithm
-from .batch import ObsSpec
+
 
 
 class StateNormalizer:
@@ -59,8 +60,8 @@ class ObsConfig:
     def normalizer(self) -> "StateNormalizer":
         return StateNormalizer(self.state_offset, self.state_scale)
 
-    def spec(self) -> ObsSpec:
-        return ObsSpec(state_dim=self.state_dim, cameras=tuple(self.cameras), image_size=tuple(self.image_size),
+    def spec(self) -> Features:
+        return Features(state_dim=self.state_dim, cameras=tuple(self.cameras), image_size=tuple(self.image_size),
                        action_dim=self.action_dim)
 
 

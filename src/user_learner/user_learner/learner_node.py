@@ -28,7 +28,8 @@ import torch
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.executors import MultiThreadedExecutor
 from rclpy.node import Node
-from user_msgs.msg import Action, EpisodeStats, PolicyStatus, RobotStatus, Transition, TransitionAck
+from user_msgs.msg import (Action, EpisodeStats, PolicyStatus, RobotDescription, RobotStatus, Transition,
+                            TransitionAck)
 from user_msgs.srv import ResetRobot
 
 from user_buffer.codec import DecodeError, decode_transition
@@ -132,6 +133,9 @@ class LearnerNode(Node):
         if L.mode == "sync":   # a robot left waiting for its reset (by a learner that died) is reset too
             self.create_subscription(RobotStatus, qos.HEARTBEAT_TOPIC, self._on_heartbeat, qos.ANNOUNCEMENTS_IN,
                                      callback_group=other)
+        self.create_subscription(RobotDescription, qos.DESCRIPTION_TOPIC, self._on_description, qos.ANNOUNCEMENTS_IN,
+                                 callback_group=other)
+        self._misfits: set[str] = set()
         self.pub_ack = self.create_publisher(TransitionAck, qos.TRANSITION_ACK_TOPIC, qos.DATA)
         self.create_timer(0.25, self._send_acks, callback_group=other)
         self.weights = WeightPublisher(self, policy_name=self.cfg.algo_name)
@@ -219,6 +223,13 @@ class LearnerNode(Node):
 
     def _on_episode(self, msg: EpisodeStats) -> None:
         self.progress.episode(msg)
+
+    def _on_description(self, d: RobotDescription) -> None:
+        why = self.spec.mismatch_with_robot(d)
+        if why and d.robot_id not in self._misfits:   # its transitions do not fit: say so once, by name
+            self._misfits.add(d.robot_id)
+            self.get_logger().error(f"{self.cfg.source}: obs: the policy ({self.spec.describe()}) cannot learn "
+                                    f"from {why}; its transitions are not trained on")
 
     def _on_heartbeat(self, msg: RobotStatus) -> None:
         self.schedule.robot_status(msg.robot_id, msg.state == RobotStatus.STATE_IDLE and msg.episodes_done > 0)

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .batch import ObsSpec
+from user_common.features import Features
 
 _LOG_2 = math.log(2.0)
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
@@ -69,7 +69,7 @@ class ConvTrunk(nn.Module):
 class ObsEmbedding(nn.Module):
     """Conv features of every camera plus the state -> one vector (identity on the state if no cameras)."""
 
-    def __init__(self, spec: ObsSpec, conv_dim: int, encoder_dim: int) -> None:
+    def __init__(self, spec: Features, conv_dim: int, encoder_dim: int) -> None:
         super().__init__()
         # One bottleneck per camera: the views differ, only the conv trunk is shared.
         self.image_heads = nn.ModuleList(
@@ -142,7 +142,7 @@ class QEnsemble(nn.Module):
 class Critic(nn.Module):
     """Q-ensemble over (observation embedding, action)."""
 
-    def __init__(self, spec: ObsSpec, conv_dim: int, encoder_dim: int, hidden_dims: Sequence[int],
+    def __init__(self, spec: Features, conv_dim: int, encoder_dim: int, hidden_dims: Sequence[int],
                  ensemble: int) -> None:
         super().__init__()
         self.embed = ObsEmbedding(spec, conv_dim, encoder_dim)
@@ -156,7 +156,7 @@ class Critic(nn.Module):
 class Actor(nn.Module):
     """Gaussian policy head; actions are ``tanh`` of a Gaussian sample (see ``squashed_sample``)."""
 
-    def __init__(self, spec: ObsSpec, conv_dim: int, encoder_dim: int, hidden_dims: Sequence[int],
+    def __init__(self, spec: Features, conv_dim: int, encoder_dim: int, hidden_dims: Sequence[int],
                  log_std_min: float, log_std_max: float) -> None:
         super().__init__()
         self.embed = ObsEmbedding(spec, conv_dim, encoder_dim)

@@ -11,7 +11,8 @@ import importlib
 import pkgutil
 from typing import Any, Callable
 
-from ..batch import ObsSpec
+from user_common.features import Features
+
 from .base import Agent, AlgoConfig, Policy
 
 __all__ = ["Algorithm", "AlgoConfig", "Agent", "Policy", "UnknownAlgorithm", "register", "get_algorithm",
@@ -29,8 +30,8 @@ class UnknownAlgorithm(KeyError):
 class Algorithm:
     name: str
     config: type[AlgoConfig]                      # its hyper-parameters (the learning config's ``algo:``)
-    agent: Callable[[ObsSpec, Any], Agent]        # (spec, config) -> the learner side
-    policy: Callable[[ObsSpec, Any], Policy]      # (spec, config) -> the inference side
+    agent: Callable[[Features, Any], Agent]        # (spec, config) -> the learner side
+    policy: Callable[[Features, Any], Policy]      # (spec, config) -> the inference side
     summary: str = ""
 
 

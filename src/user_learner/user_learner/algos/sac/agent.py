@@ -1,7 +1,7 @@
 """Soft Actor-Critic with a critic ensemble and DrQ image augmentation, as used by SERL / HIL-SERL.
 
 ``SACAgent`` is the learner side (all networks, optimisers, the update); ``SACPolicy`` is the light
-inference side built from the same ``ObsSpec`` + ``SACConfig`` and fed with
+inference side built from the same ``Features`` + ``SACConfig`` and fed with
 ``SACAgent.policy_state_dict()``. Neither knows anything about ROS.
 
 One ``update`` call is one critic step::
@@ -32,7 +32,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ...batch import ObsSpec, check_batch, obs_to_tensors
+from user_common.features import Features
+
+from ...batch import check_batch, obs_to_tensors
 from ...networks import Actor, ConvTrunk, Critic, random_shift, squashed_sample
 from ..base import AlgoConfig
 
@@ -90,7 +92,7 @@ class SACConfig(AlgoConfig):
             raise ValueError(f"log_std_min: must be < log_std_max ({self.log_std_max}), got {self.log_std_min!r}")
 
 
-def _build_policy_nets(spec: ObsSpec, cfg: SACConfig) -> tuple[ConvTrunk | None, Actor]:
+def _build_policy_nets(spec: Features, cfg: SACConfig) -> tuple[ConvTrunk | None, Actor]:
     """The networks inference needs; built first so SACAgent and SACPolicy start from identical weights."""
     conv = ConvTrunk(spec.image_size, cfg.conv_channels, downsample=cfg.image_downsample) if spec.cameras else None
     actor = Actor(spec, conv.out_dim if conv else 0, cfg.encoder_dim, cfg.hidden_dims,
@@ -98,7 +100,7 @@ def _build_policy_nets(spec: ObsSpec, cfg: SACConfig) -> tuple[ConvTrunk | None,
     return conv, actor
 
 
-def _policy_action(conv: ConvTrunk | None, actor: Actor, spec: ObsSpec, state: np.ndarray,
+def _policy_action(conv: ConvTrunk | None, actor: Actor, spec: Features, state: np.ndarray,
                    pixels: np.ndarray | None, deterministic: bool, generator: torch.Generator,
                    device: torch.device) -> np.ndarray:
     """One observation -> one action in ``[-1, 1]^A`` (float32); callers hold inference mode."""
@@ -108,8 +110,8 @@ def _policy_action(conv: ConvTrunk | None, actor: Actor, spec: ObsSpec, state: n
     obs = obs_to_tensors(state, pixels, device)
     if obs["state"].shape[1] != spec.state_dim:
         raise ValueError(f"act: state must have {spec.state_dim} values, got {obs['state'].shape[1]}")
-    if pixels is not None and tuple(obs["pixels"].shape[1:]) != spec.pixel_shape:
-        raise ValueError(f"act: pixels must be {list(spec.pixel_shape)}, got {list(obs['pixels'].shape[1:])}")
+    if pixels is not None and tuple(obs["pixels"].shape[1:]) != spec.image_shape:
+        raise ValueError(f"act: pixels must be {list(spec.image_shape)}, got {list(obs['pixels'].shape[1:])}")
     feats = conv(obs["pixels"]) if conv is not None else None
     mean, log_std = actor(feats, obs["state"])
     action = torch.tanh(mean) if deterministic else squashed_sample(mean, log_std, generator)[0]
@@ -144,7 +146,7 @@ def _set_numpy_rng_state(d: dict[str, Any]) -> None:
 class SACAgent:
     """The learner side of SAC: networks, target networks, optimisers, temperature. Not thread-safe."""
 
-    def __init__(self, spec: ObsSpec, cfg: SACConfig, device: str | torch.device = "cpu") -> None:
+    def __init__(self, spec: Features, cfg: SACConfig, device: str | torch.device = "cpu") -> None:
         spec.validate()
         cfg.validate()
         self.spec, self.cfg, self.device = spec, cfg, torch.device(device)
@@ -330,7 +332,7 @@ class SACPolicy:
 
     chunk_size = 1
 
-    def __init__(self, spec: ObsSpec, cfg: SACConfig, device: str | torch.device = "cpu") -> None:
+    def __init__(self, spec: Features, cfg: SACConfig, device: str | torch.device = "cpu") -> None:
         spec.validate()
         cfg.validate()
         self.spec, self.cfg, self.device = spec, cfg, torch.device(device)

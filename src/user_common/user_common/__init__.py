@@ -1,0 +1,1 @@
+"""What every USER package shares and depends on none of them: the feature schema (``features``)."""
