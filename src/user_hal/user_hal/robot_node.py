@@ -161,6 +161,7 @@ class RobotNode(Node):
         self.declare_parameter("outbox_max_mb", 1024)
         # True: after an episode the robot holds until its reset service is called (sync training).
         self.declare_parameter("wait_for_reset", False)
+        self.declare_parameter("reward", "profile")   # or "sparse" / "dense": overrides the profile's task.reward
         # Test hook: "step:N[,N...]" raises BackendError at those control steps (see the module doc).
         self.declare_parameter("fault_injection", "")
         p = self.get_parameter
@@ -168,6 +169,8 @@ class RobotNode(Node):
         overrides = {}
         if p("backend").value:
             overrides["robot.backend"] = p("backend").value
+        if p("reward").value not in ("", "profile"):
+            overrides["task.reward"] = p("reward").value
         if p("realtime_factor").value >= 0:
             overrides["robot.realtime_factor"] = float(p("realtime_factor").value)
         profile_path = p("profile").value

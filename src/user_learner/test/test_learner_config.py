@@ -11,12 +11,13 @@ from user_learner.learner_config import load_learner_config
 ROOT = Path(__file__).resolve().parents[3]
 
 
-@pytest.mark.parametrize("name, cameras", [("sac_peg", ()), ("sac_peg_cnn", ("wrist", "side")), ("rlpd_peg", ())])
-def test_shipped_configs_load(name, cameras):
+@pytest.mark.parametrize("name, algo, cameras", [("sac_peg", "sac", ()), ("sac_peg_cnn", "sac", ("wrist", "side")),
+                                                 ("rlpd_peg", "rlpd", ())])
+def test_shipped_configs_load(name, algo, cameras):
     cfg = load_learner_config(ROOT / "config" / f"{name}.yaml")
     spec = cfg.obs.spec()
     assert spec.cameras == cameras and spec.state_dim == 20 and spec.action_dim == 7
-    assert cfg.algo_name == "sac" and cfg.algo.batch_size == 256 and cfg.learner.mode == "async"
+    assert cfg.algo_name == algo and cfg.algo.batch_size == 256 and cfg.learner.mode == "async"
     raw = np.zeros(20, np.float32)
     raw[:3] = (0.55, 0.05, 0.15)
     assert np.allclose(cfg.obs.normalizer()(raw)[:3], (1.0, 1.0, 1.0))
@@ -32,7 +33,8 @@ def test_shipped_configs_load(name, cameras):
     ({"learner": {"min_buffer": -1}}, "learner.min_buffer", ">= 0"),
     ({"algo": {"name": "sac", "discount": "high"}}, "algo.discount", "expected a number"),
     ({"algo": {"batch_size": 0}}, "algo.batch_size", "must be > 0"),
-    ({"algo": {"name": "ppo"}}, "algo.name", "unknown algorithm 'ppo'; registered: sac"),
+    ({"algo": {"name": "ppo"}}, "algo.name", "unknown algorithm 'ppo'; registered: "),
+    ({"algo": {"name": "rlpd"}}, "replay.demo_ratio", "algo rlpd learns from demonstrations: set replay.demo_dir"),
     ({"algo": "sac"}, "algo", "expected a mapping with a name"),
     ({"algo": {"name": "sac", "discont": 0.9}}, "algo.discont", "unknown key"),
     ({"sac": {"discount": 0.9}}, "sac", "moved under algo:"),

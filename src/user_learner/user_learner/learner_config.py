@@ -108,7 +108,7 @@ class ReplayConfig:
     def validate(self) -> None:
         if self.demo_ratio > 1.0:
             raise ValueError(f"demo_ratio: must be in [0, 1], got {self.demo_ratio}")
-        if self.demo_ratio > 0 and not self.demo_dir:
+        if self.demo_ratio > 0 and not self.demo_dir and self.kind != "remote":   # remote: the buffer node's
             raise ValueError("demo_ratio: > 0 needs demo_dir (a bag of demonstrations)")
 
 
@@ -151,6 +151,10 @@ def load_learner_config(path: str | Path, overrides: dict[str, Any] | None = Non
         raise ConfigError(source, "algo.name", str(exc)) from None
     algo_cfg = load_dataclass(algorithm.config, algo, source, "algo")
     sections = load_dataclass(_Sections, data, source)
+    if algorithm.needs_demos and sections.replay.demo_ratio <= 0:
+        raise ConfigError(source, "replay.demo_ratio", f"algo {algorithm.name} learns from demonstrations: set "
+                                                       f"replay.demo_dir (a bag recorded with record:=true) and "
+                                                       f"replay.demo_ratio (0.5)")
     if sections.learner.mode == "sync" and sections.replay.kind == "remote":
         raise ConfigError(source, "replay.kind", "remote needs learner.mode async (in sync mode the learner "
                                                  "resets robots when their transitions reach it)")

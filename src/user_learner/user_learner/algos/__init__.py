@@ -32,6 +32,7 @@ class Algorithm:
     config: type[AlgoConfig]                      # its hyper-parameters (the learning config's ``algo:``)
     agent: Callable[[Features, Any], Agent]        # (spec, config) -> the learner side
     policy: Callable[[Features, Any], Policy]      # (spec, config) -> the inference side
+    needs_demos: bool = False                     # learns from demonstrations (replay.demo_ratio > 0)
     summary: str = ""
 
 
