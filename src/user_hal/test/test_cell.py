@@ -141,10 +141,9 @@ def test_scripted_expert_succeeds_in_at_least_9_of_10_randomized_episodes():
     assert successes >= 9, f"scripted expert: {successes}/10 successes; (success, steps, distance): {results}"
 
 
-def test_a_reset_waits_for_a_lagging_arm_and_gives_up_on_one_that_does_not_follow(cell):
+def test_a_reset_waits_for_a_lagging_arm_and_goes_on_without_one_that_does_not_follow(cell):
     """The reset's target never runs far ahead of the measured TCP (a late state stream, an arm slowed
-    by contact): it waits, and after FOLLOW_TIMEOUT_PERIODS raises instead of commanding a far target."""
-    from user_hal.backend import BackendError
+    by contact): it waits, for at most FOLLOW_TIMEOUT_PERIODS per step, then goes on as before."""
     from user_hal.cell import FOLLOW_PERIODS, FOLLOW_TIMEOUT_PERIODS
 
     real = cell.backend.set_target
@@ -159,12 +158,14 @@ def test_a_reset_waits_for_a_lagging_arm_and_gives_up_on_one_that_does_not_follo
         real(pos, quat, gripper)
 
     cell.backend.set_target = lagging
-    cell.reset(seed=2)
+    start = cell.sample_start(2)[0]
+    state = cell.reset(seed=2)
     assert len(dropped) == 20 and max(gaps) <= (FOLLOW_PERIODS + 1) * cell.max_step + 1e-9, max(gaps)
+    assert np.linalg.norm(state.tcp_pos - start) <= cell.max_step, "the episode starts at the start pose"
     cell.backend.set_target = real
     for _ in range(4):                                          # 8 cm away from the start pose ...
         cell.step(np.array([1.0, 0, 0, 0, 0, 0, -1.0]))
-    cell.backend.set_target = lambda pos, quat, gripper: None   # ... where the arm stops following
-    with pytest.raises(BackendError, match="does not follow the reset motion") as err:
-        cell.reset(seed=3)
-    assert f"after {FOLLOW_TIMEOUT_PERIODS * cell.period:.1f} s" in str(err.value)
+    sent = []
+    cell.backend.set_target = lambda pos, quat, gripper: sent.append(pos)   # ... where the arm stops following
+    cell.reset(seed=3)
+    assert len(sent) >= FOLLOW_TIMEOUT_PERIODS, "it waited for the arm before going on"
