@@ -75,10 +75,14 @@ def success_rate(policy, starts: np.ndarray) -> float:
     return float(np.mean(np.array(finals) < TOLERANCE))
 
 
-@pytest.mark.parametrize("name", algorithm_names())
-def test_every_algorithm_drives_the_point_mass_to_the_origin(name):
+CASES = [(name, {}) for name in algorithm_names()] + [("sac_flow", {"actor": "flow_t", "flow_d_model": 32,
+                                                                        "flow_heads": 2})]
+
+
+@pytest.mark.parametrize("name, extra", CASES, ids=[f"{n}-{e.get('actor', 'default')}" for n, e in CASES])
+def test_every_algorithm_drives_the_point_mass_to_the_origin(name, extra):
     algo = get_algorithm(name)
-    cfg = algo.config(**SMALL)
+    cfg = algo.config(**SMALL, **extra)
     agent, policy = algo.agent(SPEC, cfg), algo.policy(SPEC, cfg)
     noise = torch.Generator().manual_seed(5)
     rng = np.random.default_rng(0)

@@ -1,4 +1,5 @@
-"""Networks for SAC: LayerNorm MLPs, a critic ensemble, a tanh-Gaussian actor and a small image encoder.
+"""Networks: LayerNorm MLPs, a critic ensemble, a tanh-Gaussian actor and a small image encoder (the flow
+actor family is in ``flow.py``). Actors offer ``sample`` (action, log-probability) and ``mode``.
 
 Image path (DrQ / SERL style): every camera goes through one shared ``ConvTrunk`` (uint8 in, /255
 inside); an ``ObsEmbedding`` squeezes each camera's conv features to ``encoder_dim`` and embeds the
@@ -173,6 +174,15 @@ class Actor(nn.Module):
         log_std = torch.tanh(self.log_std(h))
         log_std = self.log_std_min + 0.5 * (self.log_std_max - self.log_std_min) * (log_std + 1.0)
         return self.mean(h), log_std
+
+    def sample(self, conv_feats: torch.Tensor | None, state: torch.Tensor,
+               generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """A reparameterised action ``[B, A]`` in (-1, 1) and its log-probability ``[B]``."""
+        return squashed_sample(*self(conv_feats, state), generator)
+
+    def mode(self, conv_feats: torch.Tensor | None, state: torch.Tensor) -> torch.Tensor:
+        """The deterministic action (evaluation): tanh of the mean."""
+        return torch.tanh(self(conv_feats, state)[0])
 
 
 def squashed_sample(mean: torch.Tensor, log_std: torch.Tensor,

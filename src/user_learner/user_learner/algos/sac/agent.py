@@ -15,7 +15,8 @@ and every ``critic_actor_ratio``-th call also an actor and a temperature step::
     L_pi    = mean_B [ alpha * log pi(a|s) - mean_j Q_j(s, a) ],   a ~ pi(s)
     L_alpha = -log_alpha * mean_B [ log pi(a|s) + target_entropy ]
 
-The target critic (embeddings + Q-heads) follows by Polyak averaging after every critic step. As in
+``pi`` is the actor family ``actor`` names: a tanh-Gaussian MLP, or a flow (``flow.py``), which is
+SAC-Flow. The target critic (embeddings + Q-heads) follows by Polyak averaging after every critic step. As in
 DrQ-v2, there is no target conv trunk: next observations are encoded by the online trunk (no grad), and
 the actor step reuses the detached conv features of the critic step; this halves the image work per
 update, which dominates on a CPU.
@@ -26,7 +27,7 @@ import contextlib
 import copy
 import dataclasses
 import math
-from typing import Any, Iterator
+from typing import Any, Iterator, Literal
 
 import numpy as np
 import torch
@@ -35,7 +36,8 @@ from torch import nn
 from user_common.features import Features
 
 from ...batch import check_batch, obs_to_tensors
-from ...networks import Actor, ConvTrunk, Critic, random_shift, squashed_sample
+from ...flow import FlowActor
+from ...networks import Actor, ConvTrunk, Critic, random_shift
 from ..base import AlgoConfig
 
 STATE_DICT_VERSION = 1
@@ -64,6 +66,15 @@ class SACConfig(AlgoConfig):
     backup_entropy: bool = False          # SERL / RLPD: no entropy term in the TD target
     log_std_min: float = -5.0
     log_std_max: float = 2.0
+    # The actor family: a tanh-Gaussian MLP, or a flow (SAC-Flow: K noisy Euler steps of a velocity field,
+    # gated (flow_g) or a transformer decoder (flow_t); see flow.py). flow_* keys matter only to flows.
+    actor: Literal["gaussian", "flow_g", "flow_t"] = "gaussian"
+    flow_steps: int = 4
+    flow_sigma_min: float = 0.05          # the per-step noise scale is learned within [min, max]
+    flow_sigma_max: float = 0.5
+    flow_d_model: int = 64                # flow_t: width, heads and layers of the decoder
+    flow_heads: int = 4
+    flow_layers: int = 2
 
     def resolved_target_entropy(self, action_dim: int) -> float:
         """The entropy the temperature steers towards."""
@@ -88,19 +99,32 @@ class SACConfig(AlgoConfig):
             raise ValueError(f"hidden_dims: widths must be > 0, got {list(self.hidden_dims)}")
         if self.image_augment_pad < 0:
             raise ValueError(f"image_augment_pad: must be >= 0, got {self.image_augment_pad!r}")
+        if self.flow_steps <= 0:
+            raise ValueError(f"flow_steps: must be > 0, got {self.flow_steps!r}")
+        if not 0 < self.flow_sigma_min <= self.flow_sigma_max:
+            raise ValueError(f"flow_sigma_min: must be in (0, flow_sigma_max={self.flow_sigma_max}], "
+                             f"got {self.flow_sigma_min!r}")
+        if self.actor == "flow_t" and self.flow_d_model % self.flow_heads:
+            raise ValueError(f"flow_heads: must divide flow_d_model={self.flow_d_model}, got {self.flow_heads!r}")
         if not self.log_std_min < self.log_std_max:
             raise ValueError(f"log_std_min: must be < log_std_max ({self.log_std_max}), got {self.log_std_min!r}")
 
 
-def _build_policy_nets(spec: Features, cfg: SACConfig) -> tuple[ConvTrunk | None, Actor]:
+def _build_policy_nets(spec: Features, cfg: SACConfig) -> tuple[ConvTrunk | None, Actor | FlowActor]:
     """The networks inference needs; built first so SACAgent and SACPolicy start from identical weights."""
     conv = ConvTrunk(spec.image_size, cfg.conv_channels, downsample=cfg.image_downsample) if spec.cameras else None
-    actor = Actor(spec, conv.out_dim if conv else 0, cfg.encoder_dim, cfg.hidden_dims,
-                  cfg.log_std_min, cfg.log_std_max)
+    conv_dim = conv.out_dim if conv else 0
+    if cfg.actor == "gaussian":
+        actor: nn.Module = Actor(spec, conv_dim, cfg.encoder_dim, cfg.hidden_dims, cfg.log_std_min, cfg.log_std_max)
+    else:
+        actor = FlowActor(spec, conv_dim, cfg.encoder_dim, cfg.hidden_dims,
+                          velocity="gated" if cfg.actor == "flow_g" else "transformer", steps=cfg.flow_steps,
+                          sigma_min=cfg.flow_sigma_min, sigma_max=cfg.flow_sigma_max, d_model=cfg.flow_d_model,
+                          heads=cfg.flow_heads, layers=cfg.flow_layers)
     return conv, actor
 
 
-def _policy_action(conv: ConvTrunk | None, actor: Actor, spec: Features, state: np.ndarray,
+def _policy_action(conv: ConvTrunk | None, actor: Actor | FlowActor, spec: Features, state: np.ndarray,
                    pixels: np.ndarray | None, deterministic: bool, generator: torch.Generator,
                    device: torch.device) -> np.ndarray:
     """One observation -> one action in ``[-1, 1]^A`` (float32); callers hold inference mode."""
@@ -113,8 +137,7 @@ def _policy_action(conv: ConvTrunk | None, actor: Actor, spec: Features, state: 
     if pixels is not None and tuple(obs["pixels"].shape[1:]) != spec.image_shape:
         raise ValueError(f"act: pixels must be {list(spec.image_shape)}, got {list(obs['pixels'].shape[1:])}")
     feats = conv(obs["pixels"]) if conv is not None else None
-    mean, log_std = actor(feats, obs["state"])
-    action = torch.tanh(mean) if deterministic else squashed_sample(mean, log_std, generator)[0]
+    action = actor.mode(feats, obs["state"]) if deterministic else actor.sample(feats, obs["state"], generator)[0]
     return action[0].to("cpu", torch.float32).numpy()
 
 
@@ -227,7 +250,7 @@ class SACAgent:
         cfg = self.cfg
         with torch.no_grad():
             next_feats = self.conv(b["next_pixels"]) if self.conv is not None else None
-            next_action, next_logp = squashed_sample(*self.actor(next_feats, b["next_state"]), self.generator)
+            next_action, next_logp = self.actor.sample(next_feats, b["next_state"], self.generator)
             next_q = self.critic_target(next_feats, b["next_state"], next_action)
             if cfg.critic_subsample is not None and cfg.critic_subsample < cfg.critic_ensemble:
                 heads = torch.randperm(cfg.critic_ensemble, generator=self.generator, device=self.device)
@@ -251,7 +274,7 @@ class SACAgent:
 
     def _actor_step(self, state: torch.Tensor, feats: torch.Tensor | None) -> dict[str, float]:
         """Actor + temperature step on detached conv features (the actor never trains the encoder)."""
-        action, logp = squashed_sample(*self.actor(feats, state), self.generator)
+        action, logp = self.actor.sample(feats, state, self.generator)
         with _frozen(self.critic):
             q = self.critic(feats, state, action).mean(dim=0)
         alpha = self.log_alpha.detach().exp()
