@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -76,3 +77,15 @@ def run_graph(graph: Path, args: list[str], cwd: Path, log: Path, timeout_s: flo
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
     return proc.returncode
+
+
+PROGRESS = re.compile(r"env steps (\d+) \([\d.]+/s\) \| updates (\d+)")
+
+
+def updates_per_env_step(log: Path) -> float:
+    """Updates per environment step in the learner's last progress line of a run's log (NaN if none)."""
+    found = PROGRESS.findall(log.read_text(errors="replace"))
+    if not found:
+        return float("nan")
+    steps, updates = map(int, found[-1])
+    return updates / max(steps, 1)

@@ -21,11 +21,20 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from graph_run import ROOT, EpisodeClock, config_copy, isolate_ros, run_graph  # noqa: E402
+from graph_run import ROOT, EpisodeClock, config_copy, isolate_ros, run_graph, updates_per_env_step  # noqa: E402
+
+
+def record_demos(cfg_dir: Path, work: Path, episodes: int) -> None:
+    """Demonstrations of the scripted expert into ``work/runs/demos/replay`` (what rlpd_peg reads)."""
+    log = work / "demos.log"
+    code = run_graph(cfg_dir / "franka_sac.yaml", ["policy:=scripted", "record:=true", f"episodes:={episodes}",
+                     "realtime_factor:=0", "run_name:=demos"], work, log, timeout_s=600)
+    if code != 0:
+        raise SystemExit(f"recording demonstrations failed (exit {code}); see {log}")
 
 
 def run_mode(cfg_dir: Path, work: Path, config: str, mode: str, minutes: float, target: float, window: int,
-             rf: float) -> dict:
+             rf: float, reward: str) -> dict:
     run_name = f"learn_{config}_{mode}"
     shutil.rmtree(work / "runs" / run_name, ignore_errors=True)
     clock = EpisodeClock()
@@ -51,13 +60,14 @@ def run_mode(cfg_dir: Path, work: Path, config: str, mode: str, minutes: float, 
 
     log = work / f"{run_name}.log"
     run_graph(cfg_dir / "franka_sac.yaml", [f"config:={config}", f"sync:={str(mode == 'sync').lower()}",
-              f"max_minutes:={minutes}", f"run_name:={run_name}", f"realtime_factor:={rf}"],
+              f"max_minutes:={minutes}", f"run_name:={run_name}", f"realtime_factor:={rf}", f"reward:={reward}"],
               work, log, timeout_s=60 * minutes + 120, stop_when=check)
     check()
     clock.close()
+    utd = updates_per_env_step(log)
     shutil.copy(log, ROOT / "runs" / f"{run_name}.log") if (ROOT / "runs").is_dir() else None
     return {"mode": mode, "curve": curve, "reached": reached, "episodes": seen, "env_steps": steps,
-            "seconds": time.monotonic() - t0}
+            "seconds": time.monotonic() - t0, "utd": utd}
 
 
 def plot(results: list[dict], target: float, path: Path, title: str) -> None:
@@ -90,10 +100,14 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--minutes", type=float, default=30.0, help="wall-clock budget per mode")
     ap.add_argument("--modes", nargs="+", default=["async", "sync"], choices=["async", "sync"])
-    ap.add_argument("--config", default="sac_peg", help="learning config in config/ (sac_peg, sac_peg_cnn)")
+    ap.add_argument("--config", default="sac_peg", help="learning config in config/ (sac_peg, sac_peg_cnn, "
+                    "rlpd_peg, sac_flow_peg)")
     ap.add_argument("--target", type=float, default=0.9)
     ap.add_argument("--window", type=int, default=20)
     ap.add_argument("--realtime-factor", type=float, default=1.0)
+    ap.add_argument("--reward", default="profile", choices=["profile", "sparse", "dense"])
+    ap.add_argument("--demos", type=int, default=20, help="scripted demonstration episodes, for a config that "
+                    "learns from demonstrations (rlpd_peg)")
     ap.add_argument("--png", type=Path, default=ROOT / "docs" / "learning_curve.png")
     args = ap.parse_args()
     isolate_ros()
@@ -101,16 +115,23 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="user-learning-") as tmp:
         work = Path(tmp)
         cfg_dir = config_copy(work)
+        from user_learner.algos import get_algorithm
+        from user_learner.learner_config import load_learner_config
+
+        if get_algorithm(load_learner_config(cfg_dir / f"{args.config}.yaml").algo_name).needs_demos:
+            print(f"recording {args.demos} demonstration episodes of the scripted expert ...", flush=True)
+            record_demos(cfg_dir, work, args.demos)
         for mode in args.modes:
             print(f"learning ({mode}) for at most {args.minutes:g} min ...", flush=True)
             results.append(run_mode(cfg_dir, work, args.config, mode, args.minutes, args.target, args.window,
-                                    args.realtime_factor))
-    title = (f"SAC ({args.config}) on simulated peg insertion, realtime_factor {args.realtime_factor:g}, "
-             f"randomized starts")
+                                    args.realtime_factor, args.reward))
+    title = (f"{args.config} on simulated peg insertion, realtime_factor {args.realtime_factor:g}, "
+             f"randomized starts, reward {args.reward}")
     plot(results, args.target, args.png, title)
     print()
     print(title)
-    head = f"{'mode':<6} | {'reached':>7} | {'wall-clock s':>12} | {'env steps':>9} | {'episodes':>8} | {'final success':>13}"
+    head = (f"{'mode':<6} | {'reached':>7} | {'wall-clock s':>12} | {'env steps':>9} | {'episodes':>8} | "
+            f"{'final success':>13} | {'updates/env step':>16}")
     print(head)
     print("-" * len(head))
     for r in results:
@@ -118,8 +139,9 @@ def main() -> int:
         final = r["curve"][-1][2] if r["curve"] else 0.0
         print(f"{r['mode']:<6} | {'yes' if rr else 'no':>7} | {rr.get('seconds', r['seconds']):>12.0f} | "
               f"{int(rr.get('env_steps', r['env_steps'])):>9} | {int(rr.get('episodes', r['episodes'])):>8} | "
-              f"{100 * final:>12.0f}%")
-    print(f"(where not reached: the numbers are for the whole budget)\nlearning curves: {args.png}")
+              f"{100 * final:>12.0f}% | {r['utd']:>16.2f}")
+    print(f"(where not reached: the numbers are for the whole budget; updates/env step: the training each mode "
+          f"gave its data, from the learner's last progress line)\nlearning curves: {args.png}")
     return 0
 
 

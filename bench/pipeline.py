@@ -62,7 +62,7 @@ def run_once(cfg_dir: Path, work: Path, config: str, sync: bool, minutes: float,
         limits.append(m1.steps / hz + reset)
     n = len(intervals)
     return {
-        "run": run_name, "episodes": len(eps), "updates": updates,
+        "run": run_name, "episodes": len(eps), "updates": updates, "utd": updates / max(int(summary.group(1)), 1),
         "gen_s": sum(intervals) / n if n else float("nan"),
         "limit_s": sum(limits) / n if n else float("nan"),
         "train_s_per_update": train_s / train_updates if train_updates > 0 else float("nan"),
@@ -97,14 +97,17 @@ def main() -> int:
     print(f"pipeline benchmark: simulated Franka in real time ({hz:g} Hz), {args.minutes:g} min per run, "
           f"{os.cpu_count()} CPU cores, no GPU")
     head = (f"{'policy':<7} {'sync K':>6} | {'gen s/ep sync':>13} {'async':>7} {'limit':>7} {'async/limit':>11} | "
-            f"{'train s/upd sync':>16} {'async':>8} {'speedup':>8} | {'updates sync':>12} {'async':>7}")
+            f"{'train s/upd sync':>16} {'async':>8} {'speedup':>8} | {'updates sync':>12} {'async':>7} | "
+            f"{'upd/env step sync':>17} {'async':>6}")
     print(head)
     print("-" * len(head))
     for policy, k, s, a in rows:
         print(f"{policy:<7} {k:>6} | {s['gen_s']:>13.2f} {a['gen_s']:>7.2f} {a['limit_s']:>7.2f} "
               f"{a['gen_s'] / a['limit_s']:>11.3f} | {s['train_s_per_update']:>16.3f} "
               f"{a['train_s_per_update']:>8.3f} {s['train_s_per_update'] / a['train_s_per_update']:>7.1f}x | "
-              f"{s['updates']:>12} {a['updates']:>7}")
+              f"{s['updates']:>12} {a['updates']:>7} | {s['utd']:>17.2f} {a['utd']:>6.2f}")
+    print("(upd/env step: updates per environment step, the training each mode gave its data; the modes are\n"
+          " compared at the training they can afford in the same wall-clock time, not at equal updates per step)")
     return 0
 
 

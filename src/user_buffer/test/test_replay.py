@@ -174,3 +174,14 @@ def test_duplicates_are_stored_once_and_acknowledged(tmp_path):
     # every stored transition once, and the resent copy again: its robot resends until acknowledged
     assert sorted(rep.take_durable()) == sorted([("franka_0", 1, s) for s in range(5)] + [("franka_0", 1, 3)])
     rep.close()
+
+
+def test_batches_carry_the_requested_extras_from_cache_and_disk(tmp_path):
+    layout = Layout(state_dim=STATE.state_dim, extras=("intervened", "policy_version", "robot_id", "embodiment"))
+    rep = replay(tmp_path, layout=layout, cache_bytes=5 * layout.bytes_per_transition())   # most rows from disk
+    add_all(rep, robot="ur5_0", episodes=(1, 2), emb="ur5e")
+    b = rep.sample(64)
+    assert set(b["robot_id"]) == {"ur5_0"} and set(b["embodiment"]) == {"ur5e"}
+    assert b["policy_version"].dtype == np.int64 and set(b["policy_version"].tolist()) <= set(range(10))
+    assert rep.misses > 0, "some rows must have come from disk"
+    rep.close()

@@ -53,6 +53,8 @@ class Layout(Features):
         out["action"][i] = t.action
         out["reward"][i] = t.reward
         out["terminated"][i] = float(t.terminated)
+        for key in self.extras:   # intervened, action_source, policy_version, robot_id, embodiment
+            out[key][i] = getattr(t, key)
         if self.cameras:
             for key, obs in (("pixels", t.obs), ("next_pixels", t.next_obs)):
                 for c, cam in enumerate(self.cameras):

@@ -17,6 +17,10 @@ key                dtype      shape                           meaning
 
 Pixels stay ``uint8`` all the way into the image encoder, so the learner trains on exactly the bytes
 the policy saw; a time-limit truncation is *not* ``terminated`` (it still bootstraps).
+
+A batch carries these as well when ``extras`` names them (an algorithm that needs them asks):
+``intervened`` (float32, 1 = a human acted), ``action_source`` (uint8, ``Action.SOURCE_*``),
+``policy_version`` (int64), ``robot_id`` and ``embodiment`` (numpy arrays of ``str``).
 """
 from __future__ import annotations
 
@@ -29,6 +33,9 @@ import numpy as np
 PIXEL_KEYS = ("pixels", "next_pixels")
 #: keys every batch carries, whatever the observation
 BASE_KEYS = ("state", "action", "reward", "terminated", "next_state")
+#: keys a batch carries on request (``Features.extras``), with their dtypes
+EXTRA_KEYS = {"intervened": np.float32, "action_source": np.uint8, "policy_version": np.int64,
+              "robot_id": object, "embodiment": object}
 
 
 class FeatureMismatch(ValueError):
@@ -43,6 +50,7 @@ class Features:
     action_dim: int = 7
     cameras: tuple[str, ...] = ()                   # () -> state-only policy
     image_size: tuple[int, int] = (128, 128)        # (width, height) of every camera image
+    extras: tuple[str, ...] = ()                    # EXTRA_KEYS a batch carries besides the usual ones
 
     @property
     def n_cameras(self) -> int:
@@ -56,13 +64,13 @@ class Features:
 
     def batch_keys(self) -> tuple[str, ...]:
         """The keys a training batch holds."""
-        return BASE_KEYS + (PIXEL_KEYS if self.cameras else ())
+        return BASE_KEYS + (PIXEL_KEYS if self.cameras else ()) + tuple(self.extras)
 
     def bytes_per_transition(self) -> int:
         n = 4 * (2 * self.state_dim + self.action_dim + 2)
         if self.cameras:
             n += 2 * int(np.prod(self.image_shape))
-        return n
+        return n + 16 * len(self.extras)
 
     def empty(self, n: int) -> dict[str, np.ndarray]:
         """Uninitialized batch arrays for ``n`` transitions."""
@@ -73,6 +81,8 @@ class Features:
         if self.cameras:
             out["pixels"] = np.empty((n, *self.image_shape), np.uint8)
             out["next_pixels"] = np.empty((n, *self.image_shape), np.uint8)
+        for key in self.extras:
+            out[key] = np.empty(n, EXTRA_KEYS[key])
         return out
 
     def validate(self) -> None:
@@ -85,6 +95,9 @@ class Features:
             raise ValueError(f"action_dim: must be > 0, got {self.action_dim}")
         if len(set(self.cameras)) != len(self.cameras):
             raise ValueError(f"cameras: names must be unique, got {list(self.cameras)}")
+        unknown = [k for k in self.extras if k not in EXTRA_KEYS]
+        if unknown:
+            raise ValueError(f"extras: unknown batch keys {unknown} (known: {', '.join(EXTRA_KEYS)})")
         if len(self.image_size) != 2 or min(self.image_size) < 32:
             # the conv trunk needs a few pixels left after its strided layers
             raise ValueError(f"image_size: must be (width, height), each >= 32, got {self.image_size}")

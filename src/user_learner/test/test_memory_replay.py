@@ -82,3 +82,22 @@ def test_a_transition_that_does_not_fit_changes_nothing():
 def test_an_unknown_kind_lists_the_known_ones():
     with pytest.raises(ValueError, match="replay.kind: must be one of memory, bag, remote, got 's3'"):
         open_replay("s3")
+
+
+def test_a_batch_carries_the_extras_an_algorithm_asks_for_and_a_checkpoint_keeps_them():
+    from user_learner.batch import batch_from_numpy
+
+    layout = Layout(state_dim=STATE_DIM, extras=("intervened", "action_source", "robot_id", "embodiment"))
+    rep = MemoryReplay(layout, capacity=8, seed=0)
+    for s in range(4):
+        add(rep, "franka_1", 3, s)
+    b = rep.sample(16)
+    assert set(b) == set(layout.batch_keys()) and set(b["robot_id"]) == {"franka_1"}
+    assert set(b["embodiment"]) == {"franka_fr3"} and b["action_source"].dtype == np.uint8
+    t = batch_from_numpy(b)
+    assert t["intervened"].dtype.is_floating_point and list(t["robot_id"]) == list(b["robot_id"])
+    again = MemoryReplay(layout, capacity=8, seed=0)
+    again.restore(rep.checkpoint())
+    assert set(again.sample(8)["robot_id"]) == {"franka_1"}
+    with pytest.raises(ValueError, match="extras: unknown batch keys"):
+        Layout(state_dim=3, extras=("color",)).validate()

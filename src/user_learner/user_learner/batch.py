@@ -11,7 +11,8 @@ from user_common.features import PIXEL_KEYS, Features
 
 
 def batch_from_numpy(arrays: Mapping[str, np.ndarray], device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
-    """Convert a batch of numpy arrays to tensors: pixels stay uint8, everything else becomes float32.
+    """Convert a batch of numpy arrays to tensors: pixels stay uint8, names (robot_id, embodiment) stay
+    numpy arrays of str, everything else becomes float32.
 
     Raises ``TypeError`` for pixels that are not uint8 (a float image in ``[0, 1]`` would silently
     turn black if cast).
@@ -19,6 +20,9 @@ def batch_from_numpy(arrays: Mapping[str, np.ndarray], device: str | torch.devic
     out: dict[str, torch.Tensor] = {}
     for key, value in arrays.items():
         value = np.asarray(value)
+        if value.dtype.kind in "OUS":   # robot_id, embodiment: names stay numpy arrays of str
+            out[key] = value
+            continue
         if key in PIXEL_KEYS:
             if value.dtype != np.uint8:
                 raise TypeError(f"batch[{key!r}]: pixels must be uint8, got {value.dtype}")

@@ -92,7 +92,7 @@ class LearnerNode(Node):
         run = str(p("run_name").value)
         spec = self.spec
         layout = Layout(state_dim=spec.state_dim, action_dim=spec.action_dim, cameras=tuple(spec.cameras),
-                        image_size=tuple(spec.image_size))
+                        image_size=tuple(spec.image_size), extras=get_algorithm(self.cfg.algo_name).batch_extras)
         try:
             self.replay = open_replay(self.cfg.replay.kind, cfg=self.cfg, layout=layout, seed=seed, node=self,
                                       default_dir=Path(p("runs_dir").value) / run / "replay")

@@ -142,7 +142,8 @@ class MemoryReplay:
 
         with self._lock:
             n = self._size
-            state = {k: torch.from_numpy(np.ascontiguousarray(a[:n])) for k, a in self.arrays.items()}
+            state = {k: a[:n].tolist() if a.dtype == object else torch.from_numpy(np.ascontiguousarray(a[:n]))
+                     for k, a in self.arrays.items()}   # names (robot_id, embodiment) as lists of str
             keys = self.slot_keys[:n]
             state.update(size=n, next=self._next, added=self.added, rng=self.rng.bit_generator.state,
                          robots=[k[0] for k in keys],
@@ -165,7 +166,7 @@ class MemoryReplay:
             for k, a in self.arrays.items():
                 if k not in state:
                     raise ValueError(f"the checkpoint's replay has no {k!r} (it was saved for other observations)")
-                a[:n] = state[k].numpy()
+                a[:n] = np.array(state[k], dtype=object) if a.dtype == object else state[k].numpy()
             keys = list(zip(state["robots"], state["episodes"].tolist(), state["steps"].tolist()))
             self.slot_keys = keys + [None] * (self.capacity - n)
             self._slots = {k: i for i, k in enumerate(keys)}

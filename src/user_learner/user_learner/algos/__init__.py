@@ -33,6 +33,7 @@ class Algorithm:
     agent: Callable[[Features, Any], Agent]        # (spec, config) -> the learner side
     policy: Callable[[Features, Any], Policy]      # (spec, config) -> the inference side
     needs_demos: bool = False                     # learns from demonstrations (replay.demo_ratio > 0)
+    batch_extras: tuple[str, ...] = ()            # batch keys it needs besides the usual (features.EXTRA_KEYS)
     summary: str = ""
 
 
