@@ -88,11 +88,10 @@ class LearnerNode(Node):
         random.seed(seed)
         self.spec = self.cfg.obs.spec()
         self.normalize = self.cfg.obs.normalizer()
-        self.agent = get_algorithm(self.cfg.algo_name).agent(self.spec, self.cfg.algo)
+        algorithm = get_algorithm(self.cfg.algo_name)
+        self.agent = algorithm.agent(self.spec, self.cfg.algo)
         run = str(p("run_name").value)
-        spec = self.spec
-        layout = Layout(state_dim=spec.state_dim, action_dim=spec.action_dim, cameras=tuple(spec.cameras),
-                        image_size=tuple(spec.image_size), extras=get_algorithm(self.cfg.algo_name).batch_extras)
+        layout = Layout(**{**dataclasses.asdict(self.spec), "extras": algorithm.batch_extras})
         try:
             self.replay = open_replay(self.cfg.replay.kind, cfg=self.cfg, layout=layout, seed=seed, node=self,
                                       default_dir=Path(p("runs_dir").value) / run / "replay")
