@@ -3,7 +3,7 @@
 Topics (``<id>`` is the robot id):
 - publishes ``/<id>/observation`` (user_msgs/Observation) every control period,
   ``/<id>/camera/<name>/color/image_raw`` (sensor_msgs/Image), ``/<id>/joint_states``,
-  ``/<id>/robot_description`` (URDF, latched), ``/<id>/markers`` (target, TCP, peg tip, safety box),
+  ``/<id>/robot_description`` (URDF, latched), ``/<id>/markers`` (target, TCP, peg tip or cube, safety box),
   ``/user/transitions`` (one per executed action), ``/user/episodes`` (one per episode),
   ``/user/robots/description`` (latched) and ``/user/robots/heartbeat``;
 - subscribes ``/<id>/action`` (user_msgs/Action) and ``/user/estop/engaged`` (std_msgs/Bool,

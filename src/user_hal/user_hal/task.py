@@ -102,15 +102,15 @@ class PickPlace:
 
     def placed(self, cube: np.ndarray) -> bool:
         """The cube rests inside the target bin (held or not)."""
-        inside = bool(np.all(np.abs(cube[:2] - self.target[:2]) <= self.half))
-        return inside and cube[2] <= self.rest_z + self.pp.rest_tolerance
+        inside = np.all(np.abs(cube[:2] - self.target[:2]) <= self.half)
+        return bool(inside and cube[2] <= self.rest_z + self.pp.rest_tolerance)
 
     def evaluate(self, state: RobotState) -> TaskOutcome:
         cube = self.tracked_point(state)
         placed = self.placed(cube)
-        height = state.tcp_pos[2] - (cube[2] + self.pp.cube_half_size)  # TCP above the cube's top face
-        released = state.gripper_width >= self.pp.open_width and height >= self.pp.clearance
-        success = placed and released
+        height = float(state.tcp_pos[2] - (cube[2] + self.pp.cube_half_size))  # TCP above the cube's top face
+        released = bool(state.gripper_width >= self.pp.open_width and height >= self.pp.clearance)
+        success = placed and released          # plain bools: messages refuse numpy's
         goal = np.array([self.target[0], self.target[1], self.rest_z])
         distance = float(np.linalg.norm(cube - goal))
         if self.cfg.reward == "sparse":
