@@ -74,8 +74,8 @@ class BinsConfig:
             if self.spawn_range[i] + reach > self.inner_half[i]:
                 raise ValueError(f"cube_spawn_range {axis} {self.spawn_range[i]} + cube corner {reach:.3f} "
                                  f"exceeds the bin's inner half width {self.inner_half[i]}")
-        gap = abs(self.source_pos[1] - self.target_pos[1]) - 2 * (self.inner_half[1] + self.wall_thickness)
-        if gap < 0 and abs(self.source_pos[0] - self.target_pos[0]) < 2 * (self.inner_half[0] + self.wall_thickness):
+        apart = np.abs(np.subtract(self.source_pos, self.target_pos))
+        if np.all(apart < 2 * (np.asarray(self.inner_half) + self.wall_thickness)):
             raise ValueError(f"the bins at {self.source_pos} and {self.target_pos} overlap")
 
 
