@@ -311,6 +311,7 @@ class RobotNode(Node):
         d.safety_box_lower = [float(x) for x in rc.safety_box.lower]
         d.safety_box_upper = [float(x) for x in rc.safety_box.upper]
         d.task = self.profile.task.name
+        d.instruction = self.profile.task.instruction
         d.max_episode_steps = rc.max_episode_steps
         return d
 
