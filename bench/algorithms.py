@@ -87,10 +87,10 @@ def run_episode(cell, act, seed: int, store) -> tuple[bool, int]:
 
 
 def record_demos(episodes: int, seed: int, state_dim: int, action_dim: int) -> Ring:
-    from user_hal.scripted_policy import ScriptedInsertion
+    from user_hal.scripted_policy import make_expert
 
     prof, cell = make_cell(seed + 10_000)
-    expert = ScriptedInsertion(prof, seed=seed)
+    expert = make_expert(prof, seed=seed)
     ring = Ring(state_dim, action_dim, episodes * prof.robot.max_episode_steps)
     try:
         for ep in range(episodes):

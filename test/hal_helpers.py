@@ -24,9 +24,9 @@ def set_dotted(data: dict, dotted: dict) -> dict:
     return data
 
 
-def profile_with(tmp_path: Path, name: str = "robot_test.yaml", **dotted) -> Path:
-    """Copy of the sim profile with dotted-key changes, e.g. ``**{"robot.cameras": []}``."""
-    data = set_dotted(yaml.safe_load(SIM_PROFILE.read_text()), dotted)
+def profile_with(tmp_path: Path, name: str = "robot_test.yaml", base: Path = SIM_PROFILE, **dotted) -> Path:
+    """Copy of the sim profile (or ``base``) with dotted-key changes, e.g. ``**{"robot.cameras": []}``."""
+    data = set_dotted(yaml.safe_load(base.read_text()), dotted)
     path = tmp_path / name
     path.write_text(yaml.safe_dump(data))
     return path

@@ -4,10 +4,10 @@ import time
 import numpy as np
 import pytest
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
-from user_msgs.msg import Action, EpisodeStats, Observation, RobotStatus
+from user_msgs.msg import Action, EpisodeStats, Observation, RobotDescription, RobotStatus
 from user_msgs.srv import ResetRobot
 
-from hal_helpers import Collect, node_cmd, profile_with
+from hal_helpers import ROOT, Collect, node_cmd, profile_with
 
 RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
 LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
@@ -35,6 +35,25 @@ def test_scripted_policy_drives_the_robot_node_end_to_end(procs, ros_node, tmp_p
     assert len({e.episode_id for e in episodes.msgs}) == 3, "episode ids must be unique"
     out = robot.output()
     assert "episode 0:" in out and "done: 3 episodes" in out
+
+
+def test_scripted_policy_does_pick_and_place_through_the_robot_node(procs, ros_node, tmp_path):
+    """The pick-and-place profile: observations carry the cube's pose and the scripted expert uses it."""
+    episodes = Collect(ros_node, EpisodeStats, "/user/episodes")
+    obs = Collect(ros_node, Observation, "/franka_0/observation")
+    desc = Collect(ros_node, RobotDescription, "/user/robots/description", LATCHED)
+    prof = profile_with(tmp_path, base=ROOT / "config" / "robot_sim_pick.yaml", **{"robot.cameras": []})
+    robot = procs.start("robot", node_cmd("robot_node", {
+        "robot_id": "franka_0", "profile": str(prof), "realtime_factor": 0.0, "max_episodes": 2}))
+    episodes.wait_matched(60)
+    procs.start("policy", node_cmd("scripted_policy", {"robot_id": "franka_0", "profile": str(prof)}))
+    episodes.wait(lambda m: len(m) >= 2, 120, "2 episodes")
+    assert robot.popen.wait(timeout=20) == 0, robot.output()[-2000:]
+    assert all(e.success for e in episodes.msgs), [(e.success, e.steps) for e in episodes.msgs]
+    assert len(obs.msgs[-1].proprio) == 27, "20 proprio values + the cube's pose (x, y, z, qx, qy, qz, qw)"
+    d = desc.wait(lambda m: len(m) > 0, 10, "the robot description")
+    assert (d.task, d.instruction) == ("pick_place", "put the cube in the right bin")
+    assert list(d.proprio_names[-7:]) == ["cube_x", "cube_y", "cube_z", "cube_qx", "cube_qy", "cube_qz", "cube_qw"]
 
 
 def _current_obs(obs_watch, timeout=10.0) -> Observation:

@@ -95,7 +95,7 @@ def test_franka_sac_defaults() -> None:
     g = load_graph(FRANKA_SAC, {})
     assert g.args == {
         "robot": "sim", "robots": 1, "policy": "sac", "config": "sac_peg", "sync": False,
-        "max_env_steps": 0, "max_minutes": 0.0, "run_name": "franka_sac",
+        "profile": "robot_sim", "max_env_steps": 0, "max_minutes": 0.0, "run_name": "franka_sac",
         "realtime_factor": 1.0, "episodes": 0, "seed": 0, "record": False, "buffer": False, "reward": "profile",
         "teleop": "none",
         "teleop_robot": "franka_0", "sim_human": False, "respawn_delay": 5.0,
@@ -143,6 +143,35 @@ def test_franka_sac_scripted_and_sync_variants() -> None:
     assert by["franka_0/robot"].parameters["wait_for_reset"] is True
     assert by["user/learner"].parameters["sync"] is True
     assert by["user/learner"].parameters["config"].endswith("sac_peg_cnn.yaml")
+
+
+def test_franka_sac_profile_follows_the_robot_or_names_another() -> None:
+    """The profile defaults to robot_<robot>; profile:= picks another cell (pick-and-place)."""
+    robot = lambda ov: by_label(load_graph(FRANKA_SAC, ov).nodes)["franka_0/robot"].parameters  # noqa: E731
+    assert robot({"robot": "franky"})["profile"].endswith("/robot_franky.yaml")
+    params = robot({"profile": "robot_sim_pick", "policy": "scripted"})
+    assert params["profile"].endswith("/robot_sim_pick.yaml") and params["backend"] == "sim"
+    assert Path(params["profile"]).is_file()
+
+
+def test_an_arg_default_may_name_other_args(tmp_path: Path) -> None:
+    path = write_graph(tmp_path, """\
+        args:
+          kind: {default: a}
+          name: {default: "thing_${kind}"}
+        nodes:
+          - {name: n, executable: /bin/true, parameters: {p: "${name}"}}
+        """)
+    assert load_graph(path, {}).nodes[0].parameters["p"] == "thing_a"
+    assert load_graph(path, {"kind": "b"}).nodes[0].parameters["p"] == "thing_b"
+    assert load_graph(path, {"kind": "b", "name": "x"}).nodes[0].parameters["p"] == "x"
+    bad = write_graph(tmp_path, """\
+        args:
+          name: {default: "thing_${nope}"}
+        nodes: []
+        """, "bad.yaml")
+    with pytest.raises(GraphError, match=r"args\.name\.default: unknown substitution \$\{nope\}"):
+        load_graph(bad, {})
 
 
 def test_franka_sac_found_by_name() -> None:

@@ -23,6 +23,7 @@ A graph is a YAML file in the config directory (e.g. ``config/franka_sac.yaml``)
         remappings: {from: to}    # or a list of [from, to] pairs
         arguments: []             # extra command-line arguments before --ros-args
 
+An arg's default may name other args (``default: robot_${robot}``); it is expanded with their values.
 Substitutions ``${name}`` use the args, ``config_dir`` (the graph file's folder) and, in per-robot
 nodes, ``robot_id``, ``robot_index``, ``robot_kind`` and the robot group's ``vars``. A value that is
 exactly one ``${name}`` keeps that variable's type; ``$$`` writes a literal ``$``.
@@ -361,6 +362,10 @@ def _resolve_args(specs: dict[str, ArgSpec], overrides: dict[str, Any], path: Pa
             allowed = ", ".join(str(c) for c in spec.choices)
             raise GraphError(f"{path}: args.{name}: {value!r} is not one of: {allowed}")
         args[name] = value
+    # A default may name other args ("robot_${robot}"): it takes their values from this command line.
+    plain = {n: v for n, v in args.items() if n in overrides or not (isinstance(v, str) and "${" in v)}
+    for name in args.keys() - plain.keys():
+        args[name] = _substitute(args[name], plain, f"args.{name}.default", path)
     return args
 
 

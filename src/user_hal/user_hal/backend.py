@@ -8,7 +8,8 @@ Conventions used by every backend:
 - positions in metres, in the robot base frame; quaternions as ``[x, y, z, w]``;
 - the TCP is the point between the gripper fingertips (Franka: flange + 0.1034 m along z);
 - ``gripper`` commands are an opening fraction in ``[0, 1]`` (0 closed, 1 fully open);
-- wrench is the external force/torque acting on the end effector, in the base frame.
+- wrench is the external force/torque acting on the end effector, in the base frame;
+- an object pose is ``[x, y, z, qx, qy, qz, qw]`` in the base frame.
 """
 from __future__ import annotations
 
@@ -32,6 +33,8 @@ class RobotState:
     joint_pos: np.ndarray        # (dof + gripper joints,) rad / m, ordered as joint_names()
     joint_vel: np.ndarray        # same layout as joint_pos
     time: float                  # backend clock, seconds (sim time or wall time)
+    #: poses of the loose task objects the backend tracks (a simulator; real backends: none), by name
+    objects: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
 
 class BackendError(RuntimeError):
@@ -95,6 +98,16 @@ class RobotBackend(abc.ABC):
 
     def recover(self) -> None:
         """Clear a recoverable error (e.g. a reflex). Default: nothing to do."""
+
+    def reset_scene(self, rng: np.random.Generator) -> None:
+        """Put the loose task objects at a random start for a new episode (a simulator). Default: nothing
+        (on a real cell a person rearranges the scene)."""
+
+    def task_geometry(self) -> dict[str, Any]:
+        """Task settings the backend's own scene fixes (a simulator), by dotted key under ``task`` of the
+        robot profile, e.g. ``{"name": "pick_place", "target_pos": ...}``; the cell checks that the
+        profile agrees. Default: none."""
+        return {}
 
 
 BackendFactory = Callable[..., RobotBackend]

@@ -11,6 +11,10 @@ faster than ``robot.max_tcp_angular_speed`` (rad/s), per control period, for act
 human, scripted) and resets alike. An action asking for more is scaled down as a whole (direction
 kept), and the transition records the scaled action (``StepResult.executed``).
 
+Resets: a task that hands the gripper to the policy may also ask a reset to open it (pick-and-place:
+the cube drops); at the end of the motion the backend rearranges the task's loose objects
+(``RobotBackend.reset_scene``), from the same seeded generator as the start pose.
+
 Fault injection (test hook): ``RobotCell.fault_steps`` holds numbers of ``step`` calls (1-based,
 counted since ``start``) at which ``step`` raises ``BackendError`` before touching the backend, as a
 lost connection or a reflex would. ``parse_fault_injection`` reads the robot node's
@@ -20,15 +24,16 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from .backend import BackendError, RobotBackend, RobotState
+from .config_schema import ConfigError
 from .geometry import (quat_conj, quat_from_euler, quat_from_rotvec, quat_mul, quat_normalize, quat_to_euler,
                        quat_to_rotvec)
 from .profile import RobotProfile
-from .task import TaskOutcome, make_task
+from .task import Task, TaskOutcome, make_task
 
 ACTION_NAMES = ["dx", "dy", "dz", "droll", "dpitch", "dyaw", "gripper"]
 PROPRIO_NAMES = (
@@ -37,6 +42,8 @@ PROPRIO_NAMES = (
     + ["gripper_width"]
     + ["force_x", "force_y", "force_z", "torque_x", "torque_y", "torque_z"]
 )
+#: per tracked object (``Task.objects``), appended to the proprioception as ``<object>_<name>``
+POSE_NAMES = ("x", "y", "z", "qx", "qy", "qz", "qw")
 
 
 #: during a reset the target runs at most this many speed-limited steps ahead of the measured TCP ...
@@ -59,12 +66,30 @@ class StepResult:
     commanded: np.ndarray       # the action as given (validated, in [-1, 1]): what transitions record
 
 
-def proprio_vector(state: RobotState) -> np.ndarray:
-    """The proprioception published in observations, laid out as ``PROPRIO_NAMES``."""
+def proprio_names(objects: Sequence[str] = ()) -> list[str]:
+    """Names of the observation's proprio values: ``PROPRIO_NAMES``, then each object's pose."""
+    return list(PROPRIO_NAMES) + [f"{obj}_{n}" for obj in objects for n in POSE_NAMES]
+
+
+def proprio_vector(state: RobotState, objects: Sequence[str] = ()) -> np.ndarray:
+    """The proprioception published in observations, laid out as ``proprio_names(objects)``."""
     return np.concatenate([
         state.tcp_pos, state.tcp_quat, state.tcp_linvel, state.tcp_angvel,
-        [state.gripper_width], state.wrench,
+        [state.gripper_width], state.wrench, *(state.objects[obj] for obj in objects),
     ]).astype(np.float32)
+
+
+def state_from_proprio(proprio: np.ndarray, objects: Sequence[str] = ()) -> RobotState:
+    """The ``RobotState`` an observation's proprio describes (joints unknown: empty), for code that only
+    sees observations (scripted policies)."""
+    v = np.asarray(proprio, dtype=np.float64)
+    n = len(PROPRIO_NAMES)
+    if v.shape != (n + len(POSE_NAMES) * len(objects),):
+        raise ValueError(f"proprio has {v.size} values, expected {n} + 7 per object of {list(objects)}")
+    poses = {obj: v[n + 7 * i:n + 7 * (i + 1)].copy() for i, obj in enumerate(objects)}
+    return RobotState(tcp_pos=v[0:3], tcp_quat=v[3:7], tcp_linvel=v[7:10], tcp_angvel=v[10:13],
+                      gripper_width=float(v[13]), wrench=v[14:20], joint_pos=np.zeros(0),
+                      joint_vel=np.zeros(0), time=0.0, objects=poses)
 
 
 def parse_fault_injection(spec: str) -> set[int]:
@@ -104,7 +129,9 @@ class RobotCell:
         self.profile = profile
         self.cfg = profile.robot
         self.backend = backend
-        self.task = make_task(profile.task)
+        self.task: Task = make_task(profile.task)
+        #: proprio layout of this cell's observations (``proprio_vector(state, self.task.objects)``)
+        self.proprio_names = proprio_names(self.task.objects)
         self.period = 1.0 / self.cfg.control_hz
         self.scale = np.asarray(self.cfg.action_scale, dtype=np.float64)
         self.box_lo = np.asarray(self.cfg.safety_box.lower, dtype=np.float64)
@@ -128,6 +155,7 @@ class RobotCell:
         self.backend.start()
         self.started = True
         state = self.backend.state()
+        self._check_scene(state)
         # Start from where the arm is (it may be outside the box: the first reset moves it in).
         self.target_pos = state.tcp_pos.copy()
         self.target_quat = quat_normalize(state.tcp_quat)
@@ -140,9 +168,18 @@ class RobotCell:
             self.started = False
 
     # -- episodes --------------------------------------------------------------------------------
+    def proprio(self, state: RobotState) -> np.ndarray:
+        """The observation's proprio for ``state``, laid out as ``self.proprio_names``."""
+        return proprio_vector(state, self.task.objects)
+
+    def _episode_rng(self, seed: int | None) -> np.random.Generator:
+        return self.rng if seed is None or seed < 0 else np.random.default_rng(seed)
+
     def sample_start(self, seed: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Draw a randomized start pose (position, quaternion) from the task's ranges."""
-        rng = self.rng if seed is None or seed < 0 else np.random.default_rng(seed)
+        return self._sample_start(self._episode_rng(seed))
+
+    def _sample_start(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         s = self.profile.task.start
         pos = np.asarray(s.pos, dtype=np.float64).copy()
         pos[:2] += rng.uniform(-1.0, 1.0, 2) * np.asarray(s.xy_range)
@@ -151,13 +188,17 @@ class RobotCell:
         return np.clip(pos, self.box_lo, self.box_hi), self._clip_orientation(quat)
 
     def reset(self, seed: int | None = None, pace: Callable[[], None] | None = None) -> RobotState:
-        """Lift, then move to a randomized start pose; returns the state at the start.
+        """Lift, then move to a randomized start pose, then rearrange the scene (``backend.reset_scene``);
+        returns the state at the start. The same ``seed`` gives the same start and the same scene.
 
         ``pace`` is called once per control period of motion (the node uses it to keep wall-clock
         rate on a real-time robot, and to abort a reset on an e-stop by raising); moves are bounded
         by ``robot.max_tcp_speed`` and ``robot.max_tcp_angular_speed``.
         """
-        start_pos, start_quat = self.sample_start(seed)
+        rng = self._episode_rng(seed)
+        start_pos, start_quat = self._sample_start(rng)
+        if self.task.reset_gripper is not None:
+            self.gripper = self.task.reset_gripper
         state = self.backend.state()
         # Start from where the arm is (maybe outside the box: the motion brings it in), not where the
         # last target pushed it (into a surface, say).
@@ -169,6 +210,7 @@ class RobotCell:
         self._move_to(above, start_quat, pace)
         self._move_to(start_pos, start_quat, pace)
         self._follow(start_pos, self.max_step, pace)   # the episode starts at the start pose ...
+        self.backend.reset_scene(rng)                   # ... with the objects rearranged ...
         # ... and at rest.
         for _ in range(3):
             self.backend.advance(self.period)
@@ -288,6 +330,27 @@ class RobotCell:
         return self.task.evaluate(state)
 
     # -- helpers -----------------------------------------------------------------------------------
+    def _check_scene(self, state: RobotState) -> None:
+        """A simulator knows its own task geometry and objects: the profile must agree with them."""
+        source, task = self.profile.source, self.profile.task
+        fixed = self.backend.task_geometry()
+        if "name" in fixed and fixed["name"] != task.name:
+            raise ConfigError(source, "task.name", f"{task.name!r}, but the simulated scene is {fixed['name']!r} "
+                                                   f"(backend_options.scene)")
+        for key, value in fixed.items():
+            if key == "name":
+                continue
+            mine: Any = task
+            for part in key.split("."):
+                mine = getattr(mine, part)
+            if np.linalg.norm(np.asarray(mine, dtype=np.float64) - np.asarray(value, dtype=np.float64)) > 1e-3:
+                raise ConfigError(source, f"task.{key}", f"{_show(mine)} does not match the simulated scene "
+                                                          f"({_show(value)}, from backend_options)")
+        missing = [obj for obj in self.task.objects if obj not in state.objects]
+        if missing:
+            raise ConfigError(source, "task.name", f"the {task.name} task needs the pose of {', '.join(missing)}, "
+                                                   f"which the {self.cfg.backend!r} backend does not report")
+
     def _gripper_command(self, a: float) -> float:
         mode = self.profile.task.gripper
         if mode == "closed":
@@ -300,6 +363,11 @@ class RobotCell:
         rel = quat_mul(quat_normalize(quat), quat_conj(self.nominal_quat))
         rpy = np.clip(quat_to_euler(rel), self.rpy_lo, self.rpy_hi)
         return quat_normalize(quat_mul(quat_from_euler(*rpy), self.nominal_quat))
+
+
+def _show(value: Any) -> str:
+    a = np.round(np.asarray(value, dtype=np.float64), 4)
+    return str(a.tolist()) if a.ndim else f"{float(a):g}"
 
 
 def quat_to_rotvec_between(a: np.ndarray, b: np.ndarray) -> np.ndarray:

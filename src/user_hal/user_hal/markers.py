@@ -1,4 +1,5 @@
-"""rviz markers of a robot cell: the task target, the TCP, the peg tip and the safety box."""
+"""rviz markers of a robot cell: the task target, the TCP, the task's tracked point (peg tip, cube) and
+the safety box."""
 from __future__ import annotations
 
 import itertools
@@ -39,9 +40,9 @@ def _box_edges(lo: np.ndarray, hi: np.ndarray) -> list[Point]:
 def cell_markers(cell, state: RobotState, stamp, frame: str) -> MarkerArray:
     """Markers for one control step of ``cell`` (a ``RobotCell``)."""
     outcome = cell.task.evaluate(state)
-    tip = cell.task.peg_tip(state)
+    tip = cell.task.tracked_point(state)
     arr = MarkerArray()
-    arr.markers.append(_sphere(0, "target", cell.task.target, 2 * cell.profile.task.success_radius,
+    arr.markers.append(_sphere(0, "target", cell.task.target, 2 * cell.task.target_radius,
                                frame, stamp, (0.1, 0.9, 0.1, 0.5)))
     arr.markers.append(_sphere(1, "tcp", state.tcp_pos, 0.015, frame, stamp, (0.2, 0.4, 1.0, 0.9)))
     tip_color = (0.1, 0.9, 0.1, 1.0) if outcome.success else (1.0, 0.3, 0.1, 1.0)

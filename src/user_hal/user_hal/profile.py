@@ -1,7 +1,8 @@
 """The robot profile: one YAML file describing a robot cell (arm, limits, cameras, task).
 
-``config/robot_sim.yaml`` is the simulated Franka doing peg insertion; a real cell copies it and
-changes ``robot.backend`` and the task geometry. ``load_profile`` validates everything at load time:
+``config/robot_sim.yaml`` is the simulated Franka doing peg insertion, ``config/robot_sim_pick.yaml``
+the same arm doing pick-and-place; a real cell copies one and changes ``robot.backend`` and the task
+geometry. ``load_profile`` validates everything at load time:
 a bad value raises ``ConfigError`` naming the file and the dotted key.
 """
 from __future__ import annotations
@@ -12,7 +13,14 @@ from typing import Any, Literal
 
 from .config_schema import load_config_file, non_negative, positive
 
+Vec2 = tuple[float, float]
 Vec3 = tuple[float, float, float]
+
+#: what a task asks for in words, when the profile does not say (``task.instruction``)
+DEFAULT_INSTRUCTIONS = {
+    "peg_insertion": "insert the peg into the hole",
+    "pick_place": "put the cube in the right bin",
+}
 
 
 @dataclasses.dataclass
@@ -43,11 +51,36 @@ class StartPose:
 
 
 @dataclasses.dataclass
+class PickPlaceConfig:
+    """Geometry and success margins of the pick-and-place task (``task.name: pick_place``)."""
+
+    bin_inner_half: Vec2 = (0.09, 0.09)       # half the inner width of the target bin, x y (metres)
+    cube_half_size: float = dataclasses.field(default=0.02, metadata=positive())
+    # Success: the cube centre at most this far above its resting height on the bin floor ...
+    rest_tolerance: float = dataclasses.field(default=0.01, metadata=positive())
+    # ... the gripper at least this wide (metres between the fingers) ...
+    open_width: float = dataclasses.field(default=0.05, metadata=positive())
+    # ... and the TCP at least this far above the cube's top face.
+    clearance: float = dataclasses.field(default=0.04, metadata=non_negative())
+
+    def validate(self) -> None:
+        if min(self.bin_inner_half) <= 0:
+            raise ValueError(f"bin_inner_half: must be > 0, got {list(self.bin_inner_half)}")
+        if self.open_width <= 2 * self.cube_half_size:
+            raise ValueError(f"open_width: must exceed the cube's width {2 * self.cube_half_size:g} (an open "
+                             f"gripper is wider than a held cube), got {self.open_width:g}")
+
+
+@dataclasses.dataclass
 class TaskConfig:
     """Task geometry and the rule reward."""
 
-    name: Literal["peg_insertion"] = "peg_insertion"
-    target_pos: Vec3 = (0.5, 0.0, 0.0)       # where the peg tip must go (hole bottom centre)
+    name: Literal["peg_insertion", "pick_place"] = "peg_insertion"
+    # What the task asks for in words (for language-conditioned policies); "" = DEFAULT_INSTRUCTIONS[name].
+    instruction: str = ""
+    # Where the task's object must go: peg_insertion: the hole bottom centre (the peg tip's goal);
+    # pick_place: the centre of the target bin's floor (its top face).
+    target_pos: Vec3 = (0.5, 0.0, 0.0)
     tcp_quat: tuple[float, float, float, float] = (1.0, 0.0, 0.0, 0.0)  # aligned TCP orientation, xyzw
     peg_tip_offset: float = 0.1               # peg tip = TCP + offset along the TCP z axis
     hole_top_height: float = 0.04             # height of the hole's opening above target_pos
@@ -57,6 +90,16 @@ class TaskConfig:
     gripper: Literal["closed", "open", "policy"] = "closed"  # closed: the peg stays in the hand
     lift: float = dataclasses.field(default=0.06, metadata=non_negative())  # reset: lift first
     start: StartPose = dataclasses.field(default_factory=StartPose)
+    pick_place: PickPlaceConfig = dataclasses.field(default_factory=PickPlaceConfig)
+
+    def validate(self) -> None:
+        if self.name == "pick_place" and self.gripper != "policy":
+            raise ValueError(f"gripper: the pick_place task needs 'policy' (the 7th action value opens and "
+                             f"closes the gripper), got {self.gripper!r}")
+        if not self.instruction:
+            self.instruction = DEFAULT_INSTRUCTIONS[self.name]
+        elif not self.instruction.strip() or "\n" in self.instruction or len(self.instruction) > 200:
+            raise ValueError(f"instruction: must be one line of 1 to 200 characters, got {self.instruction!r}")
 
 
 @dataclasses.dataclass
@@ -119,6 +162,11 @@ class RobotProfile:
         for i, (s, lo, hi) in enumerate(zip(self.task.start.pos, box.lower, box.upper)):
             if not lo <= s <= hi:
                 raise ValueError(f"task.start.pos: [{i}]={s} is outside robot.safety_box [{lo}, {hi}]")
+        if self.task.name == "pick_place":  # the TCP must reach the cube on the target bin's floor
+            for i, (s, lo, hi) in enumerate(zip(self.task.target_pos[:2], box.lower, box.upper)):
+                if not lo <= s <= hi:
+                    raise ValueError(f"task.target_pos: [{i}]={s} (the target bin) is outside robot.safety_box "
+                                     f"[{lo}, {hi}]")
 
 
 def load_profile(path: str | Path, overrides: dict[str, Any] | None = None) -> RobotProfile:

@@ -3,7 +3,7 @@
 Topics (``<id>`` is the robot id):
 - publishes ``/<id>/observation`` (user_msgs/Observation) every control period,
   ``/<id>/camera/<name>/color/image_raw`` (sensor_msgs/Image), ``/<id>/joint_states``,
-  ``/<id>/robot_description`` (URDF, latched), ``/<id>/markers`` (target, TCP, peg tip, safety box),
+  ``/<id>/robot_description`` (URDF, latched), ``/<id>/markers`` (target, TCP, peg tip or cube, safety box),
   ``/user/transitions`` (one per executed action), ``/user/episodes`` (one per episode),
   ``/user/robots/description`` (latched) and ``/user/robots/heartbeat``;
 - subscribes ``/<id>/action`` (user_msgs/Action) and ``/user/estop/engaged`` (std_msgs/Bool,
@@ -84,8 +84,7 @@ from user_msgs.srv import ResetRobot
 from . import qos
 from .backend import BackendError, make_backend
 from .cameras import CameraRig, make_camera_sources
-from .cell import (ACTION_NAMES, PROPRIO_NAMES, ActionError, RobotCell, check_action, parse_fault_injection,
-                   proprio_vector)
+from .cell import ACTION_NAMES, ActionError, RobotCell, check_action, parse_fault_injection
 from .config_schema import ConfigError
 from .markers import cell_markers
 from .node_main import run_node
@@ -304,7 +303,7 @@ class RobotNode(Node):
         d.action_space = "ee_delta"
         d.action_names = list(ACTION_NAMES)
         d.action_scale = [float(x) for x in rc.action_scale]
-        d.proprio_names = list(PROPRIO_NAMES)
+        d.proprio_names = list(self.cell.proprio_names)
         for name in rc.cameras:
             d.cameras.append(CameraSpec(name=name, width=rc.image_size[0], height=rc.image_size[1],
                                         encoding="rgb8", topic=qos.camera_topic(self.robot_id, name)))
@@ -312,20 +311,9 @@ class RobotNode(Node):
         d.safety_box_lower = [float(x) for x in rc.safety_box.lower]
         d.safety_box_upper = [float(x) for x in rc.safety_box.upper]
         d.task = self.profile.task.name
+        d.instruction = self.profile.task.instruction
         d.max_episode_steps = rc.max_episode_steps
         return d
-
-    def _check_backend_geometry(self) -> None:
-        """A simulator knows its own task geometry: the profile must agree with it."""
-        b, task = self.cell.backend, self.profile.task
-        sim_target = getattr(b, "target_pos", None)
-        if sim_target is not None and np.linalg.norm(np.asarray(sim_target) - task.target_pos) > 1e-3:
-            raise ConfigError(self.profile.source, "task.target_pos",
-                              f"{list(task.target_pos)} does not match the simulated hole at {list(np.round(sim_target, 4))}")
-        sim_offset = getattr(b, "peg_tip_offset", None)
-        if sim_offset is not None and abs(sim_offset - task.peg_tip_offset) > 1e-3:
-            raise ConfigError(self.profile.source, "task.peg_tip_offset",
-                              f"{task.peg_tip_offset} does not match the simulated peg ({sim_offset:.4f})")
 
     # -- callbacks (executor threads) -----------------------------------------------------------------
     def _blocked_reason(self) -> str:
@@ -499,7 +487,6 @@ class RobotNode(Node):
         try:
             self.cell.start()
             self.cameras.start()
-            self._check_backend_geometry()
             self.pub_desc.publish(self._describe())
             self.pub_urdf.publish(String(data=self.cell.backend.urdf()))
             self.get_logger().info(
@@ -842,7 +829,7 @@ class RobotNode(Node):
         o.header.stamp = stamp
         o.header.frame_id = f"{self.frame_prefix}base"
         o.robot_id, o.episode_id, o.step = self.robot_id, self.episode_id, self.step_index
-        o.proprio = proprio_vector(state).tolist()
+        o.proprio = self.cell.proprio(state).tolist()
         o.evaluation = self._evaluation
         for name, img in self.cameras.render().items():
             msg = image_to_msg(img, stamp, f"{self.frame_prefix}{name}_camera_color_optical_frame")

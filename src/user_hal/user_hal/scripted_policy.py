@@ -1,33 +1,71 @@
-"""A scripted peg-insertion expert: move above the hole, align, descend.
+"""Scripted experts, one per task: peg insertion and pick-and-place; ``make_expert`` picks one.
 
-It reads only what a policy sees (the proprioception of an observation) plus the task geometry of
-the robot profile, and answers with an action in ``[-1, 1]^7``. It proves the control loop end to
-end and later plays the human for demonstrations and interventions.
+An expert reads only what a policy sees (the proprio of an observation, which carries the task's
+object poses, see ``cell.proprio_names``) plus the task geometry of the robot profile, and answers
+with an action in ``[-1, 1]^7``. It proves the control loop end to end and plays the human for
+demonstrations and interventions.
 """
 from __future__ import annotations
 
+from typing import Callable, Protocol
+
 import numpy as np
 
-from .geometry import quat_conj, quat_mul, quat_normalize, quat_to_rotvec, rotate
+from .cell import state_from_proprio
+from .geometry import quat_conj, quat_from_rotvec, quat_mul, quat_normalize, quat_to_rotvec, rotate
 from .profile import RobotProfile
+from .task import TaskOutcome, make_task
 
 HOVER = 0.02        # peg tip height above the hole opening while aligning, metres
+FR3_MAX_WIDTH = 0.08  # fully open gripper, metres between the fingers
 XY_TOL = 0.003      # aligned when the tip is this close to the hole axis...
 YAW_TOL = 0.03      # ...and the peg this close to the hole's orientation (rad)
 
 
-class ScriptedInsertion:
+class Expert(Protocol):
+    """What the scripted policy node and the benchmarks use of an expert."""
+
+    phase: str
+
+    def act(self, proprio: np.ndarray) -> np.ndarray: ...
+
+    def judge(self, proprio: np.ndarray) -> TaskOutcome: ...
+
+
+class _Expert:
+    """Shared parts: the task's own judgement of an observation, and delta -> action."""
+
+    def __init__(self, profile: RobotProfile, noise: float, seed: int | None) -> None:
+        self.task = make_task(profile.task)
+        self.scale = np.asarray(profile.robot.action_scale, dtype=np.float64)
+        self.aligned_quat = quat_normalize(np.asarray(profile.task.tcp_quat, dtype=np.float64))
+        self.noise = noise
+        self.rng = np.random.default_rng(seed)
+
+    def judge(self, proprio: np.ndarray) -> TaskOutcome:
+        """The task's reward, success and distance for the state an observation's proprio shows."""
+        return self.task.evaluate(state_from_proprio(proprio, self.task.objects))
+
+    def _action(self, delta: np.ndarray, gripper: float) -> np.ndarray:
+        """Action moving the target by ``delta`` (metres, radians; clipped to one step) plus ``gripper``."""
+        action = np.zeros(7)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            action[:6] = np.where(self.scale[:6] > 0, delta / self.scale[:6], 0.0)
+        action[6] = gripper
+        if self.noise > 0:
+            action[:6] += self.rng.normal(0.0, self.noise, 6)
+        return np.clip(action, -1.0, 1.0)
+
+
+class ScriptedInsertion(_Expert):
     """Proportional controller through three phases, chosen from the current state alone."""
 
     def __init__(self, profile: RobotProfile, noise: float = 0.0, seed: int | None = None) -> None:
+        super().__init__(profile, noise, seed)
         task = profile.task
         self.target = np.asarray(task.target_pos, dtype=np.float64)
         self.tip_offset = task.peg_tip_offset
         self.hole_top = self.target[2] + task.hole_top_height
-        self.aligned_quat = quat_normalize(np.asarray(task.tcp_quat, dtype=np.float64))
-        self.scale = np.asarray(profile.robot.action_scale, dtype=np.float64)
-        self.noise = noise
-        self.rng = np.random.default_rng(seed)
         self.phase = "approach"
 
     def tip_distance(self, proprio: np.ndarray) -> float:
@@ -57,13 +95,108 @@ class ScriptedInsertion:
         else:
             self.phase = "align" if tip[2] < self.hole_top + HOVER + 0.01 else "approach"
             delta[2] = (self.hole_top + HOVER) - tip[2]
-        action = np.zeros(7)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            action[:6] = np.where(self.scale[:6] > 0, delta / self.scale[:6], 0.0)
-        action[6] = -1.0  # keep the gripper closed on the peg
-        if self.noise > 0:
-            action[:6] += self.rng.normal(0.0, self.noise, 6)
-        return np.clip(action, -1.0, 1.0)
+        return self._action(delta, -1.0)  # keep the gripper closed on the peg
+
+
+class ScriptedPickPlace(_Expert):
+    """Pick the cube, carry it over the target bin, put it down, let go, lift away.
+
+    The phase follows from the state alone (so it picks up again after a slip or an intervention):
+    placed -> open, then lift; held -> rise to carry height, move over the bin, lower; otherwise ->
+    open, hover above the cube turned to one of its faces, descend, close.
+    """
+
+    HOVER = 0.06        # TCP above the cube's top while aligning over it
+    CARRY = 0.10        # TCP above the cube's resting height while carrying (the cube clears the walls)
+    XY_TOL = 0.004      # aligned over the cube within this distance ...
+    YAW_TOL = 0.05      # ... and this yaw (rad)
+    GRASP_TOL = 0.006   # close the gripper when the TCP is this close to the grasp point
+    OVER_TOL = 0.01     # over the target bin: lower the cube once its centre is this close
+    SLACK = 0.01        # opened this much wider than the cube on each side: the fingers clear the bin walls
+
+    def __init__(self, profile: RobotProfile, noise: float = 0.0, seed: int | None = None) -> None:
+        super().__init__(profile, noise, seed)
+        pp = profile.task.pick_place
+        self.half = pp.cube_half_size
+        self.target = np.asarray(profile.task.target_pos, dtype=np.float64)
+        self.rest_z = self.target[2] + self.half
+        self.open_width = pp.open_width
+        # Gripper command for an opening of a cube plus slack (the action maps [-1, 1] to 0 .. 0.08 m).
+        self.open_cmd = float(np.clip((2 * self.half + 2 * self.SLACK) / FR3_MAX_WIDTH * 2 - 1, -1, 1))
+        self.lift_to = pp.clearance + 0.02        # TCP above the cube's top when done
+        self.phase = "approach"
+
+    def act(self, proprio: np.ndarray) -> np.ndarray:
+        state = state_from_proprio(proprio, self.task.objects)
+        tcp, quat, width = state.tcp_pos, state.tcp_quat, state.gripper_width
+        cube = state.objects["cube"]
+        cube_pos = cube[:3]
+        held = (2 * self.half - 0.01 < width < 2 * self.half + 0.003
+                and np.linalg.norm(cube_pos - tcp) < 0.03)
+        delta = np.zeros(6)
+        goal_quat = quat    # keep the orientation, except when turning to the cube's faces
+        if self.task.placed(cube_pos):
+            goal = tcp.copy()
+            gripper = self.open_cmd
+            if width >= self.open_width:      # let go first, then rise straight up
+                self.phase = "retreat"
+                goal[2] = cube_pos[2] + self.half + self.lift_to
+            else:
+                self.phase = "release"
+        elif held:
+            gripper = -1.0
+            carry_z = self.rest_z + self.CARRY
+            over = np.linalg.norm(self.target[:2] - cube_pos[:2]) < self.OVER_TOL
+            goal = tcp.copy()
+            if over:
+                self.phase = "lower"
+                goal[:2] += self.target[:2] - cube_pos[:2]
+                goal[2] = self.rest_z + (tcp[2] - cube_pos[2]) + 0.003
+            elif tcp[2] < carry_z - 0.02:
+                self.phase = "lift"
+                goal[2] = carry_z
+            else:
+                self.phase = "carry"
+                goal[:2] += self.target[:2] - cube_pos[:2]
+                goal[2] = carry_z
+        else:
+            goal_quat = self._grasp_quat(cube[3:7])
+            yaw_err = abs(quat_to_rotvec(quat_mul(goal_quat, quat_conj(quat)))[2])
+            xy_err = np.linalg.norm(cube_pos[:2] - tcp[:2])
+            goal = np.array([cube_pos[0], cube_pos[1], cube_pos[2] + self.half + self.HOVER])
+            gripper = self.open_cmd
+            aligned = xy_err < self.XY_TOL and yaw_err < self.YAW_TOL
+            descending = tcp[2] < goal[2] - 0.01 and xy_err < 2 * self.XY_TOL and yaw_err < 2 * self.YAW_TOL
+            if aligned or descending:
+                goal[2] = cube_pos[2]
+                if abs(tcp[2] - goal[2]) < self.GRASP_TOL and width > 2 * self.half - 0.01:
+                    self.phase = "grasp"
+                    gripper = -1.0
+                else:
+                    self.phase = "descend"
+            else:
+                self.phase = "align" if width >= self.open_width else "open"
+                if width < self.open_width:     # a failed grasp: open before moving on
+                    goal = tcp.copy()
+        delta[:3] = goal - tcp
+        # Half the rotation error per step: the arm lags the target more in rotation than in translation.
+        delta[3:6] = 0.5 * quat_to_rotvec(quat_mul(goal_quat, quat_conj(quat)))
+        return self._action(delta, gripper)
+
+    def _grasp_quat(self, cube_quat: np.ndarray) -> np.ndarray:
+        """TCP orientation with the fingers across a pair of the cube's faces: the cube's yaw taken to the
+        quarter turn nearest the nominal orientation (so it stays within the orientation limits)."""
+        yaw = quat_to_rotvec(np.asarray(cube_quat, dtype=np.float64))[2]  # cube stands upright: rotation about z
+        yaw = (yaw + np.pi / 4) % (np.pi / 2) - np.pi / 4
+        return quat_mul(quat_from_rotvec(np.array([0.0, 0.0, yaw])), self.aligned_quat)
+
+
+EXPERTS: dict[str, Callable[..., Expert]] = {"peg_insertion": ScriptedInsertion, "pick_place": ScriptedPickPlace}
+
+
+def make_expert(profile: RobotProfile, noise: float = 0.0, seed: int | None = None) -> Expert:
+    """The scripted expert of the profile's task (``task.name``)."""
+    return EXPERTS[profile.task.name](profile, noise=noise, seed=seed)
 
 
 # -- the scripted human's schedule ----------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""ROS node around ``ScriptedInsertion``: observation in, action out, for one robot.
+"""ROS node around the scripted expert of the profile's task (``make_expert``): observation in, action
+out, for one robot.
 
 Two modes:
 - policy (default): answers every observation of ``robot_id`` with the expert's action on
@@ -10,13 +11,14 @@ Two modes:
   ``scale``, ``rotation_scale``, ``deadband`` must match the teleop node's) only at the steps of
   ``human_steps`` of every ``human_every_n``-th episode (optionally only once the policy is stuck,
   ``human_when_stuck``), and rests (zero axes) otherwise. With
-  ``label_success`` it presses ``success_button`` when, while active, it sees the peg inserted.
+  ``label_success`` it presses ``success_button`` when, while active, it sees the task succeed.
 
 Parameters: ``robot_id``, ``profile`` (required), ``seed``, ``noise``, ``as_human``, ``joy_topic``,
 ``human_steps`` (step ranges of an episode, e.g. ``"10-29,50-"``; default ``"0-"``: all),
 ``human_every_n`` (1: every episode, 3: episodes 0, 3, 6, ... as this node counts them),
-``human_when_stuck`` (N > 0: take over only once the policy is failing -- the peg tip came no
-5 mm closer to the hole in N steps -- and keep control for the rest of that episode; 0: off),
+``human_when_stuck`` (N > 0: take over only once the policy is failing -- the task's tracked point
+(peg tip, cube) came no 5 mm closer to its target in N steps -- and keep control for the rest of that
+episode; 0: off),
 ``label_success``, ``success_button`` (index in ``buttons``), ``num_buttons`` (2, as a SpaceMouse),
 ``human_gain`` (0.5: the human moves the puck this fraction of the expert's action -- a human's
 gentler, delay-tolerant hand), ``scale``, ``rotation_scale``, ``deadband``.
@@ -34,7 +36,7 @@ from . import qos
 from .config_schema import ConfigError
 from .node_main import run_node
 from .profile import load_profile
-from .scripted_policy import HumanSchedule, ScriptedInsertion, parse_step_ranges
+from .scripted_policy import HumanSchedule, make_expert, parse_step_ranges
 from .teleop import TeleopConfig, device_axes_for_action
 
 
@@ -66,8 +68,7 @@ class ScriptedPolicyNode(Node):
         if not path:
             raise ConfigError("<parameters>", "profile", "no robot profile given (parameter 'profile')")
         profile = load_profile(path)
-        self.task = profile.task
-        self.policy = ScriptedInsertion(profile, noise=float(p("noise").value), seed=int(p("seed").value))
+        self.policy = make_expert(profile, noise=float(p("noise").value), seed=int(p("seed").value))
         self.as_human = bool(p("as_human").value)
         if self.as_human:
             try:
@@ -115,8 +116,8 @@ class ScriptedPolicyNode(Node):
         self.pub.publish(a)
 
     def _play_human(self, obs: Observation, proprio: np.ndarray) -> None:
-        distance = self.policy.tip_distance(proprio)
-        active = self.schedule.active(obs.episode_id, obs.step, distance)
+        outcome = self.policy.judge(proprio)
+        active = self.schedule.active(obs.episode_id, obs.step, outcome.distance)
         joy = Joy()
         joy.header.stamp = self.get_clock().now().to_msg()
         joy.header.frame_id = "spacenav"
@@ -124,12 +125,11 @@ class ScriptedPolicyNode(Node):
         axes = np.zeros(6)
         if active:
             axes = device_axes_for_action(self.gain * self.policy.act(proprio), self.mapping)
-            if (self.label_success and obs.episode_id not in self._labelled
-                    and distance <= self.task.success_radius):
+            if self.label_success and obs.episode_id not in self._labelled and outcome.success:
                 joy.buttons[self.success_button] = 1
                 self._labelled.add(obs.episode_id)
                 axes[:] = 0.0
-                self.get_logger().info(f"scripted human: peg inserted at step {obs.step}: pressing success")
+                self.get_logger().info(f"scripted human: task done at step {obs.step}: pressing success")
         joy.axes = axes.astype(np.float32).tolist()
         self.joy_pub.publish(joy)
 

@@ -1,4 +1,4 @@
-"""MuJoCo-simulated Franka FR3 with a held peg above a hole block (the "sim" backend)."""
+"""MuJoCo-simulated Franka FR3 (the "sim" backend): peg insertion or pick-and-place."""
 from __future__ import annotations
 
 from typing import Any, Sequence
@@ -11,9 +11,12 @@ from user_hal.sim.osc import OperationalSpaceController
 from user_hal.sim.scene import (
     ARM_JOINTS,
     CAMERA_NAMES,
+    CUBE,
     FINGER_JOINTS,
     RENDER_GEOM_GROUPS,
+    SCENES,
     TORQUE_LIMITS,
+    BinsConfig,
     SceneConfig,
     build_spec,
     franky_assets,
@@ -36,10 +39,15 @@ def _wxyz(xyzw: np.ndarray) -> np.ndarray:
 
 @register_backend("sim")
 class SimFrankaBackend(RobotBackend):
-    """Franka FR3 in MuJoCo under operational-space torque control, holding a peg over a hole.
+    """Franka FR3 in MuJoCo under operational-space torque control, in one of two scenes.
 
-    The peg is a child body of the hand (it cannot slip). The target for the peg tip is the hole
-    bottom centre ``target_pos``; ``peg_tip = tcp_pos + R(tcp_quat) @ [0, 0, peg_tip_offset]``.
+    ``scene="peg_insertion"`` (default): the hand holds a peg over a hole block. The peg is a child
+    body of the hand (it cannot slip). The target for the peg tip is the hole bottom centre
+    ``target_pos``; ``peg_tip = tcp_pos + R(tcp_quat) @ [0, 0, peg_tip_offset]``.
+    ``scene="pick_place"``: two open bins and a free cube (options ``source_bin``, ``target_bin``,
+    ``bin_inner_half``, ``bin_wall_height``, ``cube_half_size``, ``cube_mass``, ``cube_spawn_range``);
+    ``state().objects["cube"]`` is its pose and ``reset_scene`` puts it at a random pose in the source
+    bin. ``target_pos`` is then the centre of the target bin's floor.
     ``stiffness`` is the Cartesian stiffness (x, y, z in N/m; rx, ry, rz in Nm/rad) of an
     operational-space impedance controller running at every physics step (``user_hal.sim.osc``).
     """
@@ -65,6 +73,14 @@ class SimFrankaBackend(RobotBackend):
         peg_length: float = 0.08,
         render_images: bool = True,
         stiffness: Sequence[float] = (1500.0, 1500.0, 1500.0, 80.0, 80.0, 80.0),
+        scene: str = "peg_insertion",
+        source_bin: Sequence[float] = BinsConfig.source_pos,
+        target_bin: Sequence[float] = BinsConfig.target_pos,
+        bin_inner_half: Sequence[float] = BinsConfig.inner_half,
+        bin_wall_height: float = BinsConfig.wall_height,
+        cube_half_size: float = BinsConfig.cube_half_size,
+        cube_mass: float = BinsConfig.cube_mass,
+        cube_spawn_range: Sequence[float] = BinsConfig.spawn_range,
         **unknown: Any,
     ) -> None:
         """Store the options; the model is built in ``start``. Unknown options raise TypeError."""
@@ -79,10 +95,30 @@ class SimFrankaBackend(RobotBackend):
             raise ValueError(f"physics_dt must be positive, got {physics_dt}")
         if len(tuple(hole_pos)) != 2:
             raise ValueError(f"hole_pos must be (x, y), got {hole_pos!r}")
+        if scene not in SCENES:
+            raise ValueError(f"unknown scene {scene!r}; available: {', '.join(SCENES)}")
+        pairs = {"source_bin": source_bin, "target_bin": target_bin, "bin_inner_half": bin_inner_half,
+                 "cube_spawn_range": cube_spawn_range}
+        for key, value in pairs.items():
+            if len(tuple(value)) != 2:
+                raise ValueError(f"{key} must be (x, y), got {value!r}")
+        bins = BinsConfig(
+            source_pos=(float(source_bin[0]), float(source_bin[1])),
+            target_pos=(float(target_bin[0]), float(target_bin[1])),
+            inner_half=(float(bin_inner_half[0]), float(bin_inner_half[1])),
+            wall_height=float(bin_wall_height),
+            cube_half_size=float(cube_half_size),
+            cube_mass=float(cube_mass),
+            spawn_range=(float(cube_spawn_range[0]), float(cube_spawn_range[1])),
+        )
+        if scene == "pick_place":
+            bins.validate()
         self._stiffness = np.asarray(stiffness, dtype=float)
         if self._stiffness.shape != (6,) or np.any(self._stiffness <= 0.0):
             raise ValueError(f"stiffness must be 6 positive numbers, got {stiffness!r}")
         self._cfg = SceneConfig(
+            scene=scene,
+            bins=bins,
             hole_pos=(float(hole_pos[0]), float(hole_pos[1])),
             hole_depth=float(hole_depth),
             peg_half_size=float(peg_half_size),
@@ -115,9 +151,32 @@ class SimFrankaBackend(RobotBackend):
         return list(self._cameras) if self._render_images else []
 
     @property
+    def scene(self) -> str:
+        """The scene built: ``peg_insertion`` or ``pick_place``."""
+        return self._cfg.scene
+
+    @property
     def target_pos(self) -> np.ndarray:
-        """Goal of the peg tip: centre of the hole bottom on the table, ``(x, y, 0)``."""
+        """Goal of the task: centre of the hole bottom on the table, ``(x, y, 0)``; pick_place: centre of
+        the target bin's floor (its top face)."""
+        if self._cfg.scene == "pick_place":
+            b = self._cfg.bins
+            return np.array([b.target_pos[0], b.target_pos[1], b.floor_thickness])
         return np.array([self._cfg.hole_pos[0], self._cfg.hole_pos[1], 0.0])
+
+    @property
+    def bins(self) -> BinsConfig:
+        """Geometry of the pick-and-place scene (also set, unused, in the peg scene)."""
+        return self._cfg.bins
+
+    def task_geometry(self) -> dict[str, Any]:
+        """The task keys this scene fixes (see ``RobotBackend.task_geometry``)."""
+        if self._cfg.scene == "pick_place":
+            b = self._cfg.bins
+            return {"name": "pick_place", "target_pos": tuple(self.target_pos),
+                    "pick_place.bin_inner_half": b.inner_half, "pick_place.cube_half_size": b.cube_half_size}
+        return {"name": "peg_insertion", "target_pos": tuple(self.target_pos),
+                "peg_tip_offset": self._cfg.peg_tip_offset}
 
     @property
     def peg_tip_offset(self) -> float:
@@ -159,8 +218,6 @@ class SimFrankaBackend(RobotBackend):
         spec.option.timestep = self._physics_dt
         model = spec.compile()
         data = mujoco.MjData(model)
-        if model.nq != model.nv:  # the controller indexes qpos by dof
-            raise BackendError("unexpected free/ball joints in the FR3 model")
         self._model, self._data = model, data
         self._arm_qpos = np.array([model.joint(j).qposadr[0] for j in ARM_JOINTS])
         self._arm_dofs = np.array([model.joint(j).dofadr[0] for j in ARM_JOINTS])
@@ -175,12 +232,16 @@ class SimFrankaBackend(RobotBackend):
         self._force_adr = model.sensor("ft_force").adr[0]
         self._torque_adr = model.sensor("ft_torque").adr[0]
         self._key_home = model.key("home").id
+        self._cube = model.body(CUBE).id if self._cfg.scene == "pick_place" else -1
+        self._cube_qpos = model.joint(CUBE).qposadr[0] if self._cube >= 0 else -1
+        self._cube_dofs = model.joint(CUBE).dofadr[0] if self._cube >= 0 else -1
         self._wbuf = {k: np.zeros(n) for k, n in
                       (("force", 3), ("torque", 3), ("acc", 6), ("vel", 6), ("r", 3), ("tmp", 3),
                        ("tmp2", 3), ("inertial", 3), ("out", 6))}
         home_q = model.key_qpos[self._key_home][self._arm_qpos].copy()
         self._ctrl = OperationalSpaceController(
-            model, data, self._tcp, self._arm_dofs, TORQUE_LIMITS, self._stiffness, home_q)
+            model, data, self._tcp, self._arm_dofs, TORQUE_LIMITS, self._stiffness, home_q,
+            arm_qpos=self._arm_qpos)
         self._reset_home()
 
     def close(self) -> None:
@@ -195,18 +256,44 @@ class SimFrankaBackend(RobotBackend):
     def _reset_home(self) -> None:
         model, data = self._require()
         mujoco.mj_resetDataKeyframe(model, data, self._key_home)
-        # Start with the fingertips on the peg: the gripper holds it from the first step.
-        data.qpos[self._finger_qpos] = grasp_finger_position(model, self._cfg.peg_half_size)
+        if self._cube >= 0:  # pick_place: the gripper starts open
+            data.qpos[self._finger_qpos] = 0.04
+            gripper = 1.0
+        else:  # peg_insertion: start with the fingertips on the peg, so the gripper holds it from the first step
+            data.qpos[self._finger_qpos] = grasp_finger_position(model, self._cfg.peg_half_size)
+            gripper = 0.0
         mujoco.mj_forward(model, data)
         pos, quat = self._tcp_pose()
         self._home_pose = (pos.copy(), quat.copy())
-        self.set_target(pos, quat, 0.0)
+        self.set_target(pos, quat, gripper)
 
     def home_tcp_pose(self) -> tuple[np.ndarray, np.ndarray]:
         """TCP pose at the "home" keyframe: position (3,), quaternion (4,) x, y, z, w."""
         self._require()
         assert self._home_pose is not None
         return self._home_pose[0].copy(), self._home_pose[1].copy()
+
+    def reset_scene(self, rng: np.random.Generator) -> None:
+        """pick_place: put the cube, at rest, at a uniform random position within ``cube_spawn_range`` of
+        the source bin's centre and a uniform random yaw. peg_insertion: nothing (draws nothing)."""
+        if self._cube < 0:
+            return
+        model, data = self._require()
+        b = self._cfg.bins
+        xy = np.asarray(b.source_pos) + rng.uniform(-1.0, 1.0, 2) * np.asarray(b.spawn_range)
+        yaw = rng.uniform(-np.pi, np.pi)
+        self.place_cube([xy[0], xy[1], b.cube_rest_height + 1e-4], yaw)
+
+    def place_cube(self, pos: Sequence[float], yaw: float = 0.0) -> None:
+        """Teleport the cube (pick_place) to ``pos`` with ``yaw`` about z, at rest."""
+        model, data = self._require()
+        if self._cube < 0:
+            raise BackendError(f"the {self._cfg.scene} scene has no cube")
+        a, d = self._cube_qpos, self._cube_dofs
+        data.qpos[a:a + 3] = pos
+        data.qpos[a + 3:a + 7] = [np.cos(yaw / 2), 0.0, 0.0, np.sin(yaw / 2)]
+        data.qvel[d:d + 6] = 0.0
+        mujoco.mj_forward(model, data)
 
     def set_joint_positions(self, q: Sequence[float]) -> None:
         """Teleport the arm (7 values) or arm + fingers (9 values) at rest; keeps the target."""
@@ -278,7 +365,14 @@ class SimFrankaBackend(RobotBackend):
             joint_pos=data.qpos[qidx].copy(),
             joint_vel=data.qvel[didx].copy(),
             time=float(data.time),
+            objects=self._object_poses(),
         )
+
+    def _object_poses(self) -> dict[str, np.ndarray]:
+        if self._cube < 0:
+            return {}
+        _, data = self._require()
+        return {CUBE: np.concatenate([data.xpos[self._cube], _xyzw(data.xquat[self._cube])])}
 
     def _external_wrench(self) -> np.ndarray:
         """External force/torque on hand + fingers + peg, base frame, torque about the TCP.

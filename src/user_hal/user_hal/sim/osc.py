@@ -34,15 +34,19 @@ class OperationalSpaceController:
         lambda_damping: float = 1e-4,
         desired_inertia: tuple[float, ...] = (1.0, 1.0, 1.0, 0.5, 0.5, 0.5),
         shape_inertia: bool = True,
+        arm_qpos: np.ndarray | None = None,
     ) -> None:
         """Bind to ``model``/``data``.
 
-        ``arm_dofs`` are the dof indices of the actuated arm joints, ``posture`` their nullspace
-        rest positions, ``stiffness`` (x, y, z, rx, ry, rz) in N/m and Nm/rad.
+        ``arm_dofs`` are the dof indices of the actuated arm joints, ``arm_qpos`` their qpos addresses
+        (default: the same, true while no free or ball joint comes before them), ``posture`` their
+        nullspace rest positions, ``stiffness`` (x, y, z, rx, ry, rz) in N/m and Nm/rad.
         """
         self._m, self._d, self._site = model, data, site_id
         nv = model.nv
         self._arm = np.asarray(arm_dofs, dtype=int)
+        self._arm_qpos = self._arm if arm_qpos is None else np.asarray(arm_qpos, dtype=int)
+        self._qpos = np.zeros(nv)  # arm joint positions laid out by dof
         self._limits = np.asarray(torque_limits, dtype=float)
         inertia = np.asarray(desired_inertia, dtype=float).reshape(6)
         # Gains of the shaped closed loop per unit desired inertia (1/s^2 and 1/s).
@@ -100,7 +104,9 @@ class OperationalSpaceController:
         acc = self._kp * err - self._kd * (jac @ qvel)
         tau = jac.T @ (lam @ acc)
         # Posture term, projected into the nullspace of the task (dynamically consistent).
-        tau0 = self._mask * (self._kp_null * (self._posture - d.qpos[: m.nv]) - self._kd_null * qvel)
+        q = self._qpos
+        q[self._arm] = d.qpos[self._arm_qpos]
+        tau0 = self._mask * (self._kp_null * (self._posture - q) - self._kd_null * qvel)
         tau0 = self._mass_times(tau0)
         tau += tau0 - jac.T @ (lam @ (self._jminv @ tau0))
         if self._shape_inertia:
