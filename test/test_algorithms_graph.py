@@ -76,3 +76,25 @@ def test_the_algorithm_trains_through_the_graph_and_resumes(procs, ros_node, tmp
     assert re.search(r"resumed from \S*runs/t/checkpoints/ckpt_\d+\.pt", out2), out2[-3000:]
     summary2 = re.search(r"summary: (\d+) env steps, (\d+) updates", out2)
     assert summary2 and int(summary2.group(2)) > int(summary.group(2)), "the second run goes on from the first"
+
+
+def test_sac_trains_on_pick_and_place_through_the_graph(procs, ros_node, tmp_path, monkeypatch):
+    """profile:=robot_sim_pick config:=sac_pick: the 27-value observations (the cube's pose included)
+    reach the learner, and inference acts with learned weights."""
+    monkeypatch.chdir(tmp_path)
+    cfg = learning_config_dir(tmp_path)
+    small(cfg, "sac_pick", None)
+    prof = yaml.safe_load((cfg / "robot_sim_pick.yaml").read_text())
+    prof["robot"]["cameras"] = []
+    prof["robot"]["max_episode_steps"] = 40
+    (cfg / "robot_sim_pick.yaml").write_text(yaml.safe_dump(prof))
+    transitions = Collect(ros_node, Transition, "/user/transitions")
+    run = procs.start("pick", userctl_cmd("launch", str(cfg / "franka_sac.yaml"), "profile:=robot_sim_pick",
+                                          "config:=sac_pick", "run_name:=pick", "realtime_factor:=0",
+                                          "max_env_steps:=250"))
+    assert run.popen.wait(timeout=240) == 0, run.output()[-3000:]
+    summary = re.search(r"summary: (\d+) env steps, (\d+) updates", run.output())
+    assert summary and int(summary.group(2)) > 0, run.output()[-3000:]
+    assert transitions.msgs and all(len(t.obs.proprio) == 27 for t in transitions.msgs)
+    versions = sorted({t.policy_version for t in transitions.msgs if t.action_source == 0})
+    assert versions and versions[-1] > 1, f"inference never acted with learned weights: versions {versions}"

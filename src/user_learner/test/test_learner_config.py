@@ -23,6 +23,29 @@ def test_shipped_configs_load(name, algo, cameras):
     assert np.allclose(cfg.obs.normalizer()(raw)[:3], (1.0, 1.0, 1.0))
 
 
+def test_the_pick_config_fits_the_pick_robot_and_not_the_peg_robot():
+    """sac_pick serves the robot that config/robot_sim_pick.yaml describes (27 proprio values), and the
+    peg configs are refused by it with both sides named."""
+    from user_msgs.msg import RobotDescription
+
+    from user_hal.cell import proprio_names
+    from user_hal.profile import load_profile
+    from user_hal.task import make_task
+
+    prof = load_profile(ROOT / "config" / "robot_sim_pick.yaml")
+    robot = RobotDescription(robot_id="franka_0", embodiment="franka_fr3",
+                             proprio_names=proprio_names(make_task(prof.task).objects),
+                             action_names=["dx", "dy", "dz", "droll", "dpitch", "dyaw", "gripper"])
+    pick = load_learner_config(ROOT / "config" / "sac_pick.yaml").obs
+    assert pick.spec().mismatch_with_robot(robot) == ""
+    assert len(pick.state_offset) == len(pick.state_scale) == 27
+    cube = np.zeros(27, np.float32)
+    cube[20:23] = (0.6, 0.2, 0.08)
+    assert np.allclose(pick.normalizer()(cube)[20:23], (1.0, 1.0, 1.0))
+    why = load_learner_config(ROOT / "config" / "sac_peg.yaml").obs.spec().mismatch_with_robot(robot)
+    assert "publishes 27 proprio values" in why and "cube_x" in why and "state_dim 20" in why
+
+
 @pytest.mark.parametrize("data, key, words", [
     ({"learner": {"mode": "fast"}}, "learner.mode", "must be one of"),
     ({"replay": {"kind": "s3"}}, "replay.kind", "must be one of"),
