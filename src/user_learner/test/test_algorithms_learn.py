@@ -17,6 +17,7 @@ STEP = 0.1          # metres per unit action
 HORIZON = 20        # steps per episode
 TOLERANCE = 0.05    # |x| at the end of an evaluation episode counted as success
 SPEC = Features(state_dim=1, action_dim=1)
+SOURCE_POLICY, SOURCE_SCRIPTED = 0, 2   # user_msgs/Action.SOURCE_*
 SMALL = {"hidden_dims": (64, 64), "batch_size": 128, "seed": 0}   # every algorithm's config takes these
 
 
@@ -46,14 +47,17 @@ class Replay:
 
     def __init__(self, capacity: int) -> None:
         self.data = {k: np.zeros((capacity, 1), np.float32) for k in ("state", "action", "next_state")}
-        self.data.update({k: np.zeros(capacity, np.float32) for k in ("reward", "terminated")})
+        self.data.update({k: np.zeros(capacity, np.float32) for k in ("reward", "terminated", "intervened")})
+        self.data["action_source"] = np.zeros(capacity, np.uint8)
         self.size = 0
 
-    def add(self, state: np.ndarray, action: np.ndarray, reward: np.ndarray, next_state: np.ndarray) -> None:
+    def add(self, state: np.ndarray, action: np.ndarray, reward: np.ndarray, next_state: np.ndarray,
+            source: int = SOURCE_POLICY) -> None:
         n = len(state)
         sl = slice(self.size, self.size + n)
         self.data["state"][sl], self.data["action"][sl, 0] = state, action
         self.data["reward"][sl], self.data["next_state"][sl] = reward, next_state
+        self.data["action_source"][sl] = source
         self.size += n
 
     def sample(self, size: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -93,7 +97,7 @@ def test_every_algorithm_drives_the_point_mass_to_the_origin(name, extra):
         while demos.size < 200:
             o = denv.obs()
             a = expert(o[:, 0])
-            demos.add(o, a, *reversed(denv.step(a)))
+            demos.add(o, a, *reversed(denv.step(a)), source=SOURCE_SCRIPTED)
     eval_starts = np.random.default_rng(1).uniform(-1, 1, 50)
     history: list[tuple[int, float]] = []
     start = time.perf_counter()
@@ -115,8 +119,10 @@ def test_every_algorithm_drives_the_point_mass_to_the_origin(name, extra):
             else:   # half of every batch from the demonstrations
                 a, b = online.sample(cfg.batch_size // 2, rng), demos.sample(cfg.batch_size // 2, rng)
                 arrays = {k: np.concatenate([a[k], b[k]]) for k in a}
-            metrics = agent.update(batch_from_numpy(arrays))
-        assert np.isfinite(metrics["critic_loss"]), f"the critic loss diverged: {metrics}"
+            keys = set(SPEC.batch_keys()) | set(algo.batch_extras)   # the keys a real replay would deliver
+            metrics = agent.update(batch_from_numpy({k: v for k, v in arrays.items() if k in keys}))
+        losses = {k: v for k, v in metrics.items() if k.endswith("loss") and not np.isnan(v)}
+        assert losses and all(np.isfinite(list(losses.values()))), f"a loss diverged or none was reported: {metrics}"
         if agent.num_updates % 50 == 0:
             policy.load_policy_state_dict(agent.policy_state_dict())   # as weight sync delivers them
         if agent.num_updates % 250 == 0:
