@@ -53,6 +53,11 @@ class Progress:
             self._writer.add_scalar("episode/return", float(msg.episode_return), self.episodes)
             self._writer.add_scalar("episode/steps", float(msg.steps), self.episodes)
             self._writer.add_scalar("episode/success_rate_20", self.success_rate(), self.episodes)
+            # Human in the loop: how much of the episode a human drove, and which policy drove the rest.
+            self._writer.add_scalar("episode/intervention_steps", float(msg.intervention_steps), self.episodes)
+            self._writer.add_scalar("episode/intervention_rate", msg.intervention_steps / max(msg.steps, 1),
+                                    self.episodes)
+            self._writer.add_scalar("episode/policy_version", float(msg.policy_version), self.episodes)
 
     def inference(self, msg) -> None:
         self.latency = (float(msg.latency_p50_ms), float(msg.latency_p99_ms))
