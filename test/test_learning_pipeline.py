@@ -73,7 +73,11 @@ def test_async_run_trains_publishes_and_checkpoints(procs, ros_node, in_tmp):
                 t = deserialize_message(m.data, Transition)
                 stored.add((t.robot_id, t.episode_id, t.step))
     produced = {(t.robot_id, t.episode_id, t.step) for t in transitions.msgs}
-    assert len(stored) >= 400 and stored <= produced
+    # At realtime_factor 0 the robot may publish before this test's subscription is matched: compare
+    # the episodes the test saw from their first step.
+    whole = {(r, e) for r, e, step in produced if step == 0}
+    assert len(whole) >= 2, f"the test saw no whole episodes: {sorted(whole)}"
+    assert len(stored) >= 400 and {k for k in stored if k[:2] in whole} <= produced
 
 
 @pytest.mark.parametrize("kind", ["memory", "remote"])
