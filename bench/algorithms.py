@@ -188,11 +188,12 @@ def command_line() -> str:
 
 def load_runs(paths: list[Path], args) -> list[dict]:
     """Results saved by earlier runs (``--json``); the settings that change the figures must agree."""
-    results, first, seen = [], None, {}
+    results, first, seen, budget = [], None, {}, 0
     for path in paths:
         try:
             saved = json.loads(path.read_text())
             runs, settings = saved["results"], saved["args"]
+            budget = max(budget, int(settings["max_env_steps"]))
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise SystemExit(f"--from-json {path}: not a result file of this benchmark ({e})")
         settings.setdefault("reward", "sparse")          # files written before --reward existed
@@ -211,7 +212,7 @@ def load_runs(paths: list[Path], args) -> list[dict]:
     results.sort(key=lambda r: (list(CONFIGS).index(r["algo"]), r["seed"]))
     for k, v in first[1].items():
         setattr(args, k, v)
-    args.max_env_steps = max(int(json.loads(p.read_text())["args"]["max_env_steps"]) for p in paths)
+    args.max_env_steps = budget
     return results
 
 

@@ -18,7 +18,8 @@ import torch
 from user_common.features import Features
 
 from .. import Algorithm, register
-from ..sac.agent import SACConfig, SACPolicy, _build_policy_nets, _numpy_rng_state, _set_numpy_rng_state
+from ..sac.agent import (SACConfig, SACPolicy, _build_policy_nets, _numpy_rng_state, _set_numpy_rng_state,
+                         policy_weights)
 from ...batch import check_batch
 from ...networks import random_shift
 
@@ -102,10 +103,7 @@ class HGDAggerAgent:
 
     def policy_state_dict(self) -> dict[str, torch.Tensor]:
         """What ``SACPolicy`` loads: actor and conv trunk (CPU copies)."""
-        out = {f"actor.{k}": v.detach().to("cpu", copy=True) for k, v in self.actor.state_dict().items()}
-        if self.conv is not None:
-            out.update({f"conv.{k}": v.detach().to("cpu", copy=True) for k, v in self.conv.state_dict().items()})
-        return out
+        return policy_weights(self.conv, self.actor)
 
     def state_dict(self) -> dict[str, Any]:
         """Networks, optimiser, counters and RNG states (tensors and plain values only)."""

@@ -124,6 +124,14 @@ def _build_policy_nets(spec: Features, cfg: SACConfig) -> tuple[ConvTrunk | None
     return conv, actor
 
 
+def policy_weights(conv: ConvTrunk | None, actor: nn.Module) -> dict[str, torch.Tensor]:
+    """CPU copies of what ``SACPolicy.load_policy_state_dict`` takes: ``actor.*`` and ``conv.*``."""
+    out = {f"actor.{k}": v.detach().to("cpu", copy=True) for k, v in actor.state_dict().items()}
+    if conv is not None:
+        out.update({f"conv.{k}": v.detach().to("cpu", copy=True) for k, v in conv.state_dict().items()})
+    return out
+
+
 def _policy_action(conv: ConvTrunk | None, actor: Actor | FlowActor, spec: Features, state: np.ndarray,
                    pixels: np.ndarray | None, deterministic: bool, generator: torch.Generator,
                    device: torch.device) -> np.ndarray:
@@ -305,10 +313,7 @@ class SACAgent:
     # ---------------------------------------------------------------- persistence
     def policy_state_dict(self) -> dict[str, torch.Tensor]:
         """Copies (on CPU) of exactly what ``SACPolicy`` needs: actor and conv trunk."""
-        out = {f"actor.{k}": v.detach().to("cpu", copy=True) for k, v in self.actor.state_dict().items()}
-        if self.conv is not None:
-            out.update({f"conv.{k}": v.detach().to("cpu", copy=True) for k, v in self.conv.state_dict().items()})
-        return out
+        return policy_weights(self.conv, self.actor)
 
     def state_dict(self) -> dict[str, Any]:
         """A snapshot (deep copy) of everything needed to resume bit-identically.
