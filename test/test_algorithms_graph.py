@@ -61,6 +61,8 @@ def test_the_algorithm_trains_through_the_graph_and_resumes(procs, ros_node, tmp
     small(cfg, config, demo_dir)
     transitions = Collect(ros_node, Transition, "/user/transitions")
     args = [str(cfg / "franka_sac.yaml"), f"config:={config}", "run_name:=t", "realtime_factor:=0"]
+    if algo == "hg_dagger":   # the scripted human takes over when the policy is stuck
+        args += ["teleop:=joy", "sim_human:=true"]
     first = procs.start("first", userctl_cmd("launch", *args, "max_env_steps:=250"))
     assert first.popen.wait(timeout=240) == 0, first.output()[-3000:]
     out = first.output()
@@ -69,6 +71,19 @@ def test_the_algorithm_trains_through_the_graph_and_resumes(procs, ros_node, tmp
     assert summary and int(summary.group(2)) > 0, out[-3000:]
     versions = sorted({t.policy_version for t in transitions.msgs if t.action_source == 0})
     assert versions and versions[-1] > 1, f"inference never acted with learned weights: versions {versions}"
+    if algo == "hg_dagger":   # the human's steps are HG-DAgger's aggregated dataset, a bag of its own
+        from user_buffer.codec import decode_transition
+        from user_buffer.store import TransitionStore
+
+        def keys(path: Path, human_only: bool) -> set[tuple[int, int]]:
+            bag = TransitionStore(path, writable=False)
+            rows = [decode_transition(bag.read(r)) for r in range(len(bag))]
+            bag.close()
+            return {(t.episode_id, t.step) for t in rows if t.intervened or not human_only}
+
+        human = keys(tmp_path / "runs/t/replay", human_only=True)
+        assert human, "the scripted human never took over"
+        assert keys(tmp_path / "runs/t/interventions", human_only=False) == human
 
     second = procs.start("second", userctl_cmd("launch", *args, "max_env_steps:=350"))
     assert second.popen.wait(timeout=240) == 0, second.output()[-3000:]

@@ -27,7 +27,7 @@ def observation(robot_id: str, episode: int, step: int, cams: tuple[str, ...], s
 
 def transition_msg(robot_id: str = "franka_0", episode: int = 1, step: int = 0, *, cams: tuple[str, ...] = (),
                    size: int = 16, last: bool = False, embodiment: str = "franka_fr3",
-                   reward: float | None = None) -> Transition:
+                   reward: float | None = None, intervened: bool = False) -> Transition:
     """A transition whose contents are a pure function of (robot, episode, step): checkable after a round trip."""
     seed = zlib.crc32(f"{robot_id}/{episode}/{step}".encode())  # stable across processes
     t = Transition(robot_id=robot_id, embodiment=embodiment, episode_id=episode, step=step)
@@ -37,6 +37,8 @@ def transition_msg(robot_id: str = "franka_0", episode: int = 1, step: int = 0, 
     t.reward = float(step) if reward is None else reward
     t.terminated = last
     t.policy_version = step
+    t.intervened = intervened
+    t.action_source = 1 if intervened else 0   # Action.SOURCE_HUMAN / SOURCE_POLICY
     return t
 
 

@@ -138,6 +138,43 @@ def test_an_empty_demo_bag_is_an_error_naming_it(tmp_path):
                          demos=TransitionStore(tmp_path / "empty", writable=False), demo_ratio=0.5)
 
 
+def test_human_steps_also_go_to_the_intervention_bag_and_fill_the_non_demo_share(tmp_path):
+    demos = TransitionStore(tmp_path / "demos")
+    for s in range(10):
+        demos.add(transition_bytes("teacher", 7, s, reward=-1.0, last=s == 9))
+    demos.close()
+
+    def open_replay():
+        return PersistentReplay(TransitionStore(tmp_path / "online"), STATE, prefetch=0, seed=0,
+                                demos=TransitionStore(tmp_path / "demos", writable=False), demo_ratio=0.5,
+                                interventions=TransitionStore(tmp_path / "interventions"))
+
+    rep = open_replay()
+    add_all(rep, episodes=(1,))
+    # no intervention yet: the whole batch comes from the demonstrations
+    assert set(rep.sample(64)["reward"].tolist()) == {-1.0}
+    human = {(2, s) for s in range(3, 7)}
+    for s in range(10):
+        rep.add(transition_bytes("franka_0", 2, s, last=s == 9, intervened=(2, s) in human,
+                                 reward=reward_id("franka_0", 2, s)))
+    assert len(rep) == 20 and rep.stats()["interventions"] == 4
+    b = rep.sample(256)
+    assert int((b["reward"] == -1.0).sum()) == 128
+    assert set(b["reward"][b["reward"] != -1.0].tolist()) == {reward_id("franka_0", *k) for k in human}
+    assert sorted(rep.take_durable()) == sorted(("franka_0", e, s) for e in (1, 2) for s in range(10))
+    rep.close()
+    # persistent: a reopened replay still draws from the human steps, and a resend is not stored twice
+    bag = TransitionStore(tmp_path / "interventions", writable=False)
+    v = bag.snapshot()
+    assert sorted(zip(v["episode"].tolist(), v["step"].tolist())) == sorted(human)
+    bag.close()
+    rep = open_replay()
+    assert not rep.add(transition_bytes("franka_0", 2, 4, intervened=True, reward=reward_id("franka_0", 2, 4)))
+    assert rep.stats()["interventions"] == 4
+    assert set(rep.sample(64)["reward"].tolist()) - {-1.0} <= {reward_id("franka_0", *k) for k in human}
+    rep.close()
+
+
 def test_same_seed_same_batches_with_prefetching(tmp_path):
     rep = replay(tmp_path, seed=0)
     add_all(rep, episodes=range(1, 4))

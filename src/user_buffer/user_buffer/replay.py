@@ -11,7 +11,10 @@ the learner therefore never waits on the disk.
 
 Sampling is uniform over all eligible transitions or over the newest ``window`` of them; eligibility
 filters by robot id and embodiment; ``demo_ratio`` of each batch comes from the demo store (RLPD
-uses 0.5). Given a seed and unchanging data, the sequence of batches is deterministic.
+uses 0.5). With an ``interventions`` store (HG-DAgger's aggregated dataset) every transition a human
+controlled (``intervened``) is stored there as well, and the rest of each batch is drawn from it
+instead of from all online data. Given a seed and unchanging data, the sequence of batches is
+deterministic.
 """
 from __future__ import annotations
 
@@ -210,7 +213,8 @@ class PersistentReplay:
     def __init__(self, store: TransitionStore, layout: Layout, *, cache_bytes: int = 2 << 30, window: int = 0,
                  robots: Iterable[str] = (), embodiments: Iterable[str] = (),
                  demos: TransitionStore | None = None, demo_ratio: float = 0.0, demo_cache_bytes: int = 512 << 20,
-                 seed: int = 0, batch_size: int = 256, prefetch: int = 2, readers: int = 2, builders: int = 2,
+                 interventions: TransitionStore | None = None, seed: int = 0, batch_size: int = 256,
+                 prefetch: int = 2, readers: int = 2, builders: int = 2,
                  sync_every_s: float = 1.0) -> None:
         if not 0.0 <= demo_ratio <= 1.0:
             raise ValueError(f"demo_ratio must be in [0, 1], got {demo_ratio}")
@@ -225,6 +229,9 @@ class PersistentReplay:
             which = f" of embodiment {', '.join(sorted(self.demos.embodiments))}" if self.demos.embodiments else ""
             raise ValueError(f"demo bag {demos.dir} holds no transitions{which}; demo_ratio {demo_ratio:g} needs some")
         self.demo_ratio = float(demo_ratio)
+        # HG-DAgger's aggregated dataset: the human-controlled steps, persistent in a bag of their own.
+        self.interventions = (SampleSource(interventions, layout, demo_cache_bytes, robots, embodiments)
+                              if interventions is not None else None)
         self.rng = np.random.default_rng(seed)
         self.batch_size = int(batch_size)
         self.sync_every_s = sync_every_s
@@ -244,7 +251,7 @@ class PersistentReplay:
                           if prefetch > 0 else None)
         self._ahead: collections.deque = collections.deque()
         self._warmers = [threading.Thread(target=s.warm, args=(self._stop,), daemon=True, name="replay-warm")
-                         for s in (self.online, self.demos) if s is not None]
+                         for s in (self.online, self.demos, self.interventions) if s is not None]
         for t in self._warmers:
             t.start()
 
@@ -256,6 +263,8 @@ class PersistentReplay:
         """
         t = decoded if decoded is not None else decode_transition(data)
         row = self.online.store.add(data)
+        if t.intervened and self.interventions is not None:
+            self._add_intervention(data, t)   # also when a resend finds the replay's copy (crash in between)
         if row < 0:
             self.duplicates += 1
             if self.online.store.is_durable(t.robot_id, t.episode_id, t.step):
@@ -272,12 +281,22 @@ class PersistentReplay:
             self.online.extend(np.array([row]))
         return True
 
+    def _add_intervention(self, data: bytes, t: TransitionView) -> None:
+        src = self.interventions
+        row = src.store.add(data)
+        if row >= 0 and src.wants(t):
+            src.cache.put(row, t)
+            src.extend(np.array([row]))
+
     def maybe_sync(self) -> None:
         """Sync if the last one is older than ``sync_every_s`` (call it from a timer, too)."""
         if time.monotonic() - self._last_sync >= self.sync_every_s:
             self.sync()
 
     def sync(self) -> None:
+        if self.interventions is not None:   # first: the replay's acknowledgements cover both copies
+            self.interventions.store.sync()
+            self.interventions.store.take_durable()
         self.online.store.sync()
         self._last_sync = time.monotonic()
 
@@ -291,7 +310,7 @@ class PersistentReplay:
     @property
     def problems(self) -> list[str]:
         """Damage and repairs the stores found when they were opened (file names included)."""
-        return self.online.store.problems + (self.demos.store.problems if self.demos is not None else [])
+        return [p for s in (self.online, self.demos, self.interventions) if s is not None for p in s.store.problems]
 
     def held(self) -> int:
         """Every transition in the bag (the record a restarted learner counts its env steps from)."""
@@ -311,6 +330,9 @@ class PersistentReplay:
         if self.demos is not None:
             text += (f" + {self.demos.n} demonstrations from {self.demos.store.dir} "
                      f"({self.demo_ratio:.0%} of each batch)")
+        if self.interventions is not None:
+            text += (f"; human interventions ({self.interventions.n}) kept in {self.interventions.store.dir}, "
+                     f"the rest of each batch drawn from them")
         return text
 
     # -- sampling --------------------------------------------------------------------------------------
@@ -319,7 +341,14 @@ class PersistentReplay:
 
     def _draw(self, batch_size: int) -> list[tuple[SampleSource, np.ndarray]]:
         k_demo = int(round(batch_size * self.demo_ratio)) if self.demos is not None and self.demos.n else 0
-        parts = [(self.online, self.online.draw(self.rng, batch_size - k_demo, self.window))]
+        own = self.online
+        if self.interventions is not None:
+            if self.interventions.n:
+                own = self.interventions
+            elif k_demo:   # no intervention yet: the whole batch from the demonstrations
+                k_demo = batch_size
+        window = self.window if own is self.online else 0   # the aggregated dataset is used whole
+        parts = [(own, own.draw(self.rng, batch_size - k_demo, window))] if k_demo < batch_size else []
         if k_demo:
             parts.append((self.demos, self.demos.draw(self.rng, k_demo, 0)))
         return parts
@@ -384,7 +413,8 @@ class PersistentReplay:
                 "cache_mb": self.online.cache.nbytes / 2**20,
                 "cache_hit_rate": self.hits / looked if looked else 0.0,
                 "sample_wait_ms": 1e3 * self.wait_s / self.batches if self.batches else 0.0,
-                "demos": float(self.demos.n) if self.demos is not None else 0.0}
+                "demos": float(self.demos.n) if self.demos is not None else 0.0,
+                "interventions": float(self.interventions.n) if self.interventions is not None else 0.0}
 
     def close(self) -> None:
         self._stop.set()
@@ -397,5 +427,6 @@ class PersistentReplay:
         if self._pool is not None:
             self._pool.shutdown(wait=True)
         self.online.store.close()
-        if self.demos is not None:
-            self.demos.store.close()
+        for s in (self.demos, self.interventions):
+            if s is not None:
+                s.store.close()

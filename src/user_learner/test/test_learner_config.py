@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[3]
 
 
 @pytest.mark.parametrize("name, algo, cameras", [("sac_peg", "sac", ()), ("sac_peg_cnn", "sac", ("wrist", "side")),
-                                                 ("rlpd_peg", "rlpd", ())])
+                                                 ("rlpd_peg", "rlpd", ()), ("hg_dagger_peg", "hg_dagger", ())])
 def test_shipped_configs_load(name, algo, cameras):
     cfg = load_learner_config(ROOT / "config" / f"{name}.yaml")
     spec = cfg.obs.spec()
@@ -53,6 +53,7 @@ def test_the_pick_config_fits_the_pick_robot_and_not_the_peg_robot():
     ({"replay": {"demo_ratio": 0.5}}, "replay.demo_ratio", "needs demo_dir"),
     ({"replay": {"demo_ratio": 1.5, "demo_dir": "d"}}, "replay.demo_ratio", "in [0, 1]"),
     ({"replay": {"cache_mb": -1}}, "replay.cache_mb", ">= 0"),
+    ({"replay": {"kind": "memory", "interventions": True}}, "replay.interventions", "needs kind bag"),
     ({"learner": {"min_buffer": -1}}, "learner.min_buffer", ">= 0"),
     ({"algo": {"name": "sac", "discount": "high"}}, "algo.discount", "expected a number"),
     ({"algo": {"batch_size": 0}}, "algo.batch_size", "must be > 0"),

@@ -96,6 +96,11 @@ class ReplayConfig:
     window: int = dataclasses.field(default=0, metadata=non_negative())   # 0: uniform over all data
     demo_dir: str = ""                  # a bag of demonstrations (RLPD), opened read-only
     demo_ratio: float = dataclasses.field(default=0.0, metadata=non_negative())  # share of each batch
+    # HG-DAgger's aggregated dataset: human-controlled steps also go to a bag of their own
+    # (interventions_dir, "" -> <runs_dir>/<run_name>/interventions) and the non-demo share of each batch
+    # is drawn from it (kind bag only)
+    interventions: bool = False
+    interventions_dir: str = ""
     robots: list[str] = dataclasses.field(default_factory=list)         # sample only these ([] = all)
     embodiments: list[str] = dataclasses.field(default_factory=list)
     prefetch: int = dataclasses.field(default=2, metadata=non_negative())  # batches prepared ahead
@@ -110,6 +115,8 @@ class ReplayConfig:
             raise ValueError(f"demo_ratio: must be in [0, 1], got {self.demo_ratio}")
         if self.demo_ratio > 0 and not self.demo_dir and self.kind != "remote":   # remote: the buffer node's
             raise ValueError("demo_ratio: > 0 needs demo_dir (a bag of demonstrations)")
+        if self.interventions and self.kind != "bag":
+            raise ValueError(f"interventions: the intervention bag needs kind bag, got kind {self.kind!r}")
 
 
 @dataclasses.dataclass

@@ -203,17 +203,20 @@ def _bag(cfg, layout: Layout, seed: int, default_dir: Path, **_) -> Replay:
     R = cfg.replay
     store = TransitionStore(Path(R.dir) if R.dir else default_dir, options=StoreOptions(
         split_bytes=int(R.split_mb * 2**20), chunk_bytes=max(1, int(R.chunk_mb * 2**20)), compression=R.compression))
-    demos = None
+    demos = interventions = None
     try:
         demos = TransitionStore(R.demo_dir, writable=False) if R.demo_dir else None
+        if R.interventions:
+            interventions = TransitionStore(Path(R.interventions_dir) if R.interventions_dir
+                                            else default_dir.parent / "interventions", options=store.opts)
         return PersistentReplay(store, layout, cache_bytes=int(R.cache_mb * 2**20), window=R.window,
                                 robots=R.robots, embodiments=R.embodiments, demos=demos, demo_ratio=R.demo_ratio,
-                                seed=seed, batch_size=cfg.algo.batch_size, prefetch=R.prefetch, readers=R.readers,
-                                sync_every_s=R.sync_every_s)
+                                interventions=interventions, seed=seed, batch_size=cfg.algo.batch_size,
+                                prefetch=R.prefetch, readers=R.readers, sync_every_s=R.sync_every_s)
     except BaseException:
-        store.close()
-        if demos is not None:
-            demos.close()
+        for s in (store, demos, interventions):
+            if s is not None:
+                s.close()
         raise
 
 
