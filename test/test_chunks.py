@@ -220,3 +220,61 @@ def test_at_realtime_factor_0_queued_entries_run_without_waiting(procs, ros_node
     assert [dx(t) for t in trans.msgs] == xs
     stamps = [t.next_obs.header.stamp.sec + 1e-9 * t.next_obs.header.stamp.nanosec for t in trans.msgs]
     assert stamps[-1] - stamps[0] < 0.1 * 11, "at realtime_factor 0 a queued chunk runs faster than real time"
+
+
+def test_the_inference_node_sends_one_chunk_per_h_steps_and_the_robot_runs_them(procs, ros_node, tmp_path):
+    """A real inference node (in this process) serving a small chunk policy to a real robot node."""
+    import threading
+
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+
+    from hal_helpers import ROOT
+    from user_learner.inference_node import InferenceNode
+    from user_learner.serving import ChunkScheduler
+
+    H = 4
+
+    class ChunkPolicy:   # row i of the n-th chunk: dx = n / 100, dy = i / 10
+        chunk_size = H
+        uses_instruction = True
+
+        def __init__(self):
+            self.instructions = []
+
+        def act(self, state, pixels, deterministic, generator=None, instruction=None):
+            self.instructions.append(instruction)
+            out = np.zeros((H, A), np.float32)
+            out[:, 0], out[:, 1], out[:, 6] = len(self.instructions) / 100, np.arange(H) / 10, -1.0
+            return out
+
+    trans = Collect(ros_node, Transition, "/user/transitions", DATA)
+    # InferenceNode lives in the default context, which gets its parameters from these arguments.
+    rclpy.init(args=["--ros-args", "-p", f"config:={ROOT / 'config' / 'sac_peg.yaml'}"])
+    node = ex = thread = None
+    try:
+        node = InferenceNode()
+        policy = ChunkPolicy()
+        node.server.policy, node.scheduler = policy, ChunkScheduler(H)
+        ex = SingleThreadedExecutor()
+        ex.add_node(node)
+        thread = threading.Thread(target=ex.spin, daemon=True)
+        thread.start()
+        start_robot(procs, tmp_path)   # 10 Hz
+        trans.wait(lambda m: len(m) >= 16, 60, "16 transitions")
+    finally:
+        if ex is not None:
+            ex.shutdown(timeout_sec=1.0)
+        if thread is not None:
+            thread.join(timeout=2.0)
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()
+    steps = [(t.step, round(t.action[0] * 100), round(t.action[1] * 10)) for t in trans.msgs[:16]]
+    chunk_of = {}
+    for step, n, i in steps:   # entry i of chunk n runs at the chunk's first step + i
+        chunk_of.setdefault(n, step - i)
+        assert step - i == chunk_of[n], f"chunk {n} entry {i} ran at step {step}: {steps}"
+    assert len(chunk_of) <= 5, f"expected about one query per {H} steps, got chunks {sorted(chunk_of)}: {steps}"
+    assert set(policy.instructions) == {"insert the peg into the hole"}, policy.instructions
+    assert all(t.action_source == Action.SOURCE_POLICY for t in trans.msgs)
