@@ -278,3 +278,19 @@ def test_the_inference_node_sends_one_chunk_per_h_steps_and_the_robot_runs_them(
     assert len(chunk_of) <= 5, f"expected about one query per {H} steps, got chunks {sorted(chunk_of)}: {steps}"
     assert set(policy.instructions) == {"insert the peg into the hole"}, policy.instructions
     assert all(t.action_source == Action.SOURCE_POLICY for t in trans.msgs)
+
+
+def test_bench_chunks_smoke(ros_env):
+    """bench/chunks.py (the measured run is in docs/chunks.md): one short row of chunks prints its table."""
+    import subprocess
+    import sys
+
+    from hal_helpers import ROOT
+
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "chunks.py"), "--latency-ms", "5", "--seconds", "2",
+                          "--configs", "h10"], cwd=ROOT, env=ros_env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, f"{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
+    row = [line.split() for line in out.stdout.splitlines() if line.startswith("h10 ")]
+    assert len(row) == 1, out.stdout
+    steps_per_s, queries_per_step = float(row[0][2]), float(row[0][7])
+    assert steps_per_s > 5 and queries_per_step <= 0.3, out.stdout
