@@ -166,26 +166,34 @@ def test_a_chunk_with_a_bad_entry_is_rejected_and_the_robot_holds(procs, ros_nod
     beats.wait(lambda m: m and m[-1].rejected_actions > 0, 5, "rejected_actions in the heartbeat")
 
 
-def test_a_chunk_answering_an_observation_older_than_the_watchdog_is_not_executed(procs, ros_node, tmp_path):
+def test_entries_are_dropped_when_the_robot_falls_behind_the_chunk(procs, ros_node, tmp_path):
+    """At realtime_factor 50 a tick is due every 2 ms (watchdog 4 ms), faster than the sim steps: the robot
+    falls behind the chunk's schedule at once, drops its late entries and holds, never running it to the end."""
     pub = ros_node.create_publisher(Action, "/franka_0/action", RELIABLE)
     trans = Collect(ros_node, Transition, "/user/transitions", DATA)
-    fresh_sent = []
-
-    def on_obs(o):   # once armed: answer the next (fresh) observation with a short chunk
-        if fresh_sent == ["armed"]:
-            fresh_sent.append(o)
-            pub.publish(chunk_msg(o, rows(0.3, 0.3)))
+    on_obs, sent = answer_first(pub, lambda o: [chunk_msg(o, rows(*[0.1] * 30))], trans)
     obs = Collect(ros_node, Observation, "/franka_0/observation", on_msg=on_obs)
+    start_robot(procs, tmp_path, rf=50.0)
+    obs.wait(lambda m: sent and len(m) > 200, 60, "200 observations after the chunk was sent")
+    time.sleep(1.0)
+    steps = [t.step for t in trans.msgs]
+    assert len(steps) < 30 and steps == list(range(len(steps))), f"the late entries ran: steps {steps}"
+    assert len({o.step for o in obs.msgs[-20:]}) == 1, "the robot must hold after dropping stale entries"
+
+
+def test_a_late_answer_to_a_step_the_robot_holds_still_runs(procs, ros_node, tmp_path):
+    """Freshness counts from the robot's newest observation of the answered step, as for single actions."""
+    pub = ros_node.create_publisher(Action, "/franka_0/action", RELIABLE)
+    trans = Collect(ros_node, Transition, "/user/transitions", DATA)
+    obs = Collect(ros_node, Observation, "/franka_0/observation")
     start_robot(procs, tmp_path)   # 10 Hz, watchdog 2 periods
     first = obs.wait(lambda m: len(m) > 0, 30, "an observation")
     trans.wait_matched(30)
     time.sleep(0.5)                # the robot holds at step 0 meanwhile, re-publishing it
-    pub.publish(chunk_msg(first, rows(*[0.5] * 10)))   # answers the first observation, 0.5 s old by now
-    time.sleep(1.0)
-    assert not trans.msgs, f"a stale chunk ran: steps {[t.step for t in trans.msgs]}"
-    fresh_sent.append("armed")
-    trans.wait(lambda m: len(m) >= 2, 10, "2 transitions from a fresh chunk")
-    assert [dx(t) for t in trans.msgs] == [0.3, 0.3]
+    assert obs.msgs[-1].step == first.step
+    pub.publish(chunk_msg(first, rows(0.3, 0.3, 0.3)))   # answers the first, 0.5 s old observation
+    trans.wait(lambda m: len(m) >= 3, 10, "3 transitions")
+    assert [dx(t) for t in trans.msgs] == [0.3, 0.3, 0.3]
 
 
 def test_a_human_action_overrides_and_clears_a_chunk(procs, ros_node, tmp_path):

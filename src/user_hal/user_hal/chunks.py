@@ -6,11 +6,11 @@ current step, the action to execute:
 
 - only entries for exactly that step count; a chunk is dropped once its last step has passed;
 - freshness (the watchdog, per step): the entry for step ``s`` of a chunk answering step ``k`` may run
-  until ``observed + (s - k) * period + watchdog``, where ``observed`` is when the robot published the
-  observation the chunk answers (or, if unknown, when the chunk arrived) and ``period`` the wall-clock
-  control period: an entry runs at most a watchdog later than its own step was due. A chunk that
-  answers an observation older than the watchdog is therefore never started, and a robot that fell
-  behind its plan holds instead of replaying it late;
+  until ``observed + (s - k) * period + watchdog``, where ``observed`` is when the robot last published
+  an observation of step ``k`` (while it holds it re-publishes the step, so a late answer to a held step
+  still counts from the newest one, as single actions always did) and ``period`` the wall-clock control
+  period: an entry runs at most a watchdog later than its own step was due, so a robot that fell behind
+  the chunk's schedule (slow ticks) holds instead of replaying the plan late;
 - ``mode="none"``: the newest fresh chunk covering the step wins; ``mode="exp"``: temporal
   ensembling (ACT): all fresh covering entries are averaged with weights ``exp(-rate * i)``,
   ``i = 0`` for the oldest chunk (``rate`` 0: plain mean; larger: older chunks count more).
@@ -33,7 +33,7 @@ class PendingChunk:
     policy_version: int
     source: int
     received: float          # time.monotonic()
-    observed: float          # time.monotonic() the answered observation was published (or ``received``)
+    observed: float          # time.monotonic() the robot last published step ``step`` (or ``received``)
 
     @property
     def end(self) -> int:

@@ -26,7 +26,8 @@ Action chunks: an Action with ``chunk_length`` H > 1 answering the observation o
 actions for steps k .. k+H-1. At each tick the robot runs the entry for the current step: from the newest
 chunk covering it, or (``robot.chunk_ensemble: exp``) the ACT-style weighted mean of all covering chunks
 (``robot.chunk_ensemble_rate``). The watchdog applies per step: the entry for step s may run at most
-``watchdog`` after its own step was due (observation of k + (s - k) periods); a chunk with one invalid
+``watchdog`` after its own step was due (the robot's last observation of step k + (s - k) periods), so
+a robot that falls behind a chunk's schedule holds instead of replaying it late; a chunk with one invalid
 entry (wrong length, NaN/inf) is rejected whole; every entry is clipped to [-1, 1] and goes through the
 speed limits like any action. Entries are dropped once their step passed, and all of them on a human
 action, a new episode, an e-stop or a backend recovery. At ``realtime_factor`` 0 the robot waits for an
@@ -233,7 +234,7 @@ class RobotNode(Node):
         self.inference_budget = rc.inference_budget_s
         self._observe_at = 0.0
         # Queued actions and action chunks of the running episode (see user_hal.chunks), and when each recent
-        # observation was taken, by header stamp, so that a chunk's freshness counts from its observation.
+        # (episode, step) was last observed, so that a chunk's freshness counts from its observation.
         self._queue = ChunkQueue(self.period / (self.rf if self.rf > 0 else 1.0), self.watchdog,
                                  rc.chunk_ensemble, rc.chunk_ensemble_rate)
         self._observed: collections.OrderedDict[tuple[int, int], float] = collections.OrderedDict()
@@ -368,7 +369,7 @@ class RobotNode(Node):
                 return  # answers an older observation (or its chunk ended already): late, not wrong
             if human:
                 self._queue.clear()  # the human wins over every queued policy entry
-            observed = self._observed.get((msg.header.stamp.sec, msg.header.stamp.nanosec), now)
+            observed = self._observed.get((msg.episode_id, msg.step), now)
             self._queue.add(PendingChunk(values, msg.episode_id, msg.step, msg.policy_version, msg.source, now,
                                          min(observed, now)))
             self._lock.notify_all()
@@ -848,7 +849,8 @@ class RobotNode(Node):
     def _publish_observation(self, state) -> Observation:
         stamp = self.get_clock().now().to_msg()
         with self._lock:
-            self._observed[(stamp.sec, stamp.nanosec)] = time.monotonic()
+            self._observed[(self.episode_id, self.step_index)] = time.monotonic()
+            self._observed.move_to_end((self.episode_id, self.step_index))
             while len(self._observed) > 256:
                 self._observed.popitem(last=False)
         o = Observation()
