@@ -53,6 +53,7 @@ def run_one(name: str, latency_s: float, seconds: float, workdir: Path, cameras:
     from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
     from user_msgs.msg import Action, Observation, RobotStatus, Transition
 
+    from user_hal import qos
     from user_learner.serving import ChunkScheduler
 
     h, replan, ensemble = CONFIGS[name]
@@ -64,9 +65,8 @@ def run_one(name: str, latency_s: float, seconds: float, workdir: Path, cameras:
     ctx = rclpy.Context()
     rclpy.init(args=[], context=ctx)
     node = rclpy.create_node(f"bench_chunks_{os.getpid()}", context=ctx)
-    reliable = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
     latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
-    pub = node.create_publisher(Action, "/franka_0/action", reliable)
+    pub = node.create_publisher(Action, "/franka_0/action", qos.CONTROL)   # as the inference node
     sched = ChunkScheduler(h, replan)
     lock = threading.Lock()
     stats = {"queries": 0, "trans": [], "beats": [], "measuring": False}
@@ -96,7 +96,7 @@ def run_one(name: str, latency_s: float, seconds: float, workdir: Path, cameras:
         with lock:
             stats["beats"].append((b.steps_done, b.held_steps))
 
-    node.create_subscription(Observation, "/franka_0/observation", on_obs, reliable)
+    node.create_subscription(Observation, "/franka_0/observation", on_obs, qos.CONTROL)
     node.create_subscription(Transition, "/user/transitions", on_trans, QoSProfile(
         depth=500, reliability=ReliabilityPolicy.RELIABLE))
     node.create_subscription(RobotStatus, "/user/robots/heartbeat", on_beat, latched)
