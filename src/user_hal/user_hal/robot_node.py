@@ -361,14 +361,14 @@ class RobotNode(Node):
         human = msg.source == Action.SOURCE_HUMAN
         with self._lock:
             if human:
-                # Any valid human action (even one answering an older step) means a human is in control.
+                # Any valid human action (even one answering an older step) means a human is in control
+                # and wins over every queued policy entry.
                 self._human_until = now + self.hold_s
+                self._queue.clear()
             elif now < self._human_until:
                 return  # a human has control: policy and scripted actions are dropped
             if msg.episode_id != self.episode_id or not msg.step <= self.step_index < msg.step + n:
                 return  # answers an older observation (or its chunk ended already): late, not wrong
-            if human:
-                self._queue.clear()  # the human wins over every queued policy entry
             observed = self._observed.get((msg.episode_id, msg.step), now)
             self._queue.add(PendingChunk(values, msg.episode_id, msg.step, msg.policy_version, msg.source, now,
                                          min(observed, now)))
