@@ -1,6 +1,8 @@
 """Action chunks: the robot-side queue and combiner (pure), then the robot node executing chunks on DDS."""
 import math
+import re
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -302,3 +304,31 @@ def test_bench_chunks_smoke(ros_env):
     assert len(row) == 1, out.stdout
     steps_per_s, queries_per_step = float(row[0][2]), float(row[0][7])
     assert steps_per_s > 5 and queries_per_step <= 0.3, out.stdout
+
+
+def test_a_real_inference_node_serves_hg_dagger_vla_chunks_to_the_robot(procs, ros_node, tmp_path):
+    """The inference node as a process with the VLA-like chunk policy (config/vla_peg.yaml, H = 8, untrained
+    weights from the seed): one query per chunk, the robot runs each chunk step by step."""
+    from ament_index_python.packages import get_package_prefix
+
+    from hal_helpers import ROOT
+    from user_learner.algos import algorithm_names
+
+    config = ROOT / "config" / "vla_peg.yaml"
+    if "hg_dagger_vla" not in algorithm_names() or not config.exists():
+        pytest.skip("the hg_dagger_vla algorithm (config/vla_peg.yaml) is not in this tree yet")
+    trans = Collect(ros_node, Transition, "/user/transitions", DATA)
+    exe = Path(get_package_prefix("user_learner")) / "lib" / "user_learner" / "inference_node"
+    inference = procs.start("inference", [str(exe), "--ros-args", "-p", f"config:={config}",
+                                          "-p", "robot_ids:=[franka_0]"])
+    inference.wait_for(r"chunks of 8 steps, replanning every 8", 120)
+    start_robot(procs, tmp_path)
+    trans.wait(lambda m: len(m) >= 24, 120, "24 transitions")
+    inference.stop()
+    out = inference.log_path.read_text(errors="replace")
+    m = re.search(r"done: (\d+) actions \((\d+) policy queries\)", out)
+    assert m, out[-2000:]
+    steps = [t.step for t in trans.msgs]
+    assert steps == list(range(steps[0], steps[0] + len(steps))), steps
+    assert int(m.group(2)) <= len(trans.msgs) / 8 + 3, f"{m.group(0)} for {len(trans.msgs)} steps"
+    assert all(t.action_source == Action.SOURCE_POLICY and np.all(np.abs(t.action) <= 1) for t in trans.msgs)
