@@ -82,6 +82,20 @@ def test_check_chunk_rejects_the_whole_chunk_naming_the_bad_entry():
         check_chunk(good.ravel()[:20], 3, A, ACTION_NAMES)
 
 
+@pytest.mark.parametrize("key, value, words", [
+    ("robot.chunk_ensemble", "avg", "robot.chunk_ensemble: must be one of 'none', 'exp', got 'avg'"),
+    ("robot.chunk_ensemble_rate", -1, "robot.chunk_ensemble_rate: must be >= 0, got -1"),
+    ("robot.chunk_ensemble_rate", float("inf"), "robot.chunk_ensemble_rate: must be finite, got inf"),
+])
+def test_bad_chunk_profile_keys_are_one_line_errors(tmp_path, key, value, words):
+    from user_hal.config_schema import ConfigError
+    from user_hal.profile import load_profile
+
+    with pytest.raises(ConfigError, match=re.escape(words)):
+        load_profile(profile_with(tmp_path, **{key: value}))
+    assert load_profile(profile_with(tmp_path, **{"robot.chunk_ensemble": "exp"})).robot.chunk_ensemble_rate == 0.01
+
+
 # -- the robot node on DDS: real rclpy, real MuJoCo ---------------------------------------------------
 def start_robot(procs, tmp_path, rf=1.0, **profile_changes):
     prof = profile_with(tmp_path, **{"robot.cameras": [], **profile_changes})
