@@ -8,6 +8,7 @@ a bad value raises ``ConfigError`` naming the file and the dotted key.
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -132,6 +133,10 @@ class RobotSection:
     intervention_hold_s: float = dataclasses.field(default=0.5, metadata=non_negative())
     # Backend faults (BackendError) recovered with backend.recover() per episode before the robot stops.
     max_recoveries: int = dataclasses.field(default=3, metadata=non_negative())
+    # Action chunks (Action.chunk_length > 1, see user_hal.chunks): the step's action comes from the newest
+    # chunk covering it ("none") or from all of them, weighted exp(-rate * i), i = 0 the oldest ("exp").
+    chunk_ensemble: Literal["none", "exp"] = "none"
+    chunk_ensemble_rate: float = dataclasses.field(default=0.01, metadata=non_negative())
 
     def validate(self) -> None:
         if min(self.action_scale) < 0:
@@ -143,6 +148,8 @@ class RobotSection:
                              f"{1.0 / self.control_hz:g} s, got {self.inference_budget_s:g}")
         if len(set(self.cameras)) != len(self.cameras):
             raise ValueError(f"cameras: duplicate names in {self.cameras}")
+        if not math.isfinite(self.chunk_ensemble_rate):
+            raise ValueError(f"chunk_ensemble_rate: must be finite, got {self.chunk_ensemble_rate!r}")
 
 
 @dataclasses.dataclass

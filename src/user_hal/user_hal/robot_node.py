@@ -22,6 +22,17 @@ observation shows the arm after the action, and the policy has that long to answ
 that comes later is executed one period later; the robot holds meanwhile). A simulated backend
 integrates the whole period at once, so its observation is published right at the tick.
 
+Action chunks: an Action with ``chunk_length`` H > 1 answering the observation of step k carries the
+actions for steps k .. k+H-1. At each tick the robot runs the entry for the current step: from the newest
+chunk covering it, or (``robot.chunk_ensemble: exp``) the ACT-style weighted mean of all covering chunks
+(``robot.chunk_ensemble_rate``). The watchdog applies per step: the entry for step s may run at most
+``watchdog`` after its own step was due (the robot's last observation of step k + (s - k) periods), so
+a robot that falls behind a chunk's schedule holds instead of replaying it late; a chunk with one invalid
+entry (wrong length, NaN/inf) is rejected whole; every entry is clipped to [-1, 1] and goes through the
+speed limits like any action. Entries are dropped once their step passed, and all of them on a human
+action, a new episode, an e-stop or a backend recovery. At ``realtime_factor`` 0 the robot waits for an
+answer only when no queued entry covers the step. Rules and combiner: ``user_hal.chunks``.
+
 Human intervention (HG-DAgger / HIL-SERL): actions with ``source = SOURCE_HUMAN`` (from the teleop
 node, ``user_hal.teleop_node``) win over policy and scripted actions. Every valid human action gives
 the human control for ``robot.intervention_hold_s`` seconds: policy actions arriving meanwhile are
@@ -57,7 +68,8 @@ Parameters: ``robot_id``, ``profile`` (robot profile YAML, required), ``backend`
 ``fault_injection`` -- a *test hook*: ``"step:N[,N...]"`` makes the N-th control step (counted
 since start, 1-based) raise ``BackendError`` as a real fault would; empty (default) in production.
 Profile keys used here beyond the loop's: ``robot.intervention_hold_s``, ``robot.max_recoveries``,
-``robot.max_tcp_speed``, ``robot.max_tcp_angular_speed`` (see ``user_hal.profile``).
+``robot.max_tcp_speed``, ``robot.max_tcp_angular_speed``, ``robot.chunk_ensemble``, ``robot.chunk_ensemble_rate``
+(see ``user_hal.profile``).
 """
 from __future__ import annotations
 
@@ -85,6 +97,7 @@ from . import qos
 from .backend import BackendError, make_backend
 from .cameras import CameraRig, make_camera_sources
 from .cell import ACTION_NAMES, ActionError, RobotCell, check_action, parse_fault_injection
+from .chunks import ChunkQueue, PendingChunk, check_chunk
 from .config_schema import ConfigError
 from .markers import cell_markers
 from .node_main import run_node
@@ -220,6 +233,11 @@ class RobotNode(Node):
         self.realtime_robot = not backend.simulated
         self.inference_budget = rc.inference_budget_s
         self._observe_at = 0.0
+        # Queued actions and action chunks of the running episode (see user_hal.chunks), and when each recent
+        # (episode, step) was last observed, so that a chunk's freshness counts from its observation.
+        self._queue = ChunkQueue(self.period / (self.rf if self.rf > 0 else 1.0), self.watchdog,
+                                 rc.chunk_ensemble, rc.chunk_ensemble_rate)
+        self._observed: collections.OrderedDict[tuple[int, int], float] = collections.OrderedDict()
 
         cb = ReentrantCallbackGroup()
         rid = self.robot_id
@@ -248,7 +266,6 @@ class RobotNode(Node):
             self.create_timer(0.5, self._resend, callback_group=cb)
 
         self._lock = threading.Condition()
-        self._pending: PendingAction | None = None
         self._reset_req: ResetRequest | None = None
         self._label_req: LabelRequest | None = None
         self._stop = threading.Event()
@@ -327,8 +344,12 @@ class RobotNode(Node):
     def _on_action(self, msg: Action) -> None:
         if msg.robot_id != self.robot_id:
             return self._reject(f"action for unknown robot {msg.robot_id!r} on {self.robot_id}'s topic")
+        n = max(int(msg.chunk_length), 1)
         try:
-            values = check_action(np.asarray(msg.action, dtype=np.float64), len(ACTION_NAMES))
+            if n == 1:
+                values = check_action(np.asarray(msg.action, dtype=np.float64), len(ACTION_NAMES))[None]
+            else:
+                values = check_chunk(msg.action, n, len(ACTION_NAMES), ACTION_NAMES)
         except ActionError as exc:
             return self._reject(f"{exc} (episode {msg.episode_id} step {msg.step})")
         blocked = self._blocked_reason()
@@ -340,13 +361,17 @@ class RobotNode(Node):
         human = msg.source == Action.SOURCE_HUMAN
         with self._lock:
             if human:
-                # Any valid human action (even one answering an older step) means a human is in control.
+                # Any valid human action (even one answering an older step) means a human is in control
+                # and wins over every queued policy entry.
                 self._human_until = now + self.hold_s
+                self._queue.clear()
             elif now < self._human_until:
                 return  # a human has control: policy and scripted actions are dropped
-            if msg.episode_id != self.episode_id or msg.step != self.step_index:
-                return  # answers an older observation: late, not wrong
-            self._pending = PendingAction(values, msg.episode_id, msg.step, msg.policy_version, msg.source, now)
+            if msg.episode_id != self.episode_id or not msg.step <= self.step_index < msg.step + n:
+                return  # answers an older observation (or its chunk ended already): late, not wrong
+            observed = self._observed.get((msg.episode_id, msg.step), now)
+            self._queue.add(PendingChunk(values, msg.episode_id, msg.step, msg.policy_version, msg.source, now,
+                                         min(observed, now)))
             self._lock.notify_all()
 
     def _reject(self, why: str) -> None:
@@ -417,7 +442,7 @@ class RobotNode(Node):
         with self._lock:
             first = not self._estop.is_set()
             self._estop.set()
-            self._pending = None
+            self._queue.clear()
             self._human_until = 0.0
             refused = [r for r in (self._reset_req, self._label_req) if r is not None]
             self._reset_req = self._label_req = None
@@ -625,32 +650,30 @@ class RobotNode(Node):
             return None
         return r
 
-    def _acceptable(self, a: PendingAction | None, now: float) -> bool:
-        """A pending action may run: a human's, or any while no human is in control."""
-        return a is not None and (a.source == Action.SOURCE_HUMAN or now >= self._human_until)
+    def _acceptable(self, a: PendingChunk, now: float) -> bool:
+        """A queued entry may run: a human's, or any while no human is in control."""
+        return a.source == Action.SOURCE_HUMAN or now >= self._human_until
 
     def _next_action(self, tick: float) -> PendingAction | None:
-        """The fresh action answering the current observation, or None (hold)."""
+        """The action for the current step from the queued actions and chunks (``user_hal.chunks``: fresh
+        entries for this very step only), or None (hold). At realtime_factor 0 it waits up to the watchdog
+        for one when no queued entry covers the step."""
         with self._lock:
             if self.rf == 0:
                 deadline = time.monotonic() + self.watchdog
                 while (not self._stop.is_set() and self._reset_req is None and self._label_req is None
                        and not self._estop.is_set()):
-                    if self._pending is not None and not self._acceptable(self._pending, time.monotonic()):
-                        self._pending = None  # a policy action from before the human took over
-                    if self._pending is not None:
+                    if self._queue.covers(self.episode_id, self.step_index, time.monotonic()):
                         break
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
                         break
                     self._lock.wait(remaining)
-            a, self._pending = self._pending, None
             now = time.monotonic()
-            if a is not None and not self._acceptable(a, now):
+            c = self._queue.take(self.episode_id, self.step_index, now)
+            if c is None or not self._acceptable(c, now):
                 return None
-        if a is not None and now - a.received > self.watchdog:
-            return None
-        return a
+        return PendingAction(c.values[0], c.episode_id, c.step, c.policy_version, c.source, c.received)
 
     def _execute(self, a: PendingAction | None, label: LabelRequest | None = None) -> None:
         """Execute one action (or, for a label without an action, a hold step) and publish its transition."""
@@ -728,7 +751,7 @@ class RobotNode(Node):
         with self._lock:
             self.episode_id = time.time_ns() // 1000  # microseconds: unique and ordered across restarts
             self.step_index = 0
-            self._pending = None
+            self._queue.clear()
         index = self._tally.index + 1 if self._tally else 0
         self._tally = EpisodeTally(self.episode_id, index, time.monotonic(), evaluation=evaluation)
         self._evaluation = evaluation
@@ -748,7 +771,7 @@ class RobotNode(Node):
     def _on_backend_fault(self, exc: BackendError) -> None:
         """Recover up to ``max_recoveries`` times per episode; then stop the robot in ERROR."""
         with self._lock:
-            self._pending = None
+            self._queue.clear()  # the target was re-anchored: queued plans no longer apply
         tally = self._tally
         while True:
             if self.recoveries >= self.max_recoveries:
@@ -825,6 +848,11 @@ class RobotNode(Node):
 
     def _publish_observation(self, state) -> Observation:
         stamp = self.get_clock().now().to_msg()
+        with self._lock:
+            self._observed[(self.episode_id, self.step_index)] = time.monotonic()
+            self._observed.move_to_end((self.episode_id, self.step_index))
+            while len(self._observed) > 256:
+                self._observed.popitem(last=False)
         o = Observation()
         o.header.stamp = stamp
         o.header.frame_id = f"{self.frame_prefix}base"

@@ -45,6 +45,56 @@ class PolicyServer:
             (self.version, self.policy), self._shadow = self._shadow, None
         return True
 
-    def act(self, robot_id: str, state: np.ndarray, pixels: np.ndarray | None, deterministic: bool) -> np.ndarray:
-        """The current policy's action (or chunk) for one observation of ``robot_id``."""
+    @property
+    def chunk_size(self) -> int:
+        """Actions per ``act`` call of the current policy (1: a single action)."""
+        return int(getattr(self.policy, "chunk_size", 1))
+
+    @property
+    def uses_instruction(self) -> bool:
+        """True if the policy takes the task instruction (``act(..., instruction=text)``)."""
+        return bool(getattr(self.policy, "uses_instruction", False))
+
+    def act(self, robot_id: str, state: np.ndarray, pixels: np.ndarray | None, deterministic: bool,
+            instruction: str | None = None) -> np.ndarray:
+        """The current policy's action ``[A]`` (or chunk ``[H, A]``) for one observation of ``robot_id``;
+        ``instruction`` is passed only to a policy that ``uses_instruction``."""
+        if self.uses_instruction:
+            return self.policy.act(state, pixels, deterministic, self.generators[robot_id], instruction=instruction)
         return self.policy.act(state, pixels, deterministic, self.generators[robot_id])
+
+
+class ChunkScheduler:
+    """When to ask the policy for a robot's next chunk (pure bookkeeping, one entry per robot).
+
+    A chunk answering step ``k`` covers ``k .. k+H-1``; the policy is asked at the first observation of an
+    episode, then whenever ``replan_every`` steps passed since the last query (``replan_every`` = H: one
+    query per chunk; smaller: overlapping chunks for temporal ensembling on the robot), and again for an
+    observation of a step it already saw (the robot re-publishes a step only while it holds, i.e. when it
+    could not use the last answer). With H = 1 every observation is answered, as for single actions.
+    """
+
+    def __init__(self, chunk_size: int, replan_every: int = 0) -> None:
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        replan_every = replan_every or chunk_size
+        if not 1 <= replan_every <= chunk_size:
+            raise ValueError(f"replan_every must be in 1..{chunk_size} (the chunk size; 0 = the chunk size), "
+                             f"got {replan_every} (the robot would hold between chunks)")
+        self.chunk_size, self.replan_every = chunk_size, replan_every
+        self._queried: dict[str, tuple[int, int]] = {}   # robot -> (episode_id, step) of the last query
+        self._seen: dict[str, tuple[int, int]] = {}      # robot -> (episode_id, step) of the last observation
+
+    def due(self, robot_id: str, episode_id: int, step: int) -> bool:
+        """Whether to query the policy for this observation; records the observation (and the query)."""
+        seen, self._seen[robot_id] = self._seen.get(robot_id), (episode_id, step)
+        last = self._queried.get(robot_id)
+        if last is None or last[0] != episode_id:
+            due = True
+        elif step < last[1]:
+            due = False                                   # an older observation arriving late
+        else:
+            due = step - last[1] >= self.replan_every or seen == (episode_id, step)
+        if due:
+            self._queried[robot_id] = (episode_id, step)
+        return due
