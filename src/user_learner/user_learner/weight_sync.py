@@ -28,6 +28,7 @@ executor or a control thread for long.
 from __future__ import annotations
 
 import array
+import json
 import os
 import queue
 import threading
@@ -39,11 +40,21 @@ from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from user_msgs.msg import PolicyWeights
 
-from .weights import Reassembler, blob_format, chunk_blob, pack_state_dict, sha256_hex, unpack_state_dict
+from .weights import (Reassembler, blob_format, chunk_blob, create_shm_blob, default_shm_dir, host_id,
+                      open_shm_blob, pack_state_dict, remove_stale_shm_blobs, sha256_hex, shm_blob_prefix,
+                      unpack_state_dict)
 
 WEIGHTS_TOPIC = "/user/policy/weights"
 DEFAULT_CHUNK_BYTES = 1 << 20
 MAX_CHUNKS = 1024  # subscriber history depth; publishers never use more chunks per snapshot
+TRANSPORTS = ("auto", "dds")
+MAINTAIN_PERIOD_S = 0.5  # publisher thread: retire files, serve a new chunk reader, this often when idle
+_MANIFEST = object()  # worker queue token: a manifest is waiting in WeightSubscriber._manifest
+
+
+def manifest_topic(topic: str = WEIGHTS_TOPIC) -> str:
+    """Where the manifests of ``topic`` go: one small ``PolicyWeights`` per version (see module docstring)."""
+    return topic.rstrip("/") + "/manifest"
 
 
 def weights_qos(depth: int) -> QoSProfile:
@@ -56,19 +67,45 @@ def weights_qos(depth: int) -> QoSProfile:
 class PublishStats:
     version: int
     total_bytes: int
-    num_chunks: int
+    num_chunks: int  # chunks sent over DDS (0: shared memory only, no chunk subscriber)
     pack_s: float = 0.0
     hash_s: float = 0.0
     send_s: float = 0.0
     started: float = 0.0  # time.monotonic() when publishing began (before packing)
+    shm: bool = False  # announced in shared memory
+
+
+class _Snap:
+    """A packed snapshot: the blob, and its shared-memory file when it is in one."""
+
+    def __init__(self, blob, path: str | None = None) -> None:
+        self.blob = blob
+        self.path = path
+        self.chunks_sent = False
+        self.version = -1
+        self.digest = ""
+
+    def remove(self) -> None:
+        """Unlink the file; receivers that mapped it keep their pages."""
+        if self.path:
+            try:
+                os.unlink(self.path)
+            except OSError:
+                pass
+            self.path = None
 
 
 class WeightPublisher:
-    """Publishes versioned snapshots of one policy as ``PolicyWeights`` chunks.
+    """Publishes versioned snapshots of one policy.
 
     ``publish(obj, version)`` sends now, in the caller's thread; ``publish_async(obj, version)`` returns at
     once and sends in a background thread, replacing a pending (not yet started) snapshot with the newer
     one. ``obj`` is a state dict or an already packed blob. Versions must increase.
+
+    ``transport="auto"`` (default) packs each snapshot into a shared-memory file and announces it on
+    ``<topic>/manifest``; chunks go over DDS on ``<topic>`` only while a chunk subscriber exists (a reader
+    on another host, or one that cannot use the file), including the current snapshot for one that joins
+    later. ``transport="dds"``: chunks always, the manifest says "no file".
 
     ``num_chunks`` fixes the chunk count (and so the history depth) up front; by default it is fixed by
     the first snapshot as ``ceil(size / chunk_bytes)`` capped at ``max_chunks``.
@@ -76,17 +113,25 @@ class WeightPublisher:
 
     def __init__(self, node: Node, topic: str = WEIGHTS_TOPIC, policy_name: str = "policy",
                  chunk_bytes: int = DEFAULT_CHUNK_BYTES, max_chunks: int = MAX_CHUNKS,
-                 num_chunks: int | None = None, fmt: str | None = None) -> None:
+                 num_chunks: int | None = None, fmt: str | None = None, transport: str = "auto",
+                 shm_dir: str | None = None, retire_s: float = 1.0) -> None:
         if chunk_bytes <= 0 or max_chunks <= 0:
             raise ValueError("chunk_bytes and max_chunks must be positive")
+        if transport not in TRANSPORTS:
+            raise ValueError(f"unknown weights transport {transport!r}; expected one of {TRANSPORTS}")
         self.node = node
         self.topic = topic
         self.policy_name = policy_name
         self.chunk_bytes = int(chunk_bytes)
         self.max_chunks = int(max_chunks)
         self.fmt = fmt
+        self.transport = transport
+        self.shm_dir = (shm_dir or default_shm_dir()) if transport == "auto" else None
+        self.retire_s = float(retire_s)
         self.num_chunks: int | None = None
         self._pub = None
+        self._manifest_pub = node.create_publisher(PolicyWeights, manifest_topic(topic), weights_qos(1))
+        self._host = host_id()
         self._send_lock = threading.Lock()  # one snapshot on the wire at a time, in version order
         self.last_version: int | None = None
         self._max_requested: int | None = None
@@ -98,6 +143,12 @@ class WeightPublisher:
         self._closed = False
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
+        self._current: _Snap | None = None
+        self._retired: list[tuple[float, _Snap]] = []
+        self._seq = 0
+        self._shm_warned = False
+        if self.shm_dir:
+            remove_stale_shm_blobs(self.shm_dir)
         if num_chunks is not None:
             self._create(min(int(num_chunks), self.max_chunks))
 
@@ -111,94 +162,193 @@ class WeightPublisher:
         """History depth (= chunks per snapshot), None before the first snapshot fixed it."""
         return self.num_chunks
 
+    def _alloc_shm(self, version: int):
+        """An ``alloc`` for ``pack_state_dict`` that puts the blob in a new shared-memory file (the path is
+        left in ``holder``); None without shared memory."""
+        if not self.shm_dir:
+            return None, None
+        holder: list[str] = []
+
+        def alloc(nbytes: int):
+            self._seq += 1
+            name = f"{shm_blob_prefix()}{self.policy_name.replace('/', '_')}-v{version}-{self._seq}"
+            try:
+                path, mm = create_shm_blob(self.shm_dir, name, nbytes)
+            except (OSError, ValueError) as e:
+                if not self._shm_warned:
+                    self._shm_warned = True
+                    self.node.get_logger().warning(f"weights: no shared-memory file in {self.shm_dir} ({e!r}); "
+                                                   "sending chunks over DDS")
+                return bytearray(nbytes)
+            holder.append(path)
+            return mm
+        return alloc, holder
+
+    def _pack(self, obj, version: int) -> _Snap:
+        """State dict or blob -> ``_Snap`` (in shared memory when possible: one copy of the bytes)."""
+        if isinstance(obj, _Snap):
+            return obj
+        alloc, holder = self._alloc_shm(version)
+        if isinstance(obj, Mapping):
+            blob = pack_state_dict(obj, self.fmt, alloc=alloc)
+        else:
+            src = memoryview(obj).cast("B")
+            blob = obj
+            if alloc is not None and src.nbytes:
+                blob = alloc(src.nbytes)
+                memoryview(blob)[:] = src
+        return _Snap(blob, holder[0] if holder else None)
+
     # -- synchronous
     def publish(self, state_dict_or_blob: Mapping[str, Any] | bytes | bytearray | memoryview,
                 version: int) -> PublishStats:
-        """Pack (if a state dict), hash, chunk and publish one snapshot; returns timings."""
+        """Pack (if a state dict), hash and publish one snapshot; returns timings."""
         with self._send_lock:
             version = int(version)
             if self.last_version is not None and version <= self.last_version:
                 raise ValueError(f"weights version must increase: {version} <= last published {self.last_version}")
             t0 = time.monotonic()
-            obj = state_dict_or_blob
-            blob = pack_state_dict(obj, self.fmt) if isinstance(obj, Mapping) else obj
+            snap = self._pack(state_dict_or_blob, version)
             t1 = time.monotonic()
-            digest = sha256_hex(blob)
+            snap.version, snap.digest = version, sha256_hex(snap.blob)
             t2 = time.monotonic()
-            total = memoryview(blob).nbytes
-            if self._pub is None:
-                self._create(min(self.max_chunks, max(1, -(-total // self.chunk_bytes))))
+            total = memoryview(snap.blob).nbytes
             try:
-                fmt = blob_format(blob)
+                fmt = blob_format(snap.blob)
             except ValueError:
                 fmt = ""
-            chunks = chunk_blob(blob, version, self.policy_name, fmt=fmt, num_chunks=self.num_chunks,
-                                sha256=digest)
-            stamp = self.node.get_clock().now().to_msg()
-            for c in chunks:
-                msg = PolicyWeights()
-                msg.header.stamp = stamp
-                msg.policy_name = c.policy_name
-                msg.version = c.version
-                msg.chunk_index = c.chunk_index
-                msg.num_chunks = c.num_chunks
-                msg.total_bytes = c.total_bytes
-                msg.sha256 = c.sha256
-                msg.format = c.format
-                data = array.array("B")
-                data.frombytes(c.data)  # one memcpy; assigning bytes would check every element in Python
-                msg.data = data
-                self._pub.publish(msg)
+            m = PolicyWeights()
+            m.header.stamp = self.node.get_clock().now().to_msg()
+            m.policy_name, m.version, m.chunk_index, m.num_chunks = self.policy_name, version, 0, 0
+            m.total_bytes, m.sha256, m.format = total, snap.digest, fmt
+            info = json.dumps({"path": snap.path or "", "host": self._host}).encode()
+            m.data = array.array("B", info)
+            self._manifest_pub.publish(m)
+            n = 0
+            if self.transport == "dds" or not snap.path or self._chunk_subscribers():
+                n = self._send_chunks(snap)
             t3 = time.monotonic()
             self.last_version = version
-            self.last_stats = PublishStats(version, total, len(chunks), t1 - t0, t2 - t1, t3 - t2, t0)
-            return self.last_stats
+            if self._current is not None:
+                self._retired.append((time.monotonic() + self.retire_s, self._current))
+            self._current = snap
+            self._reap()
+            self.last_stats = PublishStats(version, total, n, t1 - t0, t2 - t1, t3 - t2, t0, bool(snap.path))
+        self._ensure_thread()
+        return self.last_stats
+
+    def _chunk_subscribers(self) -> int:
+        return self.node.count_subscribers(self.topic)
+
+    def _send_chunks(self, snap: _Snap) -> int:
+        blob = snap.blob
+        total = memoryview(blob).nbytes
+        if self._pub is None:
+            self._create(min(self.max_chunks, max(1, -(-total // self.chunk_bytes))))
+        try:
+            fmt = blob_format(blob)
+        except ValueError:
+            fmt = ""
+        chunks = chunk_blob(blob, snap.version, self.policy_name, fmt=fmt, num_chunks=self.num_chunks,
+                            sha256=snap.digest)
+        stamp = self.node.get_clock().now().to_msg()
+        for c in chunks:
+            msg = PolicyWeights()
+            msg.header.stamp = stamp
+            msg.policy_name = c.policy_name
+            msg.version = c.version
+            msg.chunk_index = c.chunk_index
+            msg.num_chunks = c.num_chunks
+            msg.total_bytes = c.total_bytes
+            msg.sha256 = c.sha256
+            msg.format = c.format
+            data = array.array("B")
+            data.frombytes(c.data)  # one memcpy; assigning bytes would check every element in Python
+            msg.data = data
+            self._pub.publish(msg)
+        snap.chunks_sent = True
+        return len(chunks)
+
+    def _reap(self) -> None:
+        now = time.monotonic()
+        while self._retired and self._retired[0][0] <= now:
+            self._retired.pop(0)[1].remove()
+
+    def _maintain(self) -> None:
+        """Background: remove retired files; send the current snapshot as chunks to a new chunk reader."""
+        with self._send_lock:
+            self._reap()
+        cur = self._current
+        if cur is not None and not cur.chunks_sent and self._chunk_subscribers():
+            with self._send_lock:
+                if cur is self._current and not cur.chunks_sent:
+                    self._send_chunks(cur)
 
     # -- asynchronous
     def publish_async(self, state_dict_or_blob: Mapping[str, Any] | bytes | bytearray | memoryview,
                       version: int, copy: bool = True) -> None:
         """Queue a snapshot for the background thread and return.
 
-        With ``copy=True`` a state dict is packed here (one memcpy: the snapshot is consistent even if
-        training changes the tensors right after) and hashing + sending happen in the background; with
-        ``copy=False`` the caller promises not to modify ``state_dict_or_blob`` and even packing runs in
-        the background. A pending snapshot that has not started sending is replaced (``dropped_stale``).
+        With ``copy=True`` a state dict is packed here (one memcpy, into shared memory with the default
+        transport: the snapshot is consistent even if training changes the tensors right after) and
+        hashing + sending happen in the background; with ``copy=False`` the caller promises not to
+        modify ``state_dict_or_blob`` and even packing runs in the background. A pending snapshot that
+        has not started sending is replaced (``dropped_stale``).
         """
         if self._error is not None:
             err, self._error = self._error, None
             raise RuntimeError("background weights publish failed") from err
         version = int(version)
+        with self._cond:
+            floor = max((v for v in (self.last_version, self._max_requested) if v is not None), default=None)
+        if floor is not None and version <= floor:
+            raise ValueError(f"weights version must increase: {version} <= {floor}")
         obj = state_dict_or_blob
         if copy and isinstance(obj, Mapping):
-            obj = pack_state_dict(obj, self.fmt)
+            obj = self._pack(obj, version)
         with self._cond:
             if self._closed:
+                if isinstance(obj, _Snap):
+                    obj.remove()
                 raise RuntimeError("WeightPublisher is closed")
-            floor = max((v for v in (self.last_version, self._max_requested) if v is not None), default=None)
-            if floor is not None and version <= floor:
-                raise ValueError(f"weights version must increase: {version} <= {floor}")
             self._max_requested = version
             if self._pending is not None:
                 self.dropped_stale += 1
+                if isinstance(self._pending[0], _Snap):
+                    self._pending[0].remove()
             self._pending = (obj, version)
-            if self._thread is None:
+            self._ensure_thread()
+            self._cond.notify_all()
+
+    def _ensure_thread(self) -> None:
+        with self._cond:
+            if self._thread is None and not self._closed:
                 self._thread = threading.Thread(target=self._run, name="weights-publisher", daemon=True)
                 self._thread.start()
-            self._cond.notify_all()
 
     def _run(self) -> None:
         while True:
+            job = None
             with self._cond:
-                while self._pending is None and not self._closed:
-                    self._cond.wait()
-                if self._pending is None:
+                if self._pending is None and not self._closed:
+                    self._cond.wait(MAINTAIN_PERIOD_S)
+                if self._pending is not None:
+                    job, self._pending = self._pending, None
+                    self._busy = True
+                elif self._closed:
                     return
-                obj, version = self._pending
-                self._pending = None
-                self._busy = True
+            if job is None:
+                try:
+                    self._maintain()
+                except Exception as e:  # e.g. the node is being destroyed
+                    self.node.get_logger().warning(f"weights publisher maintenance: {e!r}")
+                continue
+            obj, version = job
             try:
                 self.publish(obj, version)
             except BaseException as e:  # surfaced on the next publish_async / flush
+                if isinstance(obj, _Snap):
+                    obj.remove()
                 self._error = e
                 self.node.get_logger().error(f"weights v{version} publish failed: {e!r}")
             finally:
@@ -221,26 +371,37 @@ class WeightPublisher:
         return True
 
     def close(self) -> None:
-        """Stop the background thread (a snapshot being sent is finished) and destroy the publisher."""
+        """Stop the background thread (a snapshot being sent is finished), remove the shared-memory files
+        and destroy the publishers."""
         with self._cond:
             self._closed = True
+            if self._pending is not None and isinstance(self._pending[0], _Snap):
+                self._pending[0].remove()
             self._pending = None
             self._cond.notify_all()
         if self._thread is not None:
             self._thread.join(timeout=30.0)
-        if self._pub is not None:
-            self.node.destroy_publisher(self._pub)
-            self._pub = None
+        with self._send_lock:
+            for _, snap in self._retired:
+                snap.remove()
+            self._retired.clear()
+            if self._current is not None:
+                self._current.remove()
+            for pub in (self._pub, self._manifest_pub):
+                if pub is not None:
+                    self.node.destroy_publisher(pub)
+            self._pub = self._manifest_pub = None
 
 
 @dataclass
 class ReceiveStats:
     version: int
     total_bytes: int
-    first_chunk: float  # time.monotonic() of the first chunk of this version taken by the worker
-    complete: float  # reassembled and sha256-verified
+    first_chunk: float  # time.monotonic() the worker took the first chunk (or the manifest) of this version
+    complete: float  # reassembled (or mapped) and sha256-verified
     delivered: float  # on_weights returned
     unpack_s: float = 0.0
+    via: str = "dds"  # "shm": mapped from the publisher's shared-memory file; "dds": chunks
 
 
 @dataclass
@@ -259,15 +420,30 @@ class WeightSubscriber:
     For a control loop, ``take_latest()`` returns a snapshot newer than the one taken last (else None):
     call it between control steps to swap weights without a lock on the control path.
     The state dict's tensors are views into the received blob (``weights.unpack_state_dict``).
+
+    ``transport="auto"`` (default) reads the manifests on ``<topic>/manifest`` and maps the publisher's
+    shared-memory file (same host); the first manifest it cannot use (another host, no file, unreadable,
+    sha256 mismatch) makes it subscribe to the DDS chunks on ``<topic>`` as well, for good.
+    ``transport="dds"``: chunks only.
     """
 
     def __init__(self, node: Node, on_weights: Callable[[int, dict], None] | None = None,
                  topic: str = WEIGHTS_TOPIC, policy_name: str | None = None, callback_group=None,
-                 max_chunks: int = MAX_CHUNKS, max_total_bytes: int = 16 << 30, worker_nice: int = 10) -> None:
+                 max_chunks: int = MAX_CHUNKS, max_total_bytes: int = 16 << 30, worker_nice: int = 10,
+                 transport: str = "auto") -> None:
+        if transport not in TRANSPORTS:
+            raise ValueError(f"unknown weights transport {transport!r}; expected one of {TRANSPORTS}")
         self.node = node
+        self.topic = topic
+        self.policy_name = policy_name
+        self.transport = transport
         self.worker_nice = worker_nice
         self.on_weights = on_weights
+        self.max_chunks = max_chunks
+        self.max_total_bytes = max_total_bytes
+        self._callback_group = callback_group
         self._log = node.get_logger()
+        self._host = host_id()
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._reasm = Reassembler(policy_name=policy_name, max_total_bytes=max_total_bytes,
                                   on_warning=lambda w: self._log.warning(w))
@@ -275,14 +451,36 @@ class WeightSubscriber:
         self.last_delivered: int | None = None
         self.history: list[ReceiveStats] = []
         self._first_chunk: dict[int, float] = {}
+        self._manifest = None  # newest manifest not yet handled (the worker coalesces)
+        self._manifest_lock = threading.Lock()
+        self.fallback_reason: str | None = None  # why chunks are subscribed too (None: shared memory only)
         self._stop = False
+        self._sub = None
+        self._manifest_sub = None
         self._worker = threading.Thread(target=self._run, name="weights-subscriber", daemon=True)
         self._worker.start()
-        self._sub = node.create_subscription(PolicyWeights, topic, self._on_msg, weights_qos(max_chunks),
-                                             callback_group=callback_group)
+        if transport == "dds":
+            self._subscribe_chunks("transport='dds'")
+        else:
+            self._manifest_sub = node.create_subscription(PolicyWeights, manifest_topic(topic), self._on_manifest,
+                                                          weights_qos(1), callback_group=callback_group)
+
+    def _subscribe_chunks(self, reason: str) -> None:
+        if self._sub is not None:
+            return
+        self.fallback_reason = reason
+        if self.transport == "auto":
+            self._log.info(f"weights: receiving chunks over DDS ({reason})")
+        self._sub = self.node.create_subscription(PolicyWeights, self.topic, self._on_msg,
+                                                  weights_qos(self.max_chunks), callback_group=self._callback_group)
 
     def _on_msg(self, msg: PolicyWeights) -> None:
         self._queue.put(msg)  # the executor does nothing else: reassembly and hashing are the worker's
+
+    def _on_manifest(self, msg: PolicyWeights) -> None:
+        with self._manifest_lock:
+            self._manifest = msg
+        self._queue.put(_MANIFEST)
 
     def _run(self) -> None:
         if self.worker_nice:
@@ -295,9 +493,64 @@ class WeightSubscriber:
             if msg is None or self._stop:
                 return
             try:
-                self._handle(msg)
+                if msg is _MANIFEST:
+                    self._handle_manifest()
+                else:
+                    self._handle(msg)
             except Exception as e:  # a bad chunk or callback must not kill the worker
                 self._log.error(f"weights subscriber: {e!r}")
+
+    def _take_manifest(self):
+        with self._manifest_lock:
+            m, self._manifest = self._manifest, None
+        return m
+
+    def _handle_manifest(self) -> None:
+        m = self._take_manifest()
+        if m is None:
+            return
+        t_first = time.monotonic()
+        v = int(m.version)
+        if (self.last_delivered is not None and v <= self.last_delivered) or (
+                self.policy_name is not None and m.policy_name != self.policy_name):
+            return
+        try:
+            info = json.loads(bytes(m.data))
+            path, host = str(info.get("path", "")), str(info.get("host", ""))
+        except (ValueError, AttributeError) as e:
+            self._subscribe_chunks(f"unreadable manifest for v{v}: {e!r}")
+            return
+        if not path:
+            self._subscribe_chunks(f"v{v} is not in shared memory")
+            return
+        if host != self._host:
+            self._subscribe_chunks(f"publisher on another host ({host})")
+            return
+        if int(m.total_bytes) > self.max_total_bytes:
+            self._log.warning(f"weights v{v}: {int(m.total_bytes)} bytes exceed max_total_bytes; ignored")
+            return
+        try:
+            mm = open_shm_blob(path, int(m.total_bytes))
+        except FileNotFoundError:
+            # Superseded and removed already: the newer manifest was sent before the removal, so it is
+            # here or on its way. Only if none comes is the file invisible to us (another /dev/shm).
+            end = time.monotonic() + 1.0
+            while time.monotonic() < end and not self._stop:
+                with self._manifest_lock:
+                    if self._manifest is not None and int(self._manifest.version) > v:
+                        return  # its queue token follows
+                time.sleep(0.02)
+            self._subscribe_chunks(f"shared-memory file of v{v} not found: {path}")
+            return
+        except (OSError, ValueError) as e:
+            self._subscribe_chunks(f"cannot map v{v}: {e!r}")
+            return
+        digest = sha256_hex(mm)  # hashlib releases the GIL
+        if digest != str(m.sha256).lower():
+            self._subscribe_chunks(f"sha256 mismatch of v{v} in shared memory")
+            return
+        self._reasm.skip_to(v)
+        self._deliver(v, memoryview(mm), t_first, time.monotonic(), "shm")
 
     def _handle(self, msg) -> None:
         v = int(msg.version)
@@ -309,9 +562,11 @@ class WeightSubscriber:
         if done is None:
             return
         version, blob = done
-        t_complete = time.monotonic()
+        self._deliver(version, blob, self._first_chunk.pop(version, None), time.monotonic(), "dds")
+
+    def _deliver(self, version: int, blob, t_first: float | None, t_complete: float, via: str) -> None:
         if self.last_delivered is not None and version <= self.last_delivered:
-            return  # cannot happen with one Reassembler; kept as the documented guarantee
+            return  # completed both ways: the first one won
         sd = unpack_state_dict(blob)
         t_unpacked = time.monotonic()
         with self._latest.cond:
@@ -321,8 +576,8 @@ class WeightSubscriber:
         self.last_delivered = version
         if self.on_weights is not None:
             self.on_weights(version, sd)
-        self.history.append(ReceiveStats(version, len(blob), self._first_chunk.pop(version, t_complete),
-                                         t_complete, time.monotonic(), t_unpacked - t_complete))
+        self.history.append(ReceiveStats(version, len(blob), t_complete if t_first is None else t_first,
+                                         t_complete, time.monotonic(), t_unpacked - t_complete, via))
         del self.history[:-100]
 
     # -- for control loops and tests
@@ -358,10 +613,11 @@ class WeightSubscriber:
         return self._reasm.progress()
 
     def close(self) -> None:
-        """Destroy the subscription and stop the worker."""
-        if self._sub is not None:
-            self.node.destroy_subscription(self._sub)
-            self._sub = None
+        """Destroy the subscriptions and stop the worker."""
+        for sub in (self._sub, self._manifest_sub):
+            if sub is not None:
+                self.node.destroy_subscription(sub)
+        self._sub = self._manifest_sub = None
         self._stop = True
         self._queue.put(None)
         self._worker.join(timeout=10.0)

@@ -25,6 +25,9 @@ import hashlib
 import io
 import json
 import math
+import mmap
+import os
+import socket
 import struct
 from collections import deque
 from dataclasses import dataclass
@@ -43,7 +46,8 @@ _ZIP_MAGIC = b"PK\x03\x04"
 
 __all__ = [
     "FORMAT_TENSORS", "FORMAT_TORCH", "ChunkFields", "Reassembler", "blob_format", "chunk_blob",
-    "chunk_span", "pack_state_dict", "sha256_hex", "unpack_state_dict",
+    "chunk_span", "create_shm_blob", "default_shm_dir", "host_id", "open_shm_blob", "pack_state_dict",
+    "remove_stale_shm_blobs", "sha256_hex", "shm_blob_prefix", "unpack_state_dict",
 ]
 
 
@@ -69,19 +73,25 @@ def _plain_tensor(v: Any) -> bool:
             and not v.is_meta and type(v) in (torch.Tensor, torch.nn.Parameter))
 
 
-def pack_state_dict(state_dict: Mapping[str, Any], fmt: str | None = None) -> bytearray:
-    """Serialize a state dict into one bytes-like blob (a ``bytearray``), bit-exact.
+def pack_state_dict(state_dict: Mapping[str, Any], fmt: str | None = None, alloc=None):
+    """Serialize a state dict into one bytes-like blob (a ``bytearray`` by default), bit-exact.
 
     ``fmt``: ``"user_tensors_v1"``, ``"torch_state_dict"`` or None (user_tensors_v1 when every value is a
     plain dense tensor, else torch_state_dict). Tensors on other devices are copied to the CPU.
+    ``alloc(nbytes)`` returns the zero-filled writable buffer to pack into (e.g. an ``mmap`` of a
+    shared-memory file, see ``create_shm_blob``); the tensor bytes are copied once, straight into it.
     """
+    alloc = alloc or bytearray
     plain = all(isinstance(k, str) and _plain_tensor(v) for k, v in state_dict.items())
     if fmt is None:
         fmt = FORMAT_TENSORS if plain else FORMAT_TORCH
     if fmt == FORMAT_TORCH:
         bio = io.BytesIO()
         torch.save(dict(state_dict), bio)
-        return bytearray(bio.getbuffer())
+        src = bio.getbuffer()
+        blob = alloc(len(src))
+        memoryview(blob).cast("B")[:] = src
+        return blob
     if fmt != FORMAT_TENSORS:
         raise ValueError(f"unknown weights format {fmt!r}; expected one of {FORMATS}")
     if not plain:
@@ -97,8 +107,8 @@ def pack_state_dict(state_dict: Mapping[str, Any], fmt: str | None = None) -> by
     header = json.dumps({"tensors": entries}, separators=(",", ":")).encode()
     data_start = _align(len(_MAGIC) + 8 + len(header))
     total = data_start + offset
-    blob = bytearray(total)  # zero-filled: padding is deterministic
-    blob[: len(_MAGIC) + 8 + len(header)] = _MAGIC + struct.pack("<Q", len(header)) + header
+    blob = alloc(total)  # zero-filled: padding is deterministic
+    memoryview(blob).cast("B")[: len(_MAGIC) + 8 + len(header)] = _MAGIC + struct.pack("<Q", len(header)) + header
     if total > data_start:
         dst = torch.frombuffer(blob, dtype=torch.uint8)
         for (_, t), e in zip(tensors, entries):
@@ -308,6 +318,15 @@ class Reassembler:
         self._partial = None
         self.last_completed = None
 
+    def skip_to(self, version: int) -> None:
+        """``version`` was completed another way (e.g. shared memory): drop an older or equal version in
+        progress and ignore chunks of versions <= ``version`` from now on."""
+        version = int(version)
+        if self._partial is not None and self._partial.version <= version:
+            self._partial = None
+        if self.last_completed is None or version > self.last_completed:
+            self.last_completed = version
+
     def _warn(self, text: str) -> None:
         self._warnings.append(text)
         if self.on_warning is not None:
@@ -382,3 +401,94 @@ class Reassembler:
         self.last_format = p.format
         return version, blob
 
+
+
+# ------------------------------------------------------------------------------------ shared memory
+
+SHM_PREFIX = "user-weights-"
+
+
+def host_id() -> str:
+    """Identifies this kernel (hostname + boot id): blobs in shared memory are readable by processes with
+    the same id (and the same ``/dev/shm`` mount; a reader checks the file's size and sha256 anyway)."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            boot = f.read().strip()
+    except OSError:
+        boot = ""
+    return f"{socket.gethostname()}/{boot}"
+
+
+def default_shm_dir() -> str | None:
+    """``/dev/shm`` when it is a writable directory (Linux), else None (no shared-memory path)."""
+    d = "/dev/shm"
+    return d if os.path.isdir(d) and os.access(d, os.W_OK | os.X_OK) else None
+
+
+def create_shm_blob(directory: str, name: str, nbytes: int) -> tuple[str, mmap.mmap]:
+    """Create ``directory/name`` (must not exist) of ``nbytes`` zero bytes, space reserved up front (so a
+    full tmpfs raises ``OSError`` here instead of SIGBUS on a later write), mapped shared and writable.
+    Raises ``OSError``; removes the file again on failure."""
+    if nbytes <= 0:
+        raise ValueError(f"shared-memory blob size must be positive, got {nbytes}")
+    path = os.path.join(directory, name)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        os.posix_fallocate(fd, 0, nbytes)
+        mm = mmap.mmap(fd, nbytes, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+    except BaseException:
+        os.close(fd)
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+        raise
+    os.close(fd)
+    return path, mm
+
+
+def open_shm_blob(path: str, nbytes: int) -> mmap.mmap:
+    """Map a blob written by another process, private copy-on-write: writable for zero-copy
+    ``unpack_state_dict`` and unaffected by the file's later removal. The writer must never modify a
+    published file. Raises ``OSError`` (e.g. ``FileNotFoundError``) or ``ValueError`` on a size mismatch."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
+        if size != nbytes or nbytes <= 0:
+            raise ValueError(f"shared-memory blob {path} has {size} bytes, expected {nbytes}")
+        return mmap.mmap(fd, nbytes, mmap.MAP_PRIVATE, mmap.PROT_READ | mmap.PROT_WRITE)
+    finally:
+        os.close(fd)
+
+
+def _pid_namespace() -> str:
+    try:
+        return os.readlink("/proc/self/ns/pid").strip("pid:[]") or "0"
+    except OSError:
+        return "0"
+
+
+def shm_blob_prefix(pid: int | None = None) -> str:
+    """File-name prefix of the blobs this process writes: ``user-weights-<pid namespace>-<pid>-``."""
+    return f"{SHM_PREFIX}{_pid_namespace()}-{os.getpid() if pid is None else pid}-"
+
+
+def remove_stale_shm_blobs(directory: str) -> int:
+    """Remove blobs left in ``directory`` by dead processes of this pid namespace (names carry the writer's
+    pid namespace and pid, see ``shm_blob_prefix``); returns how many were removed."""
+    n = 0
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return 0
+    ns = _pid_namespace()
+    for name in names:
+        parts = name[len(SHM_PREFIX):].split("-", 2) if name.startswith(SHM_PREFIX) else []
+        if len(parts) < 3 or parts[0] != ns or not parts[1].isdigit() or os.path.exists(f"/proc/{parts[1]}"):
+            continue
+        try:
+            os.unlink(os.path.join(directory, name))
+            n += 1
+        except OSError:
+            pass
+    return n
