@@ -127,7 +127,7 @@ def run_robot(args) -> None:
 def run_learner(args) -> None:
     import torch
 
-    from user_learner.weight_sync import WEIGHTS_TOPIC, WeightPublisher
+    from user_learner.weight_sync import WeightPublisher, manifest_topic
 
     rclpy, node, ex = _ros_node("bench_learner")
     width = 4096
@@ -138,7 +138,7 @@ def run_learner(args) -> None:
     n_params = sum(p.numel() for p in model.parameters())
     pub = WeightPublisher(node, policy_name="bench", chunk_bytes=args.chunk_bytes)
     end = time.monotonic() + 20
-    while node.count_subscribers(WEIGHTS_TOPIC) < 1 and time.monotonic() < end:
+    while node.count_subscribers(manifest_topic()) < 1 and time.monotonic() < end:
         time.sleep(0.05)
     _emit(event="ready", params=n_params, layers=layers, build_s=time.monotonic() - t)
     for line in sys.stdin:

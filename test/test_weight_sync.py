@@ -1,4 +1,6 @@
-"""Weight sync over real DDS, in the test's own ROS domain: learner process -> inference-side subscriber."""
+"""Weight sync over real DDS and shared memory, in the test's own ROS domain: learner process -> inference-side
+subscriber."""
+import os
 import sys
 import threading
 import time
@@ -6,7 +8,8 @@ import time
 import pytest
 import torch
 
-from user_learner.weight_sync import WeightPublisher, WeightSubscriber
+from user_learner.weight_sync import WeightPublisher, WeightSubscriber, manifest_topic
+from user_learner.weights import default_shm_dir, shm_blob_prefix
 
 # Deterministic snapshot per version, shared by the publisher process and the test (exec'd in both).
 MAKE_SRC = '''
@@ -36,7 +39,7 @@ make_state_dict = _ns["make_state_dict"]
 PUBLISHER_SRC = MAKE_SRC + '''
 import argparse, time, rclpy
 from rclpy.executors import ExternalShutdownException
-from user_learner.weight_sync import WeightPublisher, WEIGHTS_TOPIC
+from user_learner.weight_sync import WeightPublisher, WEIGHTS_TOPIC, manifest_topic
 ap = argparse.ArgumentParser()
 ap.add_argument("--versions", default="1")
 ap.add_argument("--mb", type=float, default=0.0)
@@ -49,7 +52,7 @@ node = rclpy.create_node("weights_test_publisher")
 pub = WeightPublisher(node, policy_name="sac", chunk_bytes=a.chunk_bytes)
 snapshots = {int(v): make_state_dict(int(v), a.mb) for v in a.versions.split(",")}
 end = time.monotonic() + 20
-while node.count_subscribers(WEIGHTS_TOPIC) < a.wait_subscribers and time.monotonic() < end:
+while node.count_subscribers(manifest_topic()) < a.wait_subscribers and time.monotonic() < end:
     time.sleep(0.05)
 print("ready", flush=True)
 for v, sd in snapshots.items():
@@ -123,6 +126,8 @@ def test_round_trip_bit_exact_and_versions_monotonic(ros_node, publisher):
     for v, sd, _ in col.got:
         assert_bit_exact(make_state_dict(v), sd)
     assert sub.take_latest()[0] == 5 and sub.take_latest() is None
+    assert {h.via for h in sub.history} == {"shm"} and sub.fallback_reason is None, \
+        "one host: snapshots are mapped from shared memory, no DDS chunks"
     sub.close()
 
 
@@ -168,7 +173,7 @@ def test_publish_async_drops_stale_snapshots_and_stays_monotonic(ros_node):
     sub = WeightSubscriber(ros_node, col, policy_name="sac")
     pub = WeightPublisher(ros_node, policy_name="sac", chunk_bytes=64 << 10)
     end = time.monotonic() + 10
-    while pub.node.count_subscribers("/user/policy/weights") < 1 and time.monotonic() < end:
+    while pub.node.count_subscribers(manifest_topic()) < 1 and time.monotonic() < end:
         time.sleep(0.05)
     sd = make_state_dict(0, 4)
     t_calls = []
@@ -193,5 +198,47 @@ def test_publish_async_drops_stale_snapshots_and_stays_monotonic(ros_node):
     for _ in range(9):
         expected.add_(1.0)  # the same float operations as above: bit-exact
     assert torch.equal(got["big"], expected)
+    pub.close()
+    sub.close()
+
+
+def _shm_files() -> set:
+    d = default_shm_dir()
+    return {n for n in os.listdir(d) if n.startswith(shm_blob_prefix())} if d else set()
+
+
+def test_chunk_reader_joining_later_gets_the_current_snapshot_and_files_are_removed(ros_node):
+    if default_shm_dir() is None:
+        pytest.skip("no writable /dev/shm here: the shared-memory path is not used")
+    pub = WeightPublisher(ros_node, policy_name="sac")
+    st = pub.publish(make_state_dict(1, 2), 1)
+    assert st.shm and st.num_chunks == 0, "no chunk subscriber: nothing crosses DDS but the manifest"
+    assert len(_shm_files()) == 1
+    col = Collector()
+    sub = WeightSubscriber(ros_node, col, policy_name="sac", transport="dds")  # e.g. a reader on another host
+    col.wait_version(1, timeout=15)  # the publisher's thread notices the chunk reader and sends v1
+    assert_bit_exact(make_state_dict(1, 2), col.got[0][1])
+    st = pub.publish(make_state_dict(2, 2), 2)
+    assert st.num_chunks > 0
+    col.wait_version(2, timeout=15)
+    assert_bit_exact(make_state_dict(2, 2), col.got[-1][1])
+    assert {h.via for h in sub.history} == {"dds"}
+    pub.close()
+    assert _shm_files() == set(), "close() removes the shared-memory files"
+    sub.close()
+
+
+def test_auto_reader_falls_back_to_chunks_when_there_is_no_file(ros_node):
+    pub = WeightPublisher(ros_node, policy_name="sac", transport="dds")  # like a publisher on another host
+    col = Collector()
+    sub = WeightSubscriber(ros_node, col, policy_name="sac")
+    end = time.monotonic() + 10
+    while pub.node.count_subscribers(manifest_topic()) < 1 and time.monotonic() < end:
+        time.sleep(0.05)
+    pub.publish(make_state_dict(1), 1)
+    col.wait_version(1, timeout=15)
+    assert "not in shared memory" in (sub.fallback_reason or "")
+    assert_bit_exact(make_state_dict(1), col.got[0][1])
+    assert sub.history[-1].via == "dds"
     pub.close()
     sub.close()

@@ -1,12 +1,16 @@
-"""Weights blobs without ROS: bit-exact packing, chunking, reassembly rules."""
+"""Weights blobs without ROS: bit-exact packing, chunking, reassembly rules, shared-memory files."""
+import os
 import random
+import subprocess
+import sys
 from collections import OrderedDict
 
 import pytest
 import torch
 
 from user_learner.weights import (FORMAT_TENSORS, FORMAT_TORCH, ChunkFields, Reassembler, blob_format, chunk_blob,
-                                  chunk_span, pack_state_dict, sha256_hex, unpack_state_dict)
+                                  chunk_span, create_shm_blob, default_shm_dir, open_shm_blob, pack_state_dict,
+                                  remove_stale_shm_blobs, sha256_hex, shm_blob_prefix, unpack_state_dict)
 
 
 def _bits(t: torch.Tensor) -> bytes:
@@ -180,3 +184,59 @@ def test_memory_bound_on_announced_size():
     r = Reassembler(max_total_bytes=1000)
     assert r.add(_chunks(b"x" * 2000, 1)[0]) is None and r.in_progress == []
     assert "max_total_bytes" in r.pop_warnings()[0]
+
+
+def test_skip_to_drops_older_progress_and_ignores_its_chunks():
+    r = Reassembler()
+    v2, v3 = _chunks(b"a" * 300, 2), _chunks(b"b" * 300, 3)
+    r.add(v2[0])
+    r.skip_to(2)  # v2 arrived another way (shared memory)
+    assert r.in_progress == [] and r.last_completed == 2
+    assert all(r.add(c) is None for c in v2), "chunks of a version completed elsewhere are ignored"
+    assert [x[0] for x in (r.add(c) for c in v3) if x is not None] == [3]
+    r.skip_to(1)
+    assert r.last_completed == 3, "skip_to never goes back"
+
+
+@pytest.mark.parametrize("fmt", [FORMAT_TENSORS, FORMAT_TORCH])
+def test_pack_into_shared_memory_and_map_privately(tmp_path, fmt):
+    d = default_shm_dir() or str(tmp_path)  # any directory works; /dev/shm is the fast one
+    sd = model_state_dict()
+    made = []
+
+    def alloc(n):
+        path, mm = create_shm_blob(d, f"{shm_blob_prefix()}test-{fmt}", n)
+        made.append(path)
+        return mm
+    blob = pack_state_dict(sd, fmt, alloc=alloc)
+    try:
+        assert bytes(blob) == bytes(pack_state_dict(sd, fmt)), "same bytes as packing into a bytearray"
+        mm = open_shm_blob(made[0], len(blob))
+        os.unlink(made[0])  # the writer removes the file: the reader's mapping stays valid
+        assert sha256_hex(mm) == sha256_hex(blob)
+        got = unpack_state_dict(mm)
+        assert_bit_exact(sd, got)
+        if fmt == FORMAT_TENSORS:
+            first = next(iter(got))
+            got[first].view(-1)[:1].zero_()  # private copy-on-write: the writer's bytes do not change
+            assert bytes(blob) == bytes(pack_state_dict(sd, fmt))
+        with pytest.raises(ValueError, match="expected"):
+            path, mm2 = create_shm_blob(d, f"{shm_blob_prefix()}test-size", 10)
+            made.append(path)
+            open_shm_blob(path, 11)
+    finally:
+        for p in made:
+            if os.path.exists(p):
+                os.unlink(p)
+
+
+def test_remove_stale_shm_blobs_only_of_dead_processes(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    mine = tmp_path / f"{shm_blob_prefix()}sac-v1-1"
+    stale = tmp_path / f"{shm_blob_prefix(int(dead))}sac-v1-1"
+    other = tmp_path / "user-weights-unrelated"
+    for p in (mine, stale, other):
+        p.write_bytes(b"x")
+    assert remove_stale_shm_blobs(str(tmp_path)) == 1
+    assert mine.exists() and other.exists() and not stale.exists()
