@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from user_learner.weights import (FORMAT_TENSORS, FORMAT_TORCH, ChunkFields, Reassembler, blob_format, chunk_blob,
-                                  chunk_span, create_shm_blob, default_shm_dir, open_shm_blob, pack_state_dict,
-                                  remove_stale_shm_blobs, sha256_hex, shm_blob_prefix, unpack_state_dict)
+                                  chunk_span, default_shm_dir, open_shm_blob, pack_state_dict, remove_stale_shm_blobs,
+                                  sha256_hex, shm_blob_prefix, unpack_state_dict, write_blob_file)
 
 
 def _bits(t: torch.Tensor) -> bytes:
@@ -199,35 +199,32 @@ def test_skip_to_drops_older_progress_and_ignores_its_chunks():
 
 
 @pytest.mark.parametrize("fmt", [FORMAT_TENSORS, FORMAT_TORCH])
-def test_pack_into_shared_memory_and_map_privately(tmp_path, fmt):
+def test_blob_file_in_shared_memory_mapped_privately(tmp_path, fmt):
     d = default_shm_dir() or str(tmp_path)  # any directory works; /dev/shm is the fast one
     sd = model_state_dict()
-    made = []
-
-    def alloc(n):
-        path, mm = create_shm_blob(d, f"{shm_blob_prefix()}test-{fmt}", n)
-        made.append(path)
-        return mm
-    blob = pack_state_dict(sd, fmt, alloc=alloc)
+    path = os.path.join(d, f"{shm_blob_prefix()}test-{fmt}")
     try:
-        assert bytes(blob) == bytes(pack_state_dict(sd, fmt)), "same bytes as packing into a bytearray"
-        mm = open_shm_blob(made[0], len(blob))
-        os.unlink(made[0])  # the writer removes the file: the reader's mapping stays valid
+        n = write_blob_file(path, sd, fmt)
+        blob = pack_state_dict(sd, fmt)
+        assert n == len(blob)
+        with open(path, "rb") as f:
+            assert f.read() == bytes(blob), "the file holds exactly the packed blob (padding included)"
+        with pytest.raises(FileExistsError):
+            write_blob_file(path, blob)  # never rewrites a published file
+        mm = open_shm_blob(path, n)
+        os.unlink(path)  # the writer removes the file: the reader's mapping stays valid
         assert sha256_hex(mm) == sha256_hex(blob)
         got = unpack_state_dict(mm)
         assert_bit_exact(sd, got)
         if fmt == FORMAT_TENSORS:
-            first = next(iter(got))
-            got[first].view(-1)[:1].zero_()  # private copy-on-write: the writer's bytes do not change
-            assert bytes(blob) == bytes(pack_state_dict(sd, fmt))
-        with pytest.raises(ValueError, match="expected"):
-            path, mm2 = create_shm_blob(d, f"{shm_blob_prefix()}test-size", 10)
-            made.append(path)
-            open_shm_blob(path, 11)
+            next(iter(got.values())).view(-1)[:1].zero_()  # private copy-on-write mapping: writable
+            assert bytes(mm) != bytes(blob)
+        write_blob_file(path, blob)  # a blob works too
+        with pytest.raises(ValueError, match=f"has {n} bytes, expected {n + 1}"):
+            open_shm_blob(path, n + 1)
     finally:
-        for p in made:
-            if os.path.exists(p):
-                os.unlink(p)
+        if os.path.exists(path):
+            os.unlink(path)
 
 
 def test_remove_stale_shm_blobs_only_of_dead_processes(tmp_path):

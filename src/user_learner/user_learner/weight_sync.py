@@ -40,9 +40,9 @@ from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from user_msgs.msg import PolicyWeights
 
-from .weights import (Reassembler, blob_format, chunk_blob, create_shm_blob, default_shm_dir, host_id,
-                      open_shm_blob, pack_state_dict, remove_stale_shm_blobs, sha256_hex, shm_blob_prefix,
-                      unpack_state_dict)
+from .weights import (Reassembler, blob_format, chunk_blob, default_shm_dir, host_id, open_shm_blob,
+                      pack_state_dict, remove_stale_shm_blobs, sha256_hex, shm_blob_prefix, unpack_state_dict,
+                      write_blob_file)
 
 WEIGHTS_TOPIC = "/user/policy/weights"
 DEFAULT_CHUNK_BYTES = 1 << 20
@@ -162,42 +162,30 @@ class WeightPublisher:
         """History depth (= chunks per snapshot), None before the first snapshot fixed it."""
         return self.num_chunks
 
-    def _alloc_shm(self, version: int):
-        """An ``alloc`` for ``pack_state_dict`` that puts the blob in a new shared-memory file (the path is
-        left in ``holder``); None without shared memory."""
-        if not self.shm_dir:
-            return None, None
-        holder: list[str] = []
-
-        def alloc(nbytes: int):
+    def _pack(self, obj, version: int) -> _Snap:
+        """State dict or blob -> ``_Snap``: written to a new shared-memory file when possible (one copy)."""
+        if isinstance(obj, _Snap):
+            return obj
+        if self.shm_dir:
             self._seq += 1
             name = f"{shm_blob_prefix()}{self.policy_name.replace('/', '_')}-v{version}-{self._seq}"
+            path = os.path.join(self.shm_dir, name)
             try:
-                path, mm = create_shm_blob(self.shm_dir, name, nbytes)
+                total = write_blob_file(path, obj, self.fmt)
+                snap = _Snap(None, path)
+                snap.blob = open_shm_blob(path, total)  # the publisher never writes to it again
+                return snap
             except (OSError, ValueError) as e:
+                if isinstance(e, ValueError) and not os.path.exists(path):
+                    raise  # a bad state dict or format, not a shared-memory problem
+                _Snap(None, path).remove()
                 if not self._shm_warned:
                     self._shm_warned = True
                     self.node.get_logger().warning(f"weights: no shared-memory file in {self.shm_dir} ({e!r}); "
                                                    "sending chunks over DDS")
-                return bytearray(nbytes)
-            holder.append(path)
-            return mm
-        return alloc, holder
-
-    def _pack(self, obj, version: int) -> _Snap:
-        """State dict or blob -> ``_Snap`` (in shared memory when possible: one copy of the bytes)."""
-        if isinstance(obj, _Snap):
-            return obj
-        alloc, holder = self._alloc_shm(version)
         if isinstance(obj, Mapping):
-            blob = pack_state_dict(obj, self.fmt, alloc=alloc)
-        else:
-            src = memoryview(obj).cast("B")
-            blob = obj
-            if alloc is not None and src.nbytes:
-                blob = alloc(src.nbytes)
-                memoryview(blob)[:] = src
-        return _Snap(blob, holder[0] if holder else None)
+            return _Snap(pack_state_dict(obj, self.fmt))
+        return _Snap(obj)
 
     # -- synchronous
     def publish(self, state_dict_or_blob: Mapping[str, Any] | bytes | bytearray | memoryview,

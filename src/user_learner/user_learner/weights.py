@@ -46,8 +46,8 @@ _ZIP_MAGIC = b"PK\x03\x04"
 
 __all__ = [
     "FORMAT_TENSORS", "FORMAT_TORCH", "ChunkFields", "Reassembler", "blob_format", "chunk_blob",
-    "chunk_span", "create_shm_blob", "default_shm_dir", "host_id", "open_shm_blob", "pack_state_dict",
-    "remove_stale_shm_blobs", "sha256_hex", "shm_blob_prefix", "unpack_state_dict",
+    "chunk_span", "default_shm_dir", "host_id", "open_shm_blob", "pack_state_dict",
+    "remove_stale_shm_blobs", "sha256_hex", "shm_blob_prefix", "unpack_state_dict", "write_blob_file",
 ]
 
 
@@ -73,15 +73,8 @@ def _plain_tensor(v: Any) -> bool:
             and not v.is_meta and type(v) in (torch.Tensor, torch.nn.Parameter))
 
 
-def pack_state_dict(state_dict: Mapping[str, Any], fmt: str | None = None, alloc=None):
-    """Serialize a state dict into one bytes-like blob (a ``bytearray`` by default), bit-exact.
-
-    ``fmt``: ``"user_tensors_v1"``, ``"torch_state_dict"`` or None (user_tensors_v1 when every value is a
-    plain dense tensor, else torch_state_dict). Tensors on other devices are copied to the CPU.
-    ``alloc(nbytes)`` returns the zero-filled writable buffer to pack into (e.g. an ``mmap`` of a
-    shared-memory file, see ``create_shm_blob``); the tensor bytes are copied once, straight into it.
-    """
-    alloc = alloc or bytearray
+def _plan(state_dict: Mapping[str, Any], fmt: str | None) -> tuple[int, list[tuple[int, Any]]]:
+    """Blob size and its parts ``(offset, bytes-like or tensor)``; the bytes between parts are zero."""
     plain = all(isinstance(k, str) and _plain_tensor(v) for k, v in state_dict.items())
     if fmt is None:
         fmt = FORMAT_TENSORS if plain else FORMAT_TORCH
@@ -89,14 +82,11 @@ def pack_state_dict(state_dict: Mapping[str, Any], fmt: str | None = None, alloc
         bio = io.BytesIO()
         torch.save(dict(state_dict), bio)
         src = bio.getbuffer()
-        blob = alloc(len(src))
-        memoryview(blob).cast("B")[:] = src
-        return blob
+        return len(src), [(0, src)]
     if fmt != FORMAT_TENSORS:
         raise ValueError(f"unknown weights format {fmt!r}; expected one of {FORMATS}")
     if not plain:
         raise ValueError("user_tensors_v1 holds only str -> dense tensor entries; use fmt=None or 'torch_state_dict'")
-
     tensors = [(k, v.detach()) for k, v in state_dict.items()]
     entries, offset = [], 0
     for name, t in tensors:
@@ -106,17 +96,59 @@ def pack_state_dict(state_dict: Mapping[str, Any], fmt: str | None = None, alloc
         offset = _align(offset + nbytes)
     header = json.dumps({"tensors": entries}, separators=(",", ":")).encode()
     data_start = _align(len(_MAGIC) + 8 + len(header))
-    total = data_start + offset
-    blob = alloc(total)  # zero-filled: padding is deterministic
-    memoryview(blob).cast("B")[: len(_MAGIC) + 8 + len(header)] = _MAGIC + struct.pack("<Q", len(header)) + header
-    if total > data_start:
-        dst = torch.frombuffer(blob, dtype=torch.uint8)
-        for (_, t), e in zip(tensors, entries):
-            if e["nbytes"]:
-                src = t.cpu().contiguous().reshape(-1).view(torch.uint8)
-                start = data_start + e["offset"]
-                dst[start:start + e["nbytes"]].copy_(src)  # torch copy: releases the GIL
+    parts: list[tuple[int, Any]] = [(0, _MAGIC + struct.pack("<Q", len(header)) + header)]
+    parts += [(data_start + e["offset"], t) for (_, t), e in zip(tensors, entries) if e["nbytes"]]
+    return data_start + offset, parts
+
+
+def _tensor_bytes(t: torch.Tensor) -> torch.Tensor:
+    return t.cpu().contiguous().reshape(-1).view(torch.uint8)
+
+
+def pack_state_dict(state_dict: Mapping[str, Any], fmt: str | None = None) -> bytearray:
+    """Serialize a state dict into one bytes-like blob (a ``bytearray``), bit-exact.
+
+    ``fmt``: ``"user_tensors_v1"``, ``"torch_state_dict"`` or None (user_tensors_v1 when every value is a
+    plain dense tensor, else torch_state_dict). Tensors on other devices are copied to the CPU.
+    """
+    total, parts = _plan(state_dict, fmt)
+    blob = bytearray(total)  # zero-filled: padding is deterministic
+    dst = torch.frombuffer(blob, dtype=torch.uint8) if total else None
+    for off, part in parts:
+        if isinstance(part, torch.Tensor):
+            src = _tensor_bytes(part)
+            dst[off:off + src.numel()].copy_(src)  # torch copy: releases the GIL
+        else:
+            memoryview(blob)[off:off + len(part)] = part
     return blob
+
+
+def write_blob_file(path: str, state_dict_or_blob, fmt: str | None = None) -> int:
+    """Write a snapshot (state dict, packed as by ``pack_state_dict``, or a blob) as the new file ``path``
+    (must not exist) and return its size. One copy of the bytes, by ``os.pwrite`` (no GIL held, no page
+    faults in this process); a full file system raises ``OSError`` (the file is removed again)."""
+    if isinstance(state_dict_or_blob, Mapping):
+        total, parts = _plan(state_dict_or_blob, fmt)
+    else:
+        mv = memoryview(state_dict_or_blob).cast("B")
+        total, parts = len(mv), [(0, mv)]
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        os.ftruncate(fd, total)  # reads as zeros where nothing is written: the padding
+        for off, part in parts:
+            mv = memoryview(_tensor_bytes(part).numpy() if isinstance(part, torch.Tensor) else part).cast("B")
+            while len(mv):
+                n = os.pwrite(fd, mv, off)
+                mv, off = mv[n:], off + n
+    except BaseException:
+        os.close(fd)
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+        raise
+    os.close(fd)
+    return total
 
 
 def blob_format(blob) -> str:
@@ -423,28 +455,6 @@ def default_shm_dir() -> str | None:
     """``/dev/shm`` when it is a writable directory (Linux), else None (no shared-memory path)."""
     d = "/dev/shm"
     return d if os.path.isdir(d) and os.access(d, os.W_OK | os.X_OK) else None
-
-
-def create_shm_blob(directory: str, name: str, nbytes: int) -> tuple[str, mmap.mmap]:
-    """Create ``directory/name`` (must not exist) of ``nbytes`` zero bytes, space reserved up front (so a
-    full tmpfs raises ``OSError`` here instead of SIGBUS on a later write), mapped shared and writable.
-    Raises ``OSError``; removes the file again on failure."""
-    if nbytes <= 0:
-        raise ValueError(f"shared-memory blob size must be positive, got {nbytes}")
-    path = os.path.join(directory, name)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
-    try:
-        os.posix_fallocate(fd, 0, nbytes)
-        mm = mmap.mmap(fd, nbytes, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
-    except BaseException:
-        os.close(fd)
-        try:
-            os.unlink(path)
-        except OSError:
-            pass
-        raise
-    os.close(fd)
-    return path, mm
 
 
 def open_shm_blob(path: str, nbytes: int) -> mmap.mmap:
