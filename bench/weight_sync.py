@@ -128,7 +128,7 @@ def run_robot(args) -> None:
 def run_learner(args) -> None:
     import torch
 
-    from user_learner.weight_sync import WeightPublisher, manifest_topic
+    from user_learner.weight_sync import WEIGHTS_TOPIC, WeightPublisher, manifest_topic
 
     rclpy, node, ex = _ros_node("bench_learner")
     width = 4096
@@ -143,7 +143,8 @@ def run_learner(args) -> None:
     n_params = sum(p.numel() for p in model.parameters())
     pub = WeightPublisher(node, policy_name="bench", chunk_bytes=args.chunk_bytes, transport=args.transport)
     end = time.monotonic() + 20
-    while node.count_subscribers(manifest_topic()) < 1 and time.monotonic() < end:
+    while node.count_subscribers(manifest_topic()) + node.count_subscribers(WEIGHTS_TOPIC) < 1 and \
+            time.monotonic() < end:
         time.sleep(0.05)
     _emit(event="ready", params=n_params, layers=layers, build_s=time.monotonic() - t)
     for line in sys.stdin:

@@ -52,6 +52,15 @@ MAINTAIN_PERIOD_S = 0.5  # publisher thread: retire files, serve a new chunk rea
 _MANIFEST = object()  # worker queue token: a manifest is waiting in WeightSubscriber._manifest
 
 
+def _nice_this_thread(nice: int) -> None:
+    """Linux: lower this thread's priority only (hashing and copying yield the CPU to control loops)."""
+    if nice:
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+        except (AttributeError, OSError):
+            pass
+
+
 def manifest_topic(topic: str = WEIGHTS_TOPIC) -> str:
     """Where the manifests of ``topic`` go: one small ``PolicyWeights`` per version (see module docstring)."""
     return topic.rstrip("/") + "/manifest"
@@ -114,7 +123,7 @@ class WeightPublisher:
     def __init__(self, node: Node, topic: str = WEIGHTS_TOPIC, policy_name: str = "policy",
                  chunk_bytes: int = DEFAULT_CHUNK_BYTES, max_chunks: int = MAX_CHUNKS,
                  num_chunks: int | None = None, fmt: str | None = None, transport: str = "auto",
-                 shm_dir: str | None = None, retire_s: float = 1.0) -> None:
+                 shm_dir: str | None = None, retire_s: float = 1.0, worker_nice: int = 10) -> None:
         if chunk_bytes <= 0 or max_chunks <= 0:
             raise ValueError("chunk_bytes and max_chunks must be positive")
         if transport not in TRANSPORTS:
@@ -128,6 +137,7 @@ class WeightPublisher:
         self.transport = transport
         self.shm_dir = (shm_dir or default_shm_dir()) if transport == "auto" else None
         self.retire_s = float(retire_s)
+        self.worker_nice = worker_nice
         self.num_chunks: int | None = None
         self._pub = None
         self._manifest_pub = node.create_publisher(PolicyWeights, manifest_topic(topic), weights_qos(1))
@@ -198,20 +208,13 @@ class WeightPublisher:
             t0 = time.monotonic()
             snap = self._pack(state_dict_or_blob, version)
             t1 = time.monotonic()
-            snap.version, snap.digest = version, sha256_hex(snap.blob)
+            snap.version = version
+            if snap.path:  # announce first: readers map and hash the file while we hash it too
+                self._announce(snap, "")
+            t1b = time.monotonic()
+            snap.digest = sha256_hex(snap.blob)
             t2 = time.monotonic()
-            total = memoryview(snap.blob).nbytes
-            try:
-                fmt = blob_format(snap.blob)
-            except ValueError:
-                fmt = ""
-            m = PolicyWeights()
-            m.header.stamp = self.node.get_clock().now().to_msg()
-            m.policy_name, m.version, m.chunk_index, m.num_chunks = self.policy_name, version, 0, 0
-            m.total_bytes, m.sha256, m.format = total, snap.digest, fmt
-            info = json.dumps({"path": snap.path or "", "host": self._host}).encode()
-            m.data = array.array("B", info)
-            self._manifest_pub.publish(m)
+            total = self._announce(snap, snap.digest)
             n = 0
             if self.transport == "dds" or not snap.path or self._chunk_subscribers():
                 n = self._send_chunks(snap)
@@ -221,9 +224,25 @@ class WeightPublisher:
                 self._retired.append((time.monotonic() + self.retire_s, self._current))
             self._current = snap
             self._reap()
-            self.last_stats = PublishStats(version, total, n, t1 - t0, t2 - t1, t3 - t2, t0, bool(snap.path))
+            self.last_stats = PublishStats(version, total, n, t1 - t0, t2 - t1b, t3 - t2 + t1b - t1, t0,
+                                           bool(snap.path))
         self._ensure_thread()
         return self.last_stats
+
+    def _announce(self, snap: _Snap, digest: str) -> int:
+        """Publish the manifest of ``snap`` (``digest`` "" = hash still being computed); returns its size."""
+        total = memoryview(snap.blob).nbytes
+        try:
+            fmt = blob_format(snap.blob)
+        except ValueError:
+            fmt = ""
+        m = PolicyWeights()
+        m.header.stamp = self.node.get_clock().now().to_msg()
+        m.policy_name, m.version, m.chunk_index, m.num_chunks = self.policy_name, snap.version, 0, 0
+        m.total_bytes, m.sha256, m.format = total, digest, fmt
+        m.data = array.array("B", json.dumps({"path": snap.path or "", "host": self._host}).encode())
+        self._manifest_pub.publish(m)
+        return total
 
     def _chunk_subscribers(self) -> int:
         return self.node.count_subscribers(self.topic)
@@ -315,6 +334,7 @@ class WeightPublisher:
                 self._thread.start()
 
     def _run(self) -> None:
+        _nice_this_thread(self.worker_nice)
         while True:
             job = None
             with self._cond:
@@ -471,11 +491,7 @@ class WeightSubscriber:
         self._queue.put(_MANIFEST)
 
     def _run(self) -> None:
-        if self.worker_nice:
-            try:  # Linux: nice applies to this thread only; the control thread keeps its share of the CPU
-                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self.worker_nice)
-            except (AttributeError, OSError):
-                pass
+        _nice_this_thread(self.worker_nice)
         while True:
             msg = self._queue.get()
             if msg is None or self._stop:
@@ -534,11 +550,34 @@ class WeightSubscriber:
             self._subscribe_chunks(f"cannot map v{v}: {e!r}")
             return
         digest = sha256_hex(mm)  # hashlib releases the GIL
-        if digest != str(m.sha256).lower():
+        expected = str(m.sha256).lower()
+        if not expected:  # announced before the publisher's hash was done: its final manifest follows
+            final = self._wait_final_manifest(v, int(m.total_bytes))
+            if final is None:
+                return
+            expected = str(final.sha256).lower()
+        if digest != expected:
             self._subscribe_chunks(f"sha256 mismatch of v{v} in shared memory")
             return
         self._reasm.skip_to(v)
         self._deliver(v, memoryview(mm), t_first, time.monotonic(), "shm")
+
+    def _wait_final_manifest(self, version: int, nbytes: int):
+        """The manifest of ``version`` with its sha256 (taken from the slot), or None if a newer version
+        came first or the publisher did not finish hashing in time (at 50 MB/s, plus 10 s)."""
+        end = time.monotonic() + 10.0 + nbytes / 50e6
+        while time.monotonic() < end and not self._stop:
+            with self._manifest_lock:
+                m = self._manifest
+                if m is not None and int(m.version) > version:
+                    return None  # superseded; the worker takes the newer one next
+                if m is not None and int(m.version) == version:
+                    self._manifest = None
+                    if m.sha256:
+                        return m
+            time.sleep(0.005)
+        self._log.warning(f"weights v{version}: no sha256 from the publisher in time; dropped")
+        return None
 
     def _handle(self, msg) -> None:
         v = int(msg.version)
