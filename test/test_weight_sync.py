@@ -242,3 +242,34 @@ def test_auto_reader_falls_back_to_chunks_when_there_is_no_file(ros_node):
     assert sub.history[-1].via == "dds"
     pub.close()
     sub.close()
+
+
+def test_reader_rejects_a_shared_memory_file_that_does_not_match_its_sha256(ros_node):
+    if default_shm_dir() is None:
+        pytest.skip("no writable /dev/shm here: the shared-memory path is not used")
+    import array
+    import json
+
+    from user_msgs.msg import PolicyWeights
+
+    from user_learner.weight_sync import weights_qos
+    from user_learner.weights import host_id, sha256_hex, write_blob_file
+    path = os.path.join(default_shm_dir(), f"{shm_blob_prefix()}test-corrupt")
+    n = write_blob_file(path, make_state_dict(1))
+    try:
+        raw = ros_node.create_publisher(PolicyWeights, manifest_topic(), weights_qos(1))
+        col = Collector()
+        sub = WeightSubscriber(ros_node, col)
+        m = PolicyWeights(version=1, num_chunks=0, total_bytes=n, format="user_tensors_v1",
+                          sha256=sha256_hex(b"something else"))
+        m.data = array.array("B", json.dumps({"path": path, "host": host_id()}).encode())
+        raw.publish(m)
+        end = time.monotonic() + 10
+        while sub.fallback_reason is None and time.monotonic() < end:
+            time.sleep(0.02)
+        assert "sha256 mismatch" in (sub.fallback_reason or ""), sub.fallback_reason
+        assert col.got == [] and sub.latest() is None, "a file that fails verification is never delivered"
+        sub.close()
+        ros_node.destroy_publisher(raw)
+    finally:
+        os.unlink(path)
