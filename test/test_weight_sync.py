@@ -273,3 +273,29 @@ def test_reader_rejects_a_shared_memory_file_that_does_not_match_its_sha256(ros_
         ros_node.destroy_publisher(raw)
     finally:
         os.unlink(path)
+
+
+@pytest.mark.parametrize("transport", ["auto", "dds"])
+def test_old_snapshots_are_freed_by_the_worker_once_unreferenced(ros_node, transport):
+    pub = WeightPublisher(ros_node, policy_name="sac", transport=transport)
+    sub = WeightSubscriber(ros_node, policy_name="sac", transport=transport)
+    end = time.monotonic() + 10
+    while pub.node.count_subscribers(manifest_topic()) + pub.node.count_subscribers("/user/policy/weights") < 1 \
+            and time.monotonic() < end:
+        time.sleep(0.05)
+    pub.publish(make_state_dict(1, 1), 1)
+    assert sub.wait_for_version(1, timeout=10) is not None
+    v1 = sub.take_latest()  # a control loop holds v1
+    pub.publish(make_state_dict(2, 1), 2)
+    assert sub.wait_for_version(2, timeout=10) is not None
+    time.sleep(1.0)
+    assert sub.buffers_held == 2, "v1 is still referenced: it must stay valid"
+    assert_bit_exact(make_state_dict(1, 1), v1[1])
+    del v1  # the control loop swapped in v2: the worker frees v1 (without the GIL for the pages)
+    end = time.monotonic() + 5
+    while sub.buffers_held > 1 and time.monotonic() < end:
+        time.sleep(0.05)
+    assert sub.buffers_held == 1
+    assert_bit_exact(make_state_dict(2, 1), sub.take_latest()[1])
+    pub.close()
+    sub.close()

@@ -1,14 +1,27 @@
 """Versioned policy weights over ROS 2: the learner publishes, inference nodes swap them in.
 
-Wire: ``user_msgs/PolicyWeights`` chunks on ``/user/policy/weights`` (see ``weights.py`` for the blob
-format, chunking and verification).
+Two paths, chosen per reader (``transport="auto"``, the default on both sides):
+- one host: the learner writes each snapshot once into a new file in ``/dev/shm`` (``weights.write_blob_file``)
+  and announces it on ``/user/policy/weights/manifest``: one small ``user_msgs/PolicyWeights`` with
+  ``num_chunks = 0`` and ``data`` = UTF-8 JSON ``{"path": ..., "host": <hostname/boot id>}`` (``path`` "" =
+  no file, take the chunks). The manifest goes out twice: first with ``sha256`` "" as soon as the file is
+  written, so the reader maps the file and hashes it while the learner hashes it too, then with the sha256.
+  The reader delivers only when its own sha256 of the mapped bytes equals the announced one. It maps the
+  file private copy-on-write, so the tensors are zero-copy views that outlive the file; the learner never
+  writes a published file again and removes it ``retire_s`` after the next snapshot was announced.
+- other host (or no usable file): the first manifest a reader cannot use makes it subscribe to the chunks on
+  ``/user/policy/weights`` (see ``weights.py`` for the blob format, chunking and verification). The learner
+  sends chunks only while such a subscriber exists, and sends the current snapshot to one that appears
+  between snapshots. ``transport="dds"`` on either side forces chunks (the publisher's manifests then say
+  "no file").
 
 QoS and why (publisher and subscriber share it, except for the depth):
 - RELIABLE: a snapshot is useless with a chunk missing.
 - TRANSIENT_LOCAL: an inference node that starts (or restarts) late gets the newest snapshot at once,
-  without waiting for the learner's next publish.
-- KEEP_LAST, publisher depth = the chunk count N of one snapshot. The publisher fixes N at its first
-  snapshot (``ceil(size / chunk_bytes)``, at most ``max_chunks``) and cuts every later snapshot into
+  without waiting for the learner's next publish. Manifests: KEEP_LAST 1, so a late joiner gets exactly
+  the newest one.
+- Chunks: KEEP_LAST, publisher depth = the chunk count N of one snapshot. The publisher fixes N at its first
+  chunked snapshot (``ceil(size / chunk_bytes)``, at most ``max_chunks``) and cuts every later snapshot into
   exactly N chunks (chunk size follows the snapshot size), so the writer's history always holds exactly
   one snapshot: the newest complete one once its publish finished. A late joiner therefore receives
   that snapshot and nothing older (a deeper history would replay, and make receivers unpack, old
@@ -16,14 +29,18 @@ QoS and why (publisher and subscriber share it, except for the depth):
   holds the tail of the previous snapshot and the head of the new one; the receiver drops the
   incomplete older tail as soon as chunks of the newer version arrive.
   KEEP_LAST (not KEEP_ALL) also means a slow reader never blocks the learner: the writer overwrites its
-  oldest chunks, and a reader that fell behind simply completes the next snapshot instead.
+  oldest chunks, and a reader that fell behind simply completes the next snapshot instead. A slow reader
+  of the shared-memory path never blocks it either: the learner does not wait for readers.
 - Subscriber depth = ``max_chunks`` (>= any publisher's N): the reader's history must be able to buffer a
   whole snapshot while the executor is busy, or chunks would be overwritten before they are taken.
 
-Threads: ``publish_async`` packs/hashes/publishes in a background thread; ``WeightSubscriber``'s ROS
-callback only enqueues the message, a worker thread reassembles, verifies sha256 (hashlib releases the
-GIL), unpacks (zero-copy for the default format) and calls ``on_weights`` there. Neither blocks the
-executor or a control thread for long.
+Threads: ``publish_async`` packs (one copy) in the caller, then hashes/publishes in a background thread
+(niced); ``WeightSubscriber``'s ROS callbacks only enqueue, a niced worker thread maps or reassembles,
+verifies sha256 (hashlib releases the GIL), unpacks (zero-copy for the default format) and calls
+``on_weights`` there. Neither blocks the executor or a control thread for long.
+
+Files: ``/dev/shm/user-weights-<pid namespace>-<pid>-<policy>-v<version>-<n>``; ``close()`` removes them, and
+a new publisher removes those of dead processes (a killed learner leaves at most two snapshots behind).
 """
 from __future__ import annotations
 
@@ -31,6 +48,7 @@ import array
 import json
 import os
 import queue
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -41,7 +59,7 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from user_msgs.msg import PolicyWeights
 
 from .weights import (Reassembler, blob_format, chunk_blob, default_shm_dir, host_id, open_shm_blob,
-                      pack_state_dict, remove_stale_shm_blobs, sha256_hex, shm_blob_prefix, unpack_state_dict,
+                      pack_state_dict, release_pages, remove_stale_shm_blobs, sha256_hex, shm_blob_prefix, unpack_state_dict,
                       write_blob_file)
 
 WEIGHTS_TOPIC = "/user/policy/weights"
@@ -95,13 +113,17 @@ class _Snap:
         self.digest = ""
 
     def remove(self) -> None:
-        """Unlink the file; receivers that mapped it keep their pages."""
+        """Unlink the file (receivers that mapped it keep their pages) and drop our mapping's pages without
+        holding the GIL (see ``weights.release_pages``)."""
         if self.path:
             try:
                 os.unlink(self.path)
             except OSError:
                 pass
             self.path = None
+            if self.blob is not None:
+                release_pages(self.blob)
+                self.blob = None
 
 
 class WeightPublisher:
@@ -275,6 +297,12 @@ class WeightPublisher:
             self._pub.publish(msg)
         snap.chunks_sent = True
         return len(chunks)
+
+    @property
+    def buffers_held(self) -> int:
+        """Snapshot buffers still held: the newest, plus older ones a caller still references (freed by the
+        worker within ``MAINTAIN_PERIOD_S`` after the last reference is gone)."""
+        return len(self._held)
 
     def _reap(self) -> None:
         now = time.monotonic()
@@ -462,6 +490,7 @@ class WeightSubscriber:
         self._manifest = None  # newest manifest not yet handled (the worker coalesces)
         self._manifest_lock = threading.Lock()
         self.fallback_reason: str | None = None  # why chunks are subscribed too (None: shared memory only)
+        self._held: list = []  # buffers of delivered snapshots: freed here, never in a control thread
         self._stop = False
         self._sub = None
         self._manifest_sub = None
@@ -493,7 +522,11 @@ class WeightSubscriber:
     def _run(self) -> None:
         _nice_this_thread(self.worker_nice)
         while True:
-            msg = self._queue.get()
+            try:
+                msg = self._queue.get(timeout=MAINTAIN_PERIOD_S)
+            except queue.Empty:
+                self._reap()
+                continue
             if msg is None or self._stop:
                 return
             try:
@@ -606,6 +639,33 @@ class WeightSubscriber:
         self.history.append(ReceiveStats(version, len(blob), t_complete if t_first is None else t_first,
                                          t_complete, time.monotonic(), t_unpacked - t_complete, via))
         del self.history[:-100]
+        base = blob.obj if isinstance(blob, memoryview) else blob
+        del blob, sd
+        self._held.append(base)
+        del base
+        self._reap()
+
+    @property
+    def buffers_held(self) -> int:
+        """Snapshot buffers still held: the newest, plus older ones a caller still references (freed by the
+        worker within ``MAINTAIN_PERIOD_S`` after the last reference is gone)."""
+        return len(self._held)
+
+    def _reap(self) -> None:
+        """Free the buffers of older snapshots nobody references any more, their pages first without the GIL
+        (``weights.release_pages``), so the last reference never dies in a control thread (where unmapping
+        400 MB would hold the GIL for tens of ms)."""
+        keep = []
+        last = len(self._held) - 1
+        for i in range(last + 1):
+            base = self._held[i]
+            # references: the list, ``base``, getrefcount's argument; more = a caller still uses it
+            if i < last and sys.getrefcount(base) <= 3:
+                release_pages(base)
+            else:
+                keep.append(base)
+            base = None
+        self._held = keep
 
     # -- for control loops and tests
     def take_latest(self) -> tuple[int, dict] | None:

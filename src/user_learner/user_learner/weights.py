@@ -47,7 +47,7 @@ _ZIP_MAGIC = b"PK\x03\x04"
 __all__ = [
     "FORMAT_TENSORS", "FORMAT_TORCH", "ChunkFields", "Reassembler", "blob_format", "chunk_blob",
     "chunk_span", "default_shm_dir", "host_id", "open_shm_blob", "pack_state_dict",
-    "remove_stale_shm_blobs", "sha256_hex", "shm_blob_prefix", "unpack_state_dict", "write_blob_file",
+    "release_pages", "remove_stale_shm_blobs", "sha256_hex", "shm_blob_prefix", "unpack_state_dict", "write_blob_file",
 ]
 
 
@@ -469,6 +469,34 @@ def open_shm_blob(path: str, nbytes: int) -> mmap.mmap:
         return mmap.mmap(fd, nbytes, mmap.MAP_PRIVATE, mmap.PROT_READ | mmap.PROT_WRITE)
     finally:
         os.close(fd)
+
+
+_MADV_DONTNEED = 4
+_PAGE = mmap.PAGESIZE
+
+
+def release_pages(buf) -> bool:
+    """Give the memory of a large writable buffer nobody uses any more back to the OS now, without holding
+    the GIL: ``madvise(MADV_DONTNEED)`` over its whole pages through ctypes (which releases the GIL), so
+    that freeing the object afterwards is cheap. Unmapping a populated 400 MB file mapping takes 40-110 ms
+    here, all of it with the GIL held, in whichever thread drops the last reference (e.g. a control loop
+    that swaps in new weights). The contents are gone afterwards. Returns False where not supported."""
+    try:
+        import ctypes
+
+        mv = memoryview(buf)
+        if mv.readonly or mv.nbytes < _PAGE:
+            return False
+        c = ctypes.c_char.from_buffer(buf)
+        start, end = ctypes.addressof(c), ctypes.addressof(c) + mv.nbytes
+        del c, mv
+        a, b = -(-start // _PAGE) * _PAGE, end // _PAGE * _PAGE
+        if b <= a:
+            return False
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.madvise(ctypes.c_void_p(a), ctypes.c_size_t(b - a), _MADV_DONTNEED) == 0
+    except (OSError, TypeError, ValueError, AttributeError, BufferError):
+        return False
 
 
 def _pid_namespace() -> str:
