@@ -10,7 +10,7 @@ import torch
 
 from user_learner.weights import (FORMAT_TENSORS, FORMAT_TORCH, ChunkFields, Reassembler, blob_format, chunk_blob,
                                   chunk_span, default_shm_dir, open_shm_blob, pack_state_dict, remove_stale_shm_blobs,
-                                  sha256_hex, shm_blob_prefix, unpack_state_dict, write_blob_file)
+                                  release_pages, sha256_hex, shm_blob_prefix, unpack_state_dict, write_blob_file)
 
 
 def _bits(t: torch.Tensor) -> bytes:
@@ -237,3 +237,15 @@ def test_remove_stale_shm_blobs_only_of_dead_processes(tmp_path):
         p.write_bytes(b"x")
     assert remove_stale_shm_blobs(str(tmp_path)) == 1
     assert mine.exists() and other.exists() and not stale.exists()
+
+
+def test_release_pages_gives_back_the_pages_of_a_buffer_nobody_uses():
+    import numpy as np
+
+    a = np.full(40 << 20, 7, dtype=np.uint8)  # several release steps
+    assert release_pages(a)
+    head = (-a.ctypes.data) % 4096  # bytes before the first whole page, and after the last one
+    tail = (a.ctypes.data + a.nbytes) % 4096
+    assert not a[head:a.nbytes - tail].any(), "whole pages are dropped (anonymous memory reads back as zeros)"
+    assert (a[:head] == 7).all() and (a[a.nbytes - tail:] == 7).all(), "partial pages are left alone"
+    assert not release_pages(bytes(1 << 20)), "read-only buffers are left alone"

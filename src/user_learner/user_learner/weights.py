@@ -473,6 +473,7 @@ def open_shm_blob(path: str, nbytes: int) -> mmap.mmap:
 
 _MADV_DONTNEED = 4
 _PAGE = mmap.PAGESIZE
+_RELEASE_STEP = 16 << 20
 
 
 def release_pages(buf) -> bool:
@@ -494,7 +495,10 @@ def release_pages(buf) -> bool:
         if b <= a:
             return False
         libc = ctypes.CDLL(None, use_errno=True)
-        return libc.madvise(ctypes.c_void_p(a), ctypes.c_size_t(b - a), _MADV_DONTNEED) == 0
+        ok = True
+        for x in range(a, b, _RELEASE_STEP):  # in steps: the address-space lock is never held for long
+            ok = libc.madvise(ctypes.c_void_p(x), ctypes.c_size_t(min(_RELEASE_STEP, b - x)), _MADV_DONTNEED) == 0 and ok
+        return ok
     except (OSError, TypeError, ValueError, AttributeError, BufferError):
         return False
 
