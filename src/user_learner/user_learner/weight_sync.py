@@ -45,6 +45,7 @@ a new publisher removes those of dead processes (a killed learner leaves at most
 from __future__ import annotations
 
 import array
+import itertools
 import json
 import os
 import queue
@@ -177,7 +178,7 @@ class WeightPublisher:
         self._error: BaseException | None = None
         self._current: _Snap | None = None
         self._retired: list[tuple[float, _Snap]] = []
-        self._seq = 0
+        self._seq = itertools.count(1)  # file names; next() is atomic (caller and background thread)
         self._shm_warned = False
         if self.shm_dir:
             remove_stale_shm_blobs(self.shm_dir)
@@ -194,27 +195,33 @@ class WeightPublisher:
         """History depth (= chunks per snapshot), None before the first snapshot fixed it."""
         return self.num_chunks
 
+    def _shm_failed(self, e: BaseException) -> None:
+        if not self._shm_warned:
+            self._shm_warned = True
+            self.node.get_logger().warning(f"weights: no shared-memory file in {self.shm_dir} ({e!r}); "
+                                           "sending chunks over DDS")
+
     def _pack(self, obj, version: int) -> _Snap:
         """State dict or blob -> ``_Snap``: written to a new shared-memory file when possible (one copy)."""
         if isinstance(obj, _Snap):
             return obj
         if self.shm_dir:
-            self._seq += 1
-            name = f"{shm_blob_prefix()}{self.policy_name.replace('/', '_')}-v{version}-{self._seq}"
+            name = f"{shm_blob_prefix()}{self.policy_name.replace('/', '_')}-v{version}-{next(self._seq)}"
             path = os.path.join(self.shm_dir, name)
             try:
-                total = write_blob_file(path, obj, self.fmt)
-                snap = _Snap(None, path)
-                snap.blob = open_shm_blob(path, total)  # the publisher never writes to it again
-                return snap
-            except (OSError, ValueError) as e:
-                if isinstance(e, ValueError) and not os.path.exists(path):
-                    raise  # a bad state dict or format, not a shared-memory problem
-                _Snap(None, path).remove()
-                if not self._shm_warned:
-                    self._shm_warned = True
-                    self.node.get_logger().warning(f"weights: no shared-memory file in {self.shm_dir} ({e!r}); "
-                                                   "sending chunks over DDS")
+                total = write_blob_file(path, obj, self.fmt)  # removes its file itself if it fails
+            except ValueError:
+                raise  # a bad state dict or format, not a shared-memory problem
+            except OSError as e:
+                self._shm_failed(e)
+            else:
+                try:
+                    snap = _Snap(None, path)
+                    snap.blob = open_shm_blob(path, total)  # the publisher never writes to it again
+                    return snap
+                except (OSError, ValueError) as e:
+                    _Snap(None, path).remove()
+                    self._shm_failed(e)
         if isinstance(obj, Mapping):
             return _Snap(pack_state_dict(obj, self.fmt))
         return _Snap(obj)
@@ -342,10 +349,13 @@ class WeightPublisher:
         if copy and isinstance(obj, Mapping):
             obj = self._pack(obj, version)
         with self._cond:
-            if self._closed:
+            floor = max((v for v in (self.last_version, self._max_requested) if v is not None), default=None)
+            if self._closed or (floor is not None and version <= floor):  # closed or raced, while packing
                 if isinstance(obj, _Snap):
                     obj.remove()
-                raise RuntimeError("WeightPublisher is closed")
+                if self._closed:
+                    raise RuntimeError("WeightPublisher is closed")
+                raise ValueError(f"weights version must increase: {version} <= {floor}")
             self._max_requested = version
             if self._pending is not None:
                 self.dropped_stale += 1
@@ -515,6 +525,8 @@ class WeightSubscriber:
         self._queue.put(msg)  # the executor does nothing else: reassembly and hashing are the worker's
 
     def _on_manifest(self, msg: PolicyWeights) -> None:
+        if self.policy_name is not None and msg.policy_name != self.policy_name:
+            return  # before the slot: another policy's manifest must not replace ours
         with self._manifest_lock:
             self._manifest = msg
         self._queue.put(_MANIFEST)
