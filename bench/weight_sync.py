@@ -15,6 +15,7 @@ times. The whole run is bounded by ``--timeout``; both children are killed at th
 
     source scripts/env.sh && python bench/weight_sync.py            # 100M params (~400 MB)
     python bench/weight_sync.py --params 10e6 --versions 3         # smaller model
+    python bench/weight_sync.py --mb 1600 --transport dds          # a byte size; chunks only (the old path)
 """
 from __future__ import annotations
 
@@ -76,7 +77,7 @@ def run_robot(args) -> None:
     def on_weights(version: int, sd: dict) -> None:  # subscriber worker thread; the control thread swaps
         _emit(event="delivered", version=version, t=time.monotonic())
 
-    sub = WeightSubscriber(node, on_weights=on_weights, policy_name="bench")
+    sub = WeightSubscriber(node, on_weights=on_weights, policy_name="bench", transport=args.transport)
 
     policy = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.ReLU(), torch.nn.Linear(256, 8))
     obs = torch.randn(1, 64)
@@ -113,7 +114,7 @@ def run_robot(args) -> None:
             break
     stop.set()
     ctl.join(timeout=2.0)
-    rx = {h.version: {"first_chunk": h.first_chunk, "complete": h.complete, "unpack_s": h.unpack_s}
+    rx = {h.version: {"first_chunk": h.first_chunk, "complete": h.complete, "unpack_s": h.unpack_s, "via": h.via}
           for h in sub.history}
     _emit(event="ticks", ticks=ticks, maxrss_mb=_maxrss_mb(), last_version=state["version"], rx=rx)
     sub.close()
@@ -127,18 +128,23 @@ def run_robot(args) -> None:
 def run_learner(args) -> None:
     import torch
 
-    from user_learner.weight_sync import WEIGHTS_TOPIC, WeightPublisher
+    from user_learner.weight_sync import WEIGHTS_TOPIC, WeightPublisher, manifest_topic
 
     rclpy, node, ex = _ros_node("bench_learner")
     width = 4096
-    layers = max(1, round(args.params / (width * width + width)))
     t = time.monotonic()
-    with torch.no_grad():
-        model = torch.nn.Sequential(*[torch.nn.Linear(width, width) for _ in range(layers)])
+    if args.params >= width * width + width:
+        layers = round(args.params / (width * width + width))
+        with torch.no_grad():
+            model = torch.nn.Sequential(*[torch.nn.Linear(width, width) for _ in range(layers)])
+    else:  # small sizes (smoke test): one layer of about the requested size
+        layers = 1
+        model = torch.nn.Sequential(torch.nn.Linear(max(1, int(args.params) // width), width, bias=False))
     n_params = sum(p.numel() for p in model.parameters())
-    pub = WeightPublisher(node, policy_name="bench", chunk_bytes=args.chunk_bytes)
+    pub = WeightPublisher(node, policy_name="bench", chunk_bytes=args.chunk_bytes, transport=args.transport)
     end = time.monotonic() + 20
-    while node.count_subscribers(WEIGHTS_TOPIC) < 1 and time.monotonic() < end:
+    while node.count_subscribers(manifest_topic()) + node.count_subscribers(WEIGHTS_TOPIC) < 1 and \
+            time.monotonic() < end:
         time.sleep(0.05)
     _emit(event="ready", params=n_params, layers=layers, build_s=time.monotonic() - t)
     for line in sys.stdin:
@@ -235,7 +241,7 @@ def orchestrate(args) -> int:
     env["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
     env.pop("ROS_LOCALHOST_ONLY", None)
     env["PYTHONUNBUFFERED"] = "1"
-    me = [sys.executable, os.path.abspath(__file__), "--params", str(args.params),
+    me = [sys.executable, os.path.abspath(__file__), "--params", str(args.params), "--transport", args.transport,
           "--chunk-bytes", str(args.chunk_bytes), "--timeout", str(args.timeout),
           "--switch-interval", str(args.switch_interval)]
     t_start = time.monotonic()
@@ -254,8 +260,9 @@ def orchestrate(args) -> int:
         children.append(learner)
         info = learner.expect("ready", deadline)
         mb = info["params"] * 4 / 1e6
-        print(f"model: {info['params'] / 1e6:.1f}M parameters in {info['layers']} x nn.Linear(4096, 4096) "
-              f"= {mb:.0f} MB float32 (built in {info['build_s']:.1f} s); domain {env['ROS_DOMAIN_ID']}", flush=True)
+        print(f"model: {info['params'] / 1e6:.1f}M parameters in {info['layers']} x nn.Linear "
+              f"= {mb:.0f} MB float32 (built in {info['build_s']:.1f} s); transport {args.transport}; "
+              f"domain {env['ROS_DOMAIN_ID']}", flush=True)
 
         base_a = time.monotonic()
         time.sleep(args.baseline)
@@ -302,19 +309,20 @@ def orchestrate(args) -> int:
         print(f"{name:<13}{len(xs):>6}{_pct(late, .5):>9.2f}{_pct(late, .99):>9.2f}{max(late, default=0):>9.2f}   "
               f"{_pct(done, .5):>12.2f}{_pct(done, .99):>8.2f}{max(done, default=0):>8.2f}{missed:>8}")
     print()
-    print(f"{'version':<8}{'MB':>7}{'chunks':>7}{'call ms':>9}{'pack s':>8}{'sha s':>7}{'send s':>8}"
+    print(f"{'version':<8}{'MB':>7}{'via':>5}{'chunks':>7}{'call ms':>9}{'pack s':>8}{'sha s':>7}{'send s':>8}"
           f"{'rx s':>7}{'total s':>9}{'MB/s':>7}")
     for pubd, got in transfers:
         nb = pubd["total_bytes"] / 1e6
         h = ticks_msg["rx"].get(str(pubd["version"]))
         rx = (h["complete"] - h["first_chunk"]) if h else float("nan")
         total = got["t"] - pubd["t0"]
-        print(f"v{pubd['version']:<7}{nb:>7.0f}{pubd['num_chunks']:>7}{pubd['call_s'] * 1e3:>9.0f}"
+        print(f"v{pubd['version']:<7}{nb:>7.0f}{(h or {}).get('via', '?'):>5}{pubd['num_chunks']:>7}{pubd['call_s'] * 1e3:>9.0f}"
               f"{pubd['pack_s']:>8.2f}{pubd['hash_s']:>7.2f}{pubd['send_s']:>8.2f}{rx:>7.2f}{total:>9.2f}"
               f"{nb / total:>7.0f}")
-    print("call ms: publish_async blocking time in the learner (the snapshot copy); pack/sha/send: learner "
-          "background thread;\nrx s: robot, first chunk taken -> sha256 verified; total s: publish_async call -> "
-          "state dict delivered at the robot")
+    print("via: shm = mapped from the learner's shared-memory file, dds = chunks; chunks: sent over DDS;\n"
+          "call ms: publish_async blocking time in the learner (the snapshot copy, into shared memory with via shm);\n"
+          "pack/sha/send: learner background thread (send: manifest + chunks); rx s: robot, first chunk (or manifest)\n"
+          "taken -> sha256 verified; total s: publish_async call -> state dict delivered at the robot")
     print(f"peak RSS: robot {ticks_msg['maxrss_mb']:.0f} MB, learner {bye['maxrss_mb']:.0f} MB; "
           f"wall time {time.monotonic() - t_start:.0f} s")
     return 0
@@ -323,6 +331,9 @@ def orchestrate(args) -> int:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--params", type=float, default=100e6, help="model size in parameters (float32)")
+    ap.add_argument("--mb", type=float, help="model size in MB (1e6 bytes) instead of --params")
+    ap.add_argument("--transport", choices=["auto", "dds"], default="auto",
+                    help="auto: shared memory on one host (DDS chunks as fallback); dds: chunks only (the old path)")
     ap.add_argument("--versions", type=int, default=2, help="snapshots to publish, one after another")
     ap.add_argument("--chunk-bytes", type=int, default=1 << 20)
     ap.add_argument("--baseline", type=float, default=10.0, help="seconds of control loop with no sync")
@@ -333,6 +344,8 @@ def main() -> int:
     ap.add_argument("--dump", help="write raw ticks and timings as JSON to this file")
     ap.add_argument("--role", choices=["robot", "learner"], help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.mb:
+        args.params = args.mb * 1e6 / 4
     if args.role == "robot":
         run_robot(args)
         return 0

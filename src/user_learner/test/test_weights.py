@@ -1,12 +1,16 @@
-"""Weights blobs without ROS: bit-exact packing, chunking, reassembly rules."""
+"""Weights blobs without ROS: bit-exact packing, chunking, reassembly rules, shared-memory files."""
+import os
 import random
+import subprocess
+import sys
 from collections import OrderedDict
 
 import pytest
 import torch
 
 from user_learner.weights import (FORMAT_TENSORS, FORMAT_TORCH, ChunkFields, Reassembler, blob_format, chunk_blob,
-                                  chunk_span, pack_state_dict, sha256_hex, unpack_state_dict)
+                                  chunk_span, default_shm_dir, open_shm_blob, pack_state_dict, remove_stale_shm_blobs,
+                                  release_pages, sha256_hex, shm_blob_prefix, unpack_state_dict, write_blob_file)
 
 
 def _bits(t: torch.Tensor) -> bytes:
@@ -180,3 +184,68 @@ def test_memory_bound_on_announced_size():
     r = Reassembler(max_total_bytes=1000)
     assert r.add(_chunks(b"x" * 2000, 1)[0]) is None and r.in_progress == []
     assert "max_total_bytes" in r.pop_warnings()[0]
+
+
+def test_skip_to_drops_older_progress_and_ignores_its_chunks():
+    r = Reassembler()
+    v2, v3 = _chunks(b"a" * 300, 2), _chunks(b"b" * 300, 3)
+    r.add(v2[0])
+    r.skip_to(2)  # v2 arrived another way (shared memory)
+    assert r.in_progress == [] and r.last_completed == 2
+    assert all(r.add(c) is None for c in v2), "chunks of a version completed elsewhere are ignored"
+    assert [x[0] for x in (r.add(c) for c in v3) if x is not None] == [3]
+    r.skip_to(1)
+    assert r.last_completed == 3, "skip_to never goes back"
+
+
+@pytest.mark.parametrize("fmt", [FORMAT_TENSORS, FORMAT_TORCH])
+def test_blob_file_in_shared_memory_mapped_privately(tmp_path, fmt):
+    d = default_shm_dir() or str(tmp_path)  # any directory works; /dev/shm is the fast one
+    sd = model_state_dict()
+    path = os.path.join(d, f"{shm_blob_prefix()}test-{fmt}")
+    try:
+        n = write_blob_file(path, sd, fmt)
+        blob = pack_state_dict(sd, fmt)
+        assert n == len(blob)
+        with open(path, "rb") as f:
+            assert f.read() == bytes(blob), "the file holds exactly the packed blob (padding included)"
+        with pytest.raises(FileExistsError):
+            write_blob_file(path, blob)  # never rewrites a published file
+        mm = open_shm_blob(path, n)
+        os.unlink(path)  # the writer removes the file: the reader's mapping stays valid
+        assert sha256_hex(mm) == sha256_hex(blob)
+        got = unpack_state_dict(mm)
+        assert_bit_exact(sd, got)
+        if fmt == FORMAT_TENSORS:
+            next(iter(got.values())).view(-1)[:1].zero_()  # private copy-on-write mapping: writable
+            assert bytes(mm) != bytes(blob)
+        write_blob_file(path, blob)  # a blob works too
+        with pytest.raises(ValueError, match=f"has {n} bytes, expected {n + 1}"):
+            open_shm_blob(path, n + 1)
+    finally:
+        if os.path.exists(path):
+            os.unlink(path)
+
+
+def test_remove_stale_shm_blobs_only_of_dead_processes(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    mine = tmp_path / f"{shm_blob_prefix()}sac-v1-1"
+    stale = tmp_path / f"{shm_blob_prefix(int(dead))}sac-v1-1"
+    other = tmp_path / "user-weights-unrelated"
+    for p in (mine, stale, other):
+        p.write_bytes(b"x")
+    assert remove_stale_shm_blobs(str(tmp_path)) == 1
+    assert mine.exists() and other.exists() and not stale.exists()
+
+
+def test_release_pages_gives_back_the_pages_of_a_buffer_nobody_uses():
+    import numpy as np
+
+    a = np.full(40 << 20, 7, dtype=np.uint8)  # several release steps
+    assert release_pages(a)
+    head = (-a.ctypes.data) % 4096  # bytes before the first whole page, and after the last one
+    tail = (a.ctypes.data + a.nbytes) % 4096
+    assert not a[head:a.nbytes - tail].any(), "whole pages are dropped (anonymous memory reads back as zeros)"
+    assert (a[:head] == 7).all() and (a[a.nbytes - tail:] == 7).all(), "partial pages are left alone"
+    assert not release_pages(bytes(1 << 20)), "read-only buffers are left alone"

@@ -25,6 +25,9 @@ import hashlib
 import io
 import json
 import math
+import mmap
+import os
+import socket
 import struct
 from collections import deque
 from dataclasses import dataclass
@@ -43,7 +46,8 @@ _ZIP_MAGIC = b"PK\x03\x04"
 
 __all__ = [
     "FORMAT_TENSORS", "FORMAT_TORCH", "ChunkFields", "Reassembler", "blob_format", "chunk_blob",
-    "chunk_span", "pack_state_dict", "sha256_hex", "unpack_state_dict",
+    "chunk_span", "default_shm_dir", "host_id", "open_shm_blob", "pack_state_dict",
+    "release_pages", "remove_stale_shm_blobs", "sha256_hex", "shm_blob_prefix", "unpack_state_dict", "write_blob_file",
 ]
 
 
@@ -69,24 +73,20 @@ def _plain_tensor(v: Any) -> bool:
             and not v.is_meta and type(v) in (torch.Tensor, torch.nn.Parameter))
 
 
-def pack_state_dict(state_dict: Mapping[str, Any], fmt: str | None = None) -> bytearray:
-    """Serialize a state dict into one bytes-like blob (a ``bytearray``), bit-exact.
-
-    ``fmt``: ``"user_tensors_v1"``, ``"torch_state_dict"`` or None (user_tensors_v1 when every value is a
-    plain dense tensor, else torch_state_dict). Tensors on other devices are copied to the CPU.
-    """
+def _plan(state_dict: Mapping[str, Any], fmt: str | None) -> tuple[int, list[tuple[int, Any]]]:
+    """Blob size and its parts ``(offset, bytes-like or tensor)``; the bytes between parts are zero."""
     plain = all(isinstance(k, str) and _plain_tensor(v) for k, v in state_dict.items())
     if fmt is None:
         fmt = FORMAT_TENSORS if plain else FORMAT_TORCH
     if fmt == FORMAT_TORCH:
         bio = io.BytesIO()
         torch.save(dict(state_dict), bio)
-        return bytearray(bio.getbuffer())
+        src = bio.getbuffer()
+        return len(src), [(0, src)]
     if fmt != FORMAT_TENSORS:
         raise ValueError(f"unknown weights format {fmt!r}; expected one of {FORMATS}")
     if not plain:
         raise ValueError("user_tensors_v1 holds only str -> dense tensor entries; use fmt=None or 'torch_state_dict'")
-
     tensors = [(k, v.detach()) for k, v in state_dict.items()]
     entries, offset = [], 0
     for name, t in tensors:
@@ -96,17 +96,59 @@ def pack_state_dict(state_dict: Mapping[str, Any], fmt: str | None = None) -> by
         offset = _align(offset + nbytes)
     header = json.dumps({"tensors": entries}, separators=(",", ":")).encode()
     data_start = _align(len(_MAGIC) + 8 + len(header))
-    total = data_start + offset
+    parts: list[tuple[int, Any]] = [(0, _MAGIC + struct.pack("<Q", len(header)) + header)]
+    parts += [(data_start + e["offset"], t) for (_, t), e in zip(tensors, entries) if e["nbytes"]]
+    return data_start + offset, parts
+
+
+def _tensor_bytes(t: torch.Tensor) -> torch.Tensor:
+    return t.cpu().contiguous().reshape(-1).view(torch.uint8)
+
+
+def pack_state_dict(state_dict: Mapping[str, Any], fmt: str | None = None) -> bytearray:
+    """Serialize a state dict into one bytes-like blob (a ``bytearray``), bit-exact.
+
+    ``fmt``: ``"user_tensors_v1"``, ``"torch_state_dict"`` or None (user_tensors_v1 when every value is a
+    plain dense tensor, else torch_state_dict). Tensors on other devices are copied to the CPU.
+    """
+    total, parts = _plan(state_dict, fmt)
     blob = bytearray(total)  # zero-filled: padding is deterministic
-    blob[: len(_MAGIC) + 8 + len(header)] = _MAGIC + struct.pack("<Q", len(header)) + header
-    if total > data_start:
-        dst = torch.frombuffer(blob, dtype=torch.uint8)
-        for (_, t), e in zip(tensors, entries):
-            if e["nbytes"]:
-                src = t.cpu().contiguous().reshape(-1).view(torch.uint8)
-                start = data_start + e["offset"]
-                dst[start:start + e["nbytes"]].copy_(src)  # torch copy: releases the GIL
+    dst = torch.frombuffer(blob, dtype=torch.uint8) if total else None
+    for off, part in parts:
+        if isinstance(part, torch.Tensor):
+            src = _tensor_bytes(part)
+            dst[off:off + src.numel()].copy_(src)  # torch copy: releases the GIL
+        else:
+            memoryview(blob)[off:off + len(part)] = part
     return blob
+
+
+def write_blob_file(path: str, state_dict_or_blob, fmt: str | None = None) -> int:
+    """Write a snapshot (state dict, packed as by ``pack_state_dict``, or a blob) as the new file ``path``
+    (must not exist) and return its size. One copy of the bytes, by ``os.pwrite`` (no GIL held, no page
+    faults in this process); a full file system raises ``OSError`` (the file is removed again)."""
+    if isinstance(state_dict_or_blob, Mapping):
+        total, parts = _plan(state_dict_or_blob, fmt)
+    else:
+        mv = memoryview(state_dict_or_blob).cast("B")
+        total, parts = len(mv), [(0, mv)]
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        os.ftruncate(fd, total)  # reads as zeros where nothing is written: the padding
+        for off, part in parts:
+            mv = memoryview(_tensor_bytes(part).numpy() if isinstance(part, torch.Tensor) else part).cast("B")
+            while len(mv):
+                n = os.pwrite(fd, mv, off)
+                mv, off = mv[n:], off + n
+    except BaseException:
+        os.close(fd)
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+        raise
+    os.close(fd)
+    return total
 
 
 def blob_format(blob) -> str:
@@ -308,6 +350,15 @@ class Reassembler:
         self._partial = None
         self.last_completed = None
 
+    def skip_to(self, version: int) -> None:
+        """``version`` was completed another way (e.g. shared memory): drop an older or equal version in
+        progress and ignore chunks of versions <= ``version`` from now on."""
+        version = int(version)
+        if self._partial is not None and self._partial.version <= version:
+            self._partial = None
+        if self.last_completed is None or version > self.last_completed:
+            self.last_completed = version
+
     def _warn(self, text: str) -> None:
         self._warnings.append(text)
         if self.on_warning is not None:
@@ -382,3 +433,104 @@ class Reassembler:
         self.last_format = p.format
         return version, blob
 
+
+
+# ------------------------------------------------------------------------------------ shared memory
+
+SHM_PREFIX = "user-weights-"
+
+
+def host_id() -> str:
+    """Identifies this kernel (hostname + boot id): blobs in shared memory are readable by processes with
+    the same id (and the same ``/dev/shm`` mount; a reader checks the file's size and sha256 anyway)."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            boot = f.read().strip()
+    except OSError:
+        boot = ""
+    return f"{socket.gethostname()}/{boot}"
+
+
+def default_shm_dir() -> str | None:
+    """``/dev/shm`` when it is a writable directory (Linux), else None (no shared-memory path)."""
+    d = "/dev/shm"
+    return d if os.path.isdir(d) and os.access(d, os.W_OK | os.X_OK) else None
+
+
+def open_shm_blob(path: str, nbytes: int) -> mmap.mmap:
+    """Map a blob written by another process, private copy-on-write: writable for zero-copy
+    ``unpack_state_dict`` and unaffected by the file's later removal. The writer must never modify a
+    published file. Raises ``OSError`` (e.g. ``FileNotFoundError``) or ``ValueError`` on a size mismatch."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
+        if size != nbytes or nbytes <= 0:
+            raise ValueError(f"shared-memory blob {path} has {size} bytes, expected {nbytes}")
+        return mmap.mmap(fd, nbytes, mmap.MAP_PRIVATE, mmap.PROT_READ | mmap.PROT_WRITE)
+    finally:
+        os.close(fd)
+
+
+_MADV_DONTNEED = 4
+_PAGE = mmap.PAGESIZE
+_RELEASE_STEP = 16 << 20
+
+
+def release_pages(buf) -> bool:
+    """Give the memory of a large writable buffer nobody uses any more back to the OS now, without holding
+    the GIL: ``madvise(MADV_DONTNEED)`` over its whole pages through ctypes (which releases the GIL), so
+    that freeing the object afterwards is cheap. Unmapping a populated 400 MB file mapping takes 40-110 ms
+    here, all of it with the GIL held, in whichever thread drops the last reference (e.g. a control loop
+    that swaps in new weights). The contents are gone afterwards. Returns False where not supported."""
+    try:
+        import ctypes
+
+        mv = memoryview(buf)
+        if mv.readonly or mv.nbytes < _PAGE:
+            return False
+        c = ctypes.c_char.from_buffer(buf)
+        start, end = ctypes.addressof(c), ctypes.addressof(c) + mv.nbytes
+        del c, mv
+        a, b = -(-start // _PAGE) * _PAGE, end // _PAGE * _PAGE
+        if b <= a:
+            return False
+        libc = ctypes.CDLL(None, use_errno=True)
+        ok = True
+        for x in range(a, b, _RELEASE_STEP):  # in steps: the address-space lock is never held for long
+            ok = libc.madvise(ctypes.c_void_p(x), ctypes.c_size_t(min(_RELEASE_STEP, b - x)), _MADV_DONTNEED) == 0 and ok
+        return ok
+    except (OSError, TypeError, ValueError, AttributeError, BufferError):
+        return False
+
+
+def _pid_namespace() -> str:
+    try:
+        return os.readlink("/proc/self/ns/pid").strip("pid:[]") or "0"
+    except OSError:
+        return "0"
+
+
+def shm_blob_prefix(pid: int | None = None) -> str:
+    """File-name prefix of the blobs this process writes: ``user-weights-<pid namespace>-<pid>-``."""
+    return f"{SHM_PREFIX}{_pid_namespace()}-{os.getpid() if pid is None else pid}-"
+
+
+def remove_stale_shm_blobs(directory: str) -> int:
+    """Remove blobs left in ``directory`` by dead processes of this pid namespace (names carry the writer's
+    pid namespace and pid, see ``shm_blob_prefix``); returns how many were removed."""
+    n = 0
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return 0
+    ns = _pid_namespace()
+    for name in names:
+        parts = name[len(SHM_PREFIX):].split("-", 2) if name.startswith(SHM_PREFIX) else []
+        if len(parts) < 3 or parts[0] != ns or not parts[1].isdigit() or os.path.exists(f"/proc/{parts[1]}"):
+            continue
+        try:
+            os.unlink(os.path.join(directory, name))
+            n += 1
+        except OSError:
+            pass
+    return n
