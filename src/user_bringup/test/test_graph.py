@@ -98,7 +98,7 @@ def test_franka_sac_defaults() -> None:
         "profile": "robot_sim", "max_env_steps": 0, "max_minutes": 0.0, "run_name": "franka_sac",
         "realtime_factor": 1.0, "episodes": 0, "seed": 0, "record": False, "buffer": False, "reward": "profile",
         "teleop": "none",
-        "teleop_robot": "franka_0", "sim_human": False, "respawn_delay": 5.0,
+        "teleop_robot": "franka_0", "replan_every": 0, "sim_human": False, "respawn_delay": 5.0,
     }
     assert g.robot_ids == ["franka_0"]
     nodes = by_label(g.nodes)
@@ -119,7 +119,8 @@ def test_franka_sac_defaults() -> None:
     assert (robot.respawn_delay, registry.respawn_delay, learner.respawn_delay) == (5.0, 0.0, 5.0)
     assert load_graph(FRANKA_SAC, {"respawn_delay": "0"}).nodes[1].respawn_delay == 0.0
     learning = str(g.config_dir / "sac_peg.yaml")
-    assert inference.parameters == {"config": learning, "robot_ids": ["franka_0"], "seed": 0}
+    assert inference.parameters == {"config": learning, "robot_ids": ["franka_0"], "seed": 0,
+                                    "replan_every": 0}
     assert learner.parameters["config"] == learning and learner.parameters["sync"] is False
     assert g.config_dir == FRANKA_SAC.parent.resolve() or g.config_dir == FRANKA_SAC.parent
     assert learner.parameters["remote_buffer"] is False
