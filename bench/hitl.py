@@ -1,0 +1,327 @@
+#!/usr/bin/env python3
+"""Benchmark: HG-DAgger from a weak behaviour-cloned start, on the simulated FR3.
+
+Each (task, seed) run drives the real robot cell (``user_hal.cell.RobotCell``, MuJoCo, the robot's own
+resets and speed limits) in this process:
+1. ``--demos`` episodes of the scripted expert, then ``--bc-updates`` behaviour-cloning updates of
+   HG-DAgger's learner on them: the weak start.
+2. ``--episodes`` training episodes: the policy drives; the scripted expert plays the human with the
+   rule of ``sim_human`` (``user_hal.scripted_policy.HumanSchedule``: it takes over once the task's
+   tracked point came no 5 mm closer to its target in ``--stuck-steps`` steps, and keeps control for the
+   rest of the episode). Its motion goes through the real teleop mapping (``Teleop``: device axes, dead
+   band, scales) with ``--human-gain``; the gripper is the expert's command (a human's buttons). Every
+   human step joins the aggregated dataset; after each episode the learner makes ``--utd`` updates per
+   env step of that episode on demonstrations + interventions (half and half).
+3. Every ``--eval-every`` training episodes, ``--eval-episodes`` episodes of the policy alone
+   (deterministic, the same start seeds every time) measure its success rate.
+
+The table reports the policy-alone success rate at the start and at the end and the intervention rate
+(human steps / steps) over the first and the last ``--rate-window`` training episodes. Targets: at
+least +30 points of success and the intervention rate at least halved within the stated budget.
+
+    source scripts/env.sh && python bench/hitl.py --tasks peg pick --seeds 0 1 2 --png docs/hitl_curves.png
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+PROFILES = {"peg": "robot_sim", "pick": "robot_sim_pick"}
+CONFIGS = {"peg": "hg_dagger_peg", "pick": "hg_dagger_pick"}
+
+
+def make_cell(task: str, seed: int):
+    """The task's simulated cell, state only (no cameras rendered)."""
+    from user_hal.backend import make_backend
+    from user_hal.cell import RobotCell
+    from user_hal.profile import load_profile
+
+    prof = load_profile(ROOT / "config" / f"{PROFILES[task]}.yaml", {"robot.cameras": [], "task.reward": "sparse"})
+    cell = RobotCell(prof, make_backend("sim", **dict(prof.backend_options, cameras=(), render_images=False)),
+                     seed=seed)
+    cell.start()
+    return prof, cell
+
+
+class Human:
+    """The scripted expert at a simulated SpaceMouse; a gate decides when it takes over.
+
+    ``stuck`` (the ``sim_human`` node's rule): once the task's tracked point came no 5 mm closer to its
+    target in ``stuck_steps`` steps, for the rest of the episode. ``corridor``: whenever the policy's
+    commanded motion leaves a corridor around the expert's (the distance between the two actions'
+    translation parts exceeds ``corridor``, in action units), for at least ``hold`` steps, then it hands
+    back -- a human who corrects early and lets go.
+    """
+
+    def __init__(self, prof, seed: int, stuck_steps: int, gain: float, gate: str = "stuck",
+                 corridor: float = 0.5, hold: int = 10) -> None:
+        from user_hal.scripted_policy import HumanSchedule, make_expert
+        from user_hal.teleop import TeleopConfig
+
+        self.expert = make_expert(prof, seed=seed)
+        self.schedule = HumanSchedule([(0, None)], 1, stuck_steps)
+        self.mapping = TeleopConfig()
+        self.gain, self.gate, self.corridor, self.hold = gain, gate, corridor, hold
+        self._until = -1
+        self._episode = None
+
+    def act(self, episode: int, step: int, proprio: np.ndarray, proposed: np.ndarray | None = None):
+        """The human's action for this step, or None while the policy keeps control."""
+        from user_hal.teleop import InputSample, Teleop, device_axes_for_action
+
+        expert = self.expert.act(proprio)   # the expert follows the episode (its phase) either way
+        if self.gate == "stuck":
+            active = self.schedule.active(episode, step, self.expert.judge(proprio).distance)
+        else:
+            if episode != self._episode:
+                self._episode, self._until = episode, -1
+            if proposed is not None and np.linalg.norm(proposed[:3] - expert[:3]) > self.corridor:
+                self._until = max(self._until, step + self.hold)
+            active = step < self._until
+        if not active:
+            return None
+        teleop = Teleop(self.mapping, clock=lambda: 0.0)
+        teleop.update(InputSample(axes=tuple(device_axes_for_action(self.gain * expert, self.mapping)),
+                                  buttons=(), stamp=0.0))
+        a = teleop.action(0.0)
+        if a is None:   # the expert rests (all axes inside the dead band): a human holding still
+            a = np.zeros(7)
+        a[6] = expert[6]
+        return a
+
+
+class Labels:
+    """The aggregated dataset (raw proprio, expert action), growing."""
+
+    def __init__(self, state_dim: int, action_dim: int, capacity: int) -> None:
+        self.state = np.zeros((capacity, state_dim), np.float32)
+        self.action = np.zeros((capacity, action_dim), np.float32)
+        self.n = 0
+
+    def add(self, state: np.ndarray, action: np.ndarray) -> None:
+        if self.n == len(self.state):
+            self.state = np.concatenate([self.state, np.zeros_like(self.state)])
+            self.action = np.concatenate([self.action, np.zeros_like(self.action)])
+        self.state[self.n], self.action[self.n] = state, action
+        self.n += 1
+
+    def sample(self, k: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        idx = rng.integers(0, self.n, k)
+        return self.state[idx], self.action[idx]
+
+
+def run_episode(cell, seed: int, act, human: Human | None = None, episode: int = 0, labels: Labels | None = None):
+    """One episode from a reset; returns (success, steps, human steps). ``labels`` receives the
+    human's steps (every step when there is no human: the expert's demonstrations)."""
+    state = cell.reset(seed=seed)
+    obs = cell.proprio(state)
+    steps = helped = 0
+    success = False
+    while True:
+        proposed = act(obs)
+        a = human.act(episode, steps, obs, proposed) if human is not None else None
+        by_human = a is not None
+        res = cell.step(a if by_human else proposed)
+        helped += by_human
+        if labels is not None and (human is None or by_human):
+            labels.add(obs, res.commanded)
+        steps += 1
+        success = success or res.outcome.success
+        obs = cell.proprio(res.state)
+        if res.terminated or res.truncated:
+            return success, steps, helped
+
+
+def draw(demos: Labels, interventions: Labels, k: int, rng: np.random.Generator, demo_ratio: float):
+    """A batch of the aggregated dataset: uniform over demonstrations and interventions together
+    (``demo_ratio`` < 0, HG-DAgger's own rule), or that fixed share from the demonstrations."""
+    share = demos.n / (demos.n + interventions.n) if demo_ratio < 0 else demo_ratio
+    k_demo = int(rng.binomial(k, share)) if demo_ratio < 0 else int(round(k * share))
+    if not interventions.n:
+        k_demo = k
+    s, a = demos.sample(k_demo, rng)
+    if k_demo < k:
+        s2, a2 = interventions.sample(k - k_demo, rng)
+        s, a = np.concatenate([s, s2]), np.concatenate([a, a2])
+    return s, a
+
+
+class MLPLearner:
+    """HG-DAgger's learner with the state (MLP) policy, built from the shipped config."""
+
+    def __init__(self, task: str, seed: int) -> None:
+        import torch
+
+        from user_learner.algos import get_algorithm
+        from user_learner.learner_config import load_learner_config
+
+        self.cfg = load_learner_config(ROOT / "config" / f"{CONFIGS[task]}.yaml", {"algo.seed": seed})
+        algo = get_algorithm(self.cfg.algo_name)
+        self.spec, self.normalize = self.cfg.obs.spec(), self.cfg.obs.normalizer()
+        torch.manual_seed(seed)
+        self.agent, self.policy = algo.agent(self.spec, self.cfg.algo), algo.policy(self.spec, self.cfg.algo)
+        self.sync()
+
+    def sync(self) -> None:
+        self.policy.load_policy_state_dict(self.agent.policy_state_dict())
+
+    def update(self, state: np.ndarray, action: np.ndarray) -> None:
+        from user_learner.batch import batch_from_numpy
+
+        n = len(state)
+        self.agent.update(batch_from_numpy({
+            "state": self.normalize(state), "next_state": self.normalize(state), "action": action,
+            "reward": np.zeros(n, np.float32), "terminated": np.zeros(n, np.float32),
+            "action_source": np.full(n, 1, np.uint8), "intervened": np.ones(n, np.float32)}))
+
+    def act(self, proprio: np.ndarray) -> np.ndarray:
+        return self.policy.act(self.normalize(proprio), None, deterministic=True)
+
+
+def run(task: str, seed: int, args) -> dict:
+    import torch
+
+    torch.set_num_threads(1)
+    prof, cell = make_cell(task, seed)
+    rng = np.random.default_rng(seed)
+    learner = MLPLearner(task, seed)
+    batch = learner.cfg.algo.batch_size
+    t0 = time.perf_counter()
+    demos = Labels(learner.spec.state_dim, learner.spec.action_dim, args.demos * prof.robot.max_episode_steps)
+    expert = Human(prof, seed, 0, 1.0).expert
+    try:
+        for ep in range(args.demos):
+            run_episode(cell, 10_000 + 100 * seed + ep, expert.act, labels=demos)
+        for _ in range(args.bc_updates):
+            learner.update(*demos.sample(batch, rng))
+        learner.sync()
+
+        def evaluate() -> float:
+            return float(np.mean([run_episode(cell, 50_000 + e, learner.act)[0] for e in range(args.eval_episodes)]))
+
+        interventions = Labels(learner.spec.state_dim, learner.spec.action_dim, 4096)
+        human = Human(prof, seed, args.stuck_steps, args.human_gain, args.gate, args.corridor, args.hold)
+        evals = [(0, evaluate())]
+        episodes = []
+        for ep in range(args.episodes):
+            success, steps, helped = run_episode(cell, 100 * seed + ep, learner.act, human, ep, interventions)
+            episodes.append({"success": success, "steps": steps, "human_steps": helped})
+            for _ in range(int(args.utd * steps)):
+                learner.update(*draw(demos, interventions, batch, rng, args.demo_ratio))
+            learner.sync()
+            if (ep + 1) % args.eval_every == 0:
+                evals.append((ep + 1, evaluate()))
+    finally:
+        cell.close()
+    w = args.rate_window
+    rate = lambda eps: sum(e["human_steps"] for e in eps) / max(1, sum(e["steps"] for e in eps))  # noqa: E731
+    return {"task": task, "policy": "mlp", "seed": seed, "start": evals[0][1], "end": evals[-1][1],
+            "rate_first": rate(episodes[:w]), "rate_last": rate(episodes[-w:]), "evals": evals, "episodes": episodes,
+            "human_steps": sum(e["human_steps"] for e in episodes),
+            "env_steps": sum(e["steps"] for e in episodes), "updates": learner.agent.num_updates,
+            "seconds": time.perf_counter() - t0}
+
+
+def plot(results: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = sorted({(r["task"], r["policy"]) for r in results})
+    fig, axes = plt.subplots(2, len(tasks), figsize=(5 * len(tasks), 6), squeeze=False)
+    for col, (task, policy) in enumerate(tasks):
+        for r in (r for r in results if (r["task"], r["policy"]) == (task, policy)):
+            x, y = zip(*r["evals"])
+            axes[0, col].plot(x, [100 * v for v in y], marker="o", label=f"seed {r['seed']}")
+            rates = [e["human_steps"] / e["steps"] for e in r["episodes"]]
+            k = min(5, len(rates))
+            smooth = np.convolve(rates, np.ones(k) / k, mode="valid")
+            axes[1, col].plot(np.arange(k, len(rates) + 1), 100 * smooth, label=f"seed {r['seed']}")
+        axes[0, col].set_title(f"{task}, {policy} policy")
+        axes[0, col].set_ylabel("success, policy alone (%)")
+        axes[1, col].set_ylabel("intervention rate (%, 5-episode mean)")
+        axes[1, col].set_xlabel("training episodes")
+        axes[0, col].set_ylim(-5, 105)
+        axes[0, col].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def report(results: list[dict], args) -> bool:
+    gate = (f"stuck for {args.stuck_steps} steps" if args.gate == "stuck"
+            else f"corridor {args.corridor}, hold {args.hold} steps")
+    print(f"\nHG-DAgger from a weak BC start ({args.demos} demos, {args.bc_updates} BC updates), "
+          f"{args.episodes} training episodes, {args.utd} updates per env step, human gate "
+          f"{gate}, gain {args.human_gain}; success of the policy alone over "
+          f"{args.eval_episodes} episodes; intervention rate over the first/last {args.rate_window} episodes")
+    print(f"{'task':6} {'policy':6} {'seed':>4} {'start':>6} {'end':>6} {'gain':>6} {'rate first':>10} "
+          f"{'rate last':>9} {'human/env steps':>16} {'time s':>7}")
+    ok = True
+    for r in results:
+        gain = 100 * (r["end"] - r["start"])
+        print(f"{r['task']:6} {r['policy']:6} {r['seed']:>4} {100 * r['start']:>5.0f}% {100 * r['end']:>5.0f}% "
+              f"{gain:>+5.0f}  {100 * r['rate_first']:>9.1f}% {100 * r['rate_last']:>8.1f}% "
+              f"{r['human_steps']:>7}/{r['env_steps']:<8} {r['seconds']:>7.0f}")
+    for key in sorted({(r["task"], r["policy"]) for r in results}):
+        rs = [r for r in results if (r["task"], r["policy"]) == key]
+        gain = 100 * np.median([r["end"] - r["start"] for r in rs])
+        first, last = np.median([r["rate_first"] for r in rs]), np.median([r["rate_last"] for r in rs])
+        met = gain >= 30 and last <= first / 2
+        ok &= met
+        print(f"{key[0]}/{key[1]}: median success gain {gain:+.0f} points (target >= +30), intervention rate "
+              f"{100 * first:.1f}% -> {100 * last:.1f}% (target: at least halved): {'met' if met else 'MISSED'}")
+    return ok
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tasks", nargs="+", default=["peg", "pick"], choices=sorted(PROFILES))
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--demos", type=int, default=3, help="expert episodes for the weak BC start")
+    ap.add_argument("--bc-updates", type=int, default=300)
+    ap.add_argument("--episodes", type=int, default=60, help="HG-DAgger training episodes (the budget)")
+    ap.add_argument("--utd", type=float, default=1.0, help="updates per env step, made after each episode")
+    ap.add_argument("--eval-every", type=int, default=10)
+    ap.add_argument("--eval-episodes", type=int, default=20)
+    ap.add_argument("--rate-window", type=int, default=10)
+    ap.add_argument("--stuck-steps", type=int, default=20, help="the sim_human rule (human_when_stuck)")
+    ap.add_argument("--human-gain", type=float, default=1.0)
+    ap.add_argument("--gate", choices=["stuck", "corridor"], default="corridor", help="when the human takes over")
+    ap.add_argument("--corridor", type=float, default=0.5, help="corridor gate: action distance (translation)")
+    ap.add_argument("--hold", type=int, default=10, help="corridor gate: steps the human keeps control")
+    ap.add_argument("--demo-ratio", type=float, default=-1.0,
+                    help="share of each batch from the demonstrations; < 0: uniform over demos + interventions")
+    ap.add_argument("--png", type=Path)
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    if args.rate_window * 2 > args.episodes:
+        ap.error(f"--rate-window {args.rate_window}: the first and last windows overlap in {args.episodes} episodes")
+    print(f"{platform.processor() or platform.machine()}, {len(args.seeds)} seeds; command: "
+          f"python {' '.join(shlex.quote(a) for a in sys.argv)}", flush=True)
+    results = []
+    for task in args.tasks:
+        for seed in args.seeds:
+            r = run(task, seed, args)
+            print(f"  {task} seed {seed}: {100 * r['start']:.0f}% -> {100 * r['end']:.0f}%, evals "
+                  f"{[(e, round(100 * v)) for e, v in r['evals']]}, {r['seconds']:.0f} s", flush=True)
+            results.append(r)
+    ok = report(results, args)
+    if args.json:
+        args.json.write_text(json.dumps({"command": sys.argv, "results": results}))
+    if args.png:
+        plot(results, args.png)
+        print(f"curves: {args.png}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
