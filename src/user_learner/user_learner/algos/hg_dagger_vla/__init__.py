@@ -13,8 +13,8 @@ written by ``python -m user_learner.vla.pretrain``), which must therefore be pre
 Without ``pretrained`` the model starts from the seed (tests; pretraining itself uses ``all``).
 
 A chunk's target stops at the first step an expert did not control (the policy's own steps are not
-labels) and at the episode's end (``chunk_mask``). Batches must carry ``action_chunk``: the learner's
-replay samples them when ``chunk_size`` > 1 (``replay.kind`` memory or bag). Transitions do not carry the
+labels) and at the episode's end (``chunk_mask``). Batches must carry ``action_chunk`` when
+``chunk_size`` > 1: the learner's replay samples them then (``replay.kind`` memory or bag). Transitions do not carry the
 instruction: training uses ``instruction`` for every row, acting the robot's ``RobotDescription.instruction``.
 """
 from __future__ import annotations
@@ -135,11 +135,14 @@ class HGDAggerVLAAgent:
     def update(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
         """One flow-matching BC step on the batch's expert rows (a batch without any: no step)."""
         check_batch(batch, self.spec)
+        h = self.model.c.chunk_size
+        if h == 1 and "action_chunk" not in batch:   # a chunk of one is the action itself
+            batch = {**batch, "action_chunk": batch["action"][:, None],
+                     "chunk_mask": torch.ones(batch["action"].shape[0], 1)}
         for key in ("action_chunk", "chunk_mask", "action_source"):
             if key not in batch:
                 raise ValueError(f"batch: missing key {key!r} (the replay samples chunks after set_chunk; "
                                  f"have {sorted(batch)})")
-        h = self.model.c.chunk_size
         if batch["action_chunk"].shape[1:] != (h, self.spec.action_dim):
             raise ValueError(f"batch['action_chunk']: expected [B, {h}, {self.spec.action_dim}], "
                              f"got {list(batch['action_chunk'].shape)}")
