@@ -10,6 +10,7 @@ instruction only (no rendering: fast); ``--cameras wrist side`` renders both cam
 
     source scripts/env.sh && python bench/vla.py --demos 5 20 --steps 1500
     python bench/vla.py --demos 20 --steps 2000 --cameras wrist side --set algo.d_model=256
+    python bench/vla.py --sizes        # the shipped (29 M) model: bytes per weight update, time per update
 
 ``bc_pretrained_policy`` is what an HG-DAgger curve starts from: a weakly pretrained policy and its agent.
 """
@@ -147,6 +148,73 @@ def bc_pretrained_policy(demos: int = 5, steps: int = 500, seed: int = 0, camera
     return policy, agent, cfg, info
 
 
+def sizes(updates: int = 3, batch_size: int = 32) -> None:
+    """What crosses to inference per weight update (``finetune`` all / head / lora, packed as weight sync
+    packs it) and the time per update and per ``act`` of the model ``config/vla_pick.yaml`` describes."""
+    import tempfile
+
+    import torch
+
+    from user_learner.algos import get_algorithm
+    from user_learner.learner_config import load_learner_config
+    from user_learner.vla.model import count_parameters, save_model
+    from user_learner.weights import pack_state_dict
+
+    algo = get_algorithm("hg_dagger_vla")
+    base = load_learner_config(ROOT / "config" / "vla_pick.yaml", {"algo.pretrained": "", "algo.finetune": "all"})
+    spec = base.obs.spec()
+    spec = type(spec)(**{**spec.__dict__, "extras": algo.batch_extras})
+    rng = np.random.default_rng(0)
+    h, a, n = base.algo.chunk_size, spec.action_dim, batch_size
+    batch = {"state": rng.normal(size=(n, spec.state_dim)).astype(np.float32),
+             "next_state": rng.normal(size=(n, spec.state_dim)).astype(np.float32),
+             "pixels": rng.integers(0, 256, (n, *spec.image_shape), dtype=np.uint8),
+             "next_pixels": rng.integers(0, 256, (n, *spec.image_shape), dtype=np.uint8),
+             "action": rng.uniform(-1, 1, (n, a)).astype(np.float32), "reward": np.zeros(n, np.float32),
+             "terminated": np.zeros(n, np.float32), "intervened": np.zeros(n, np.float32),
+             "action_source": np.full(n, 2, np.uint8), "action_chunk": rng.uniform(-1, 1, (n, h, a)).astype(np.float32),
+             "chunk_mask": np.ones((n, h), np.float32), "chunk_source": np.full((n, h), 2, np.uint8)}
+    from user_learner.batch import batch_from_numpy
+
+    tb = batch_from_numpy(batch)
+    print(f"command: {' '.join(shlex.quote(x) for x in ['python'] + sys.argv)}")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s); cameras {list(spec.cameras)} "
+          f"{spec.image_size[0]}x{spec.image_size[1]}, chunk {h}, batch {n}")
+    print()
+    print("| finetune | trained parameters | of total | tensors per update | bytes per update (packed) | "
+          "s per update | ms per act |")
+    print("|---|--:|--:|--:|--:|--:|--:|")
+    with tempfile.TemporaryDirectory() as tmp:
+        torch.manual_seed(0)
+        full = algo.agent(spec, base.algo)
+        total = count_parameters(full.model)
+        save_model(full.model, tmp)
+        del full
+        for mode in ("all", "head", "lora"):
+            cfg = load_learner_config(ROOT / "config" / "vla_pick.yaml", {"algo.pretrained": tmp, "algo.finetune": mode})
+            agent = algo.agent(spec, cfg.algo)
+            agent.update(tb)   # warm-up
+            t0 = time.perf_counter()
+            for _ in range(updates):
+                agent.update(tb)
+            per = (time.perf_counter() - t0) / updates
+            sd = agent.policy_state_dict()
+            blob = pack_state_dict(sd)
+            policy = algo.policy(spec, cfg.algo)
+            policy.load_policy_state_dict(sd)
+            px = batch["pixels"][0]
+            policy.act(batch["state"][0], px, True)
+            t0 = time.perf_counter()
+            for _ in range(3):
+                policy.act(batch["state"][0], px, True)
+            act_ms = (time.perf_counter() - t0) / 3 * 1e3
+            trained = sum(t.numel() for t in sd.values())
+            print(f"| {mode} | {trained:,} | {trained / total:.1%} | {len(sd)} | {len(blob):,} | {per:.2f} | "
+                  f"{act_ms:.0f} |", flush=True)
+            del agent, policy
+    print(f"\ntotal parameters {total:,}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     import torch
     import yaml
@@ -161,8 +229,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, default=1)
     ap.add_argument("--cameras", nargs="*", default=[])
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--sizes", action="store_true", help="only: bytes per update and time per update of the "
+                                                         "shipped model (all / head / lora)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
+    if args.sizes:
+        sizes()
+        return 0
     overrides = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
     rows = []
     for n in args.demos:

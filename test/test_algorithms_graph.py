@@ -36,7 +36,10 @@ def small(cfg_dir: Path, name: str, demo_dir: Path | None) -> None:
     """The shipped config of ``name``, shrunk for a test: small networks and batches, quick cadence."""
     path = cfg_dir / f"{name}.yaml"
     data = yaml.safe_load(path.read_text())
-    data["algo"].update(batch_size=64, hidden_dims=[64, 64])
+    if data["algo"]["name"] == "hg_dagger_vla":   # no MLP: a smaller transformer
+        data["algo"].update(batch_size=32, d_model=32, layers=1, heads=2, head_dim=32, head_layers=1, head_heads=2)
+    else:
+        data["algo"].update(batch_size=64, hidden_dims=[64, 64])
     data["learner"].update(min_buffer=100, publish_every_updates=20, checkpoint_every_updates=100,
                            log_every_s=2.0, max_utd=1.0)
     if demo_dir is not None:

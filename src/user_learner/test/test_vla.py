@@ -203,3 +203,37 @@ def test_only_expert_steps_are_targets_and_resume_is_identical(tmp_path):
     ma, mb = a.update(cam_batch(4, 2)), a2.update(cam_batch(4, 2))
     assert ma == mb
     assert all(torch.equal(x, y) for x, y in zip(a.policy_state_dict().values(), a2.policy_state_dict().values()))
+
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[3]
+
+
+def test_the_shipped_configs_load_and_a_memory_replay_samples_their_chunks():
+    from user_buffer.replay import Layout
+    from user_hal.cell import proprio_names
+    from user_hal.config_schema import ConfigError
+    from user_hal.profile import load_profile
+    from user_hal.task import make_task
+    from user_learner.learner_config import load_learner_config
+    from user_learner.replay import open_replay
+    from user_msgs.msg import CameraSpec, RobotDescription
+
+    pick = load_learner_config(ROOT / "config" / "vla_pick.yaml")
+    assert pick.algo_name == "hg_dagger_vla" and pick.algo.finetune == "lora" and pick.algo.pretrained
+    assert pick.algo.instruction == load_profile(ROOT / "config" / "robot_sim_pick.yaml").task.instruction
+    prof = load_profile(ROOT / "config" / "robot_sim_pick.yaml")
+    robot = RobotDescription(robot_id="franka_0", embodiment="franka_fr3",
+                             proprio_names=proprio_names(make_task(prof.task).objects),
+                             action_names=["dx", "dy", "dz", "droll", "dpitch", "dyaw", "gripper"],
+                             cameras=[CameraSpec(name=c, width=128, height=128, encoding="rgb8")
+                                      for c in prof.robot.cameras])
+    assert pick.obs.spec().mismatch_with_robot(robot) == ""
+    peg = load_learner_config(ROOT / "config" / "vla_peg.yaml", {"learner.checkpoint_replay": False})
+    assert peg.algo.finetune == "all" and peg.obs.spec().cameras == ()
+    layout = Layout(state_dim=20, extras=ALGO.batch_extras)
+    rep = open_replay("memory", cfg=peg, layout=layout, seed=0)
+    assert rep.horizon == peg.algo.chunk_size == 8
+    with pytest.raises(ValueError, match="remote cannot sample action chunks"):
+        open_replay("remote", cfg=peg, layout=layout, node=None)
+    with pytest.raises(ConfigError, match="algo.finetune"):
+        load_learner_config(ROOT / "config" / "vla_peg.yaml", {"algo.finetune": "some"})

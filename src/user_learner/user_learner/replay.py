@@ -220,13 +220,12 @@ def open_replay(kind: str, **context) -> Replay:
         make = _KINDS[kind]
     except KeyError:
         raise ValueError(f"replay.kind: must be one of {', '.join(_KINDS)}, got {kind!r}") from None
-    replay = make(**context)
     horizon = int(getattr(context["cfg"].algo, "chunk_size", 1)) if "cfg" in context else 1
+    if horizon > 1 and kind not in _CHUNKED:
+        raise ValueError(f"replay.kind: {kind} cannot sample action chunks (algo.chunk_size {horizon}); "
+                         f"use {' or '.join(_CHUNKED)}")
+    replay = make(**context)
     if horizon > 1:   # a policy acting in chunks learns from chunks
-        if not hasattr(replay, "set_chunk"):
-            replay.close()
-            raise ValueError(f"replay.kind: {kind} cannot sample action chunks (algo.chunk_size {horizon}); "
-                             f"use memory or bag")
         replay.set_chunk(horizon)
     return replay
 
@@ -265,3 +264,4 @@ def _remote(cfg, layout: Layout, node, **_) -> Replay:
 
 
 _KINDS: dict[str, Callable[..., Replay]] = {"memory": _memory, "bag": _bag, "remote": _remote}
+_CHUNKED = ("memory", "bag")   # kinds whose batches can carry action chunks (set_chunk)
