@@ -237,3 +237,39 @@ def test_the_shipped_configs_load_and_a_memory_replay_samples_their_chunks():
         open_replay("remote", cfg=peg, layout=layout, node=None)
     with pytest.raises(ConfigError, match="algo.finetune"):
         load_learner_config(ROOT / "config" / "vla_peg.yaml", {"algo.finetune": "some"})
+
+
+def test_pretrain_command_from_a_bag_then_head_finetuning_starts_from_it(tmp_path, capsys):
+    """``python -m user_learner.vla.pretrain`` on a real MCAP bag writes a model that ``finetune: head`` loads."""
+    import sys
+
+    from rclpy.serialization import serialize_message
+
+    from user_buffer.store import TransitionStore
+    from user_learner.learner_config import load_learner_config
+    from user_learner.vla.pretrain import demos_from_bag, main
+
+    sys.path.insert(0, str(ROOT / "src" / "user_buffer" / "test"))
+    from buffer_helpers import transition_msg
+
+    store = TransitionStore(tmp_path / "demos")
+    for episode, n in ((1, 7), (2, 5)):
+        for step in range(n):
+            t = transition_msg("franka_0", episode, step, last=step == n - 1)
+            t.action = [0.1 * step] * 7
+            t.action_source = 2
+            store.add(bytes(serialize_message(t)))
+    store.close()
+    eps = demos_from_bag(tmp_path / "demos")
+    assert [len(e.action) for e in eps] == [7, 5] and np.allclose(eps[0].action[:, 0], 0.1 * np.arange(7))
+    small = ["algo.d_model=32", "algo.layers=1", "algo.heads=2", "algo.head_dim=32", "algo.head_layers=1",
+             "algo.head_heads=2", "algo.batch_size=8"]
+    assert main(["--demos", str(tmp_path / "demos"), "--out", str(tmp_path / "base"), "--steps", "3",
+                 "--config", str(ROOT / "config" / "vla_peg.yaml"), "--set", *small]) == 0
+    assert "2 episodes, 12 steps" in capsys.readouterr().out
+    _, info = load_model(tmp_path / "base")
+    assert info["episodes"] == 2 and info["steps"] == 3 and info["instruction"] == "insert the peg into the hole"
+    cfg = load_learner_config(ROOT / "config" / "vla_peg.yaml",
+                              {"algo.pretrained": str(tmp_path / "base"), "algo.finetune": "head"})
+    agent = ALGO.agent(Features(state_dim=20, extras=ALGO.batch_extras), cfg.algo)
+    assert all(k.startswith("head.") for k in agent.policy_state_dict())
