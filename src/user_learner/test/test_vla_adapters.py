@@ -42,3 +42,18 @@ def test_the_adapter_acts_in_chunks(kind, env):
     pixels = np.zeros((2, 128, 128, 3), np.uint8)
     chunk = policy.act(np.zeros(27, np.float32), pixels, True, instruction="put the cube in the right bin")
     assert chunk.shape == (policy.chunk_size, 7) and np.all(np.abs(chunk) <= 1.0)
+
+
+def test_the_shipped_adapter_config_loads_and_its_policy_says_what_is_missing():
+    from pathlib import Path
+
+    from user_learner.algos import get_algorithm
+    from user_learner.learner_config import load_learner_config
+
+    cfg = load_learner_config(Path(__file__).resolve().parents[3] / "config" / "vla_pi0.yaml")
+    algo = get_algorithm(cfg.algo_name)
+    assert cfg.algo_name == "vla_adapter" and not algo.learns and cfg.algo.image_keys["wrist"]
+    with pytest.raises(AdapterUnavailable, match="openpi adapter cannot load: missing .*checkpoints/pi0_fr3_pick"):
+        algo.policy(cfg.obs.spec(), cfg.algo)
+    with pytest.raises(ValueError, match="--skip user/learner"):
+        algo.agent(cfg.obs.spec(), cfg.algo)
