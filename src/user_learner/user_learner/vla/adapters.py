@@ -109,7 +109,7 @@ class OpenPIPolicy(_Adapter):
     def act(self, state: np.ndarray, pixels: np.ndarray | None, deterministic: bool, generator=None,
             instruction: str | None = None) -> np.ndarray:
         example: dict[str, Any] = {self.state_key: np.asarray(state, np.float32),
-                                   self.prompt_key: self.instruction if instruction is None else instruction}
+                                   self.prompt_key: instruction or self.instruction}
         for i, cam in enumerate(self.spec.cameras):
             example[self.image_keys[cam]] = np.asarray(pixels[i])
         return self._finish(self.policy.infer(example)["actions"])
@@ -149,7 +149,7 @@ class SmolVLAPolicy(_Adapter):
         torch = self.torch
         batch: dict[str, Any] = {
             "observation.state": torch.as_tensor(np.asarray(state, np.float32))[None].to(self.device),
-            "task": [self.instruction if instruction is None else instruction]}
+            "task": [instruction or self.instruction]}
         for i, cam in enumerate(self.spec.cameras):
             img = torch.as_tensor(np.ascontiguousarray(pixels[i])).permute(2, 0, 1).float() / 255.0
             batch[self.image_keys[cam]] = img[None].to(self.device)

@@ -240,10 +240,11 @@ class VLAModel(nn.Module):
         """Action chunks ``[B, H, A]`` in ``[-1, 1]``."""
         memory, key_mask = self.encode(state, tokens, pixels)
         shape = (state.shape[0], self.c.chunk_size, self.c.action_dim)
-        x = torch.zeros(shape) if deterministic else torch.randn(shape, generator=generator)
+        dev = state.device
+        x = torch.zeros(shape, device=dev) if deterministic else torch.randn(shape, generator=generator, device=dev)
         k = steps or self.c.flow_steps
         for i in range(k):
-            t = torch.full((shape[0],), i / k)
+            t = torch.full((shape[0],), i / k, device=dev)
             x = x + self.head(x, t, memory, key_mask) / k
         return x.clamp(-1.0, 1.0)
 

@@ -226,8 +226,8 @@ class VLAPolicy:
 
     def act(self, state: np.ndarray, pixels: np.ndarray | None, deterministic: bool,
             generator: torch.Generator | None = None, instruction: str | None = None) -> np.ndarray:
-        """``[H, A]`` actions (``[A]`` when H = 1) in ``[-1, 1]``; ``instruction`` None: the config's."""
-        text = self.cfg.instruction if instruction is None else instruction
+        """``[H, A]`` actions (``[A]`` when H = 1) in ``[-1, 1]``; ``instruction`` None or empty: the config's."""
+        text = instruction or self.cfg.instruction
         tokens = self._tokens.get(text)
         if tokens is None:
             tokens = self._tokens[text] = tokenize(text, self.model.c.text_tokens)[None]
