@@ -41,8 +41,7 @@ def missing_for(kind: str, weights: str | Path | None) -> list[str]:
     missing = []
     if kind == "openpi":
         if not _importable("openpi"):
-            missing.append("the Python package openpi (github.com/Physical-Intelligence/openpi, installed with uv "
-                           "in its own environment; a GPU with >= 8 GB for pi0 inference)")
+            missing.append("the Python package openpi (github.com/Physical-Intelligence/openpi)")
     elif kind == "smolvla":
         if not (_importable("lerobot.policies.smolvla.modeling_smolvla")
                 or _importable("lerobot.common.policies.smolvla.modeling_smolvla")):
