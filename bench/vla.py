@@ -143,8 +143,7 @@ def bc_pretrained_policy(demos: int = 5, steps: int = 500, seed: int = 0, camera
     per_update = (time.perf_counter() - t0) / max(steps, 1)
     policy = algo.policy(spec, cfg.algo)
     policy.load_policy_state_dict(agent.policy_state_dict())
-    info = {"losses": losses, "s_per_update": per_update, "demo_steps": sum(len(e.action) for e in episodes),
-            "demo_successes": None}
+    info = {"losses": losses, "s_per_update": per_update, "demo_steps": sum(len(e.action) for e in episodes)}
     return policy, agent, cfg, info
 
 
@@ -191,7 +190,8 @@ def sizes(updates: int = 3, batch_size: int = 32) -> None:
         save_model(full.model, tmp)
         del full
         for mode in ("all", "head", "lora"):
-            cfg = load_learner_config(ROOT / "config" / "vla_pick.yaml", {"algo.pretrained": tmp, "algo.finetune": mode})
+            cfg = load_learner_config(ROOT / "config" / "vla_pick.yaml",
+                                      {"algo.pretrained": tmp, "algo.finetune": mode})
             agent = algo.agent(spec, cfg.algo)
             agent.update(tb)   # warm-up
             t0 = time.perf_counter()
