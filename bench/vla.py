@@ -225,7 +225,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--demos", type=int, nargs="+", default=[5, 20])
     ap.add_argument("--steps", type=int, default=1500)
     ap.add_argument("--eval", type=int, default=20)
-    ap.add_argument("--execute", type=int, default=4, help="actions executed per chunk")
+    ap.add_argument("--execute", type=int, nargs="+", default=[4], help="actions executed per chunk (each "
+                                                                      "value evaluated on the same policy)")
     ap.add_argument("--seeds", type=int, default=1)
     ap.add_argument("--cameras", nargs="*", default=[])
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
@@ -242,23 +243,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         for seed in range(args.seeds):
             policy, agent, cfg, info = bc_pretrained_policy(n, args.steps, seed, args.cameras, overrides,
                                                             log_every=max(1, args.steps // 5))
-            rate, act_s = evaluate(policy, cfg.obs.normalizer(), args.eval, 1000 + seed, args.cameras, args.execute,
-                                   cfg.algo.instruction)
-            rows.append((n, seed, info["demo_steps"], float(np.mean(info["losses"][:20])),
-                         float(np.mean(info["losses"][-50:])), rate, info["s_per_update"], act_s))
-            print(f"demos {n} seed {seed}: success {rate:.0%}", flush=True)
+            for execute in args.execute:
+                rate, act_s = evaluate(policy, cfg.obs.normalizer(), args.eval, 1000 + seed, args.cameras, execute,
+                                       cfg.algo.instruction)
+                rows.append((n, seed, info["demo_steps"], float(np.mean(info["losses"][:20])),
+                             float(np.mean(info["losses"][-50:])), execute, rate, info["s_per_update"], act_s))
+                print(f"demos {n} seed {seed} executing {execute} per chunk: success {rate:.0%}", flush=True)
     print()
     print(f"command: {' '.join(shlex.quote(a) for a in ['python'] + sys.argv)}")
     print(f"python {platform.python_version()}, torch {torch.__version__}, 1 thread; model "
           f"{count_parameters(agent.model) / 1e6:.2f} M parameters, chunk {cfg.algo.chunk_size}, batch "
-          f"{cfg.algo.batch_size}, cameras {args.cameras or 'none'}; eval: {args.eval} episodes, deterministic, "
-          f"{args.execute} actions per chunk")
+          f"{cfg.algo.batch_size}, cameras {args.cameras or 'none'}; eval: {args.eval} episodes, deterministic")
     print()
-    print("| demos | seed | demo steps | BC updates | loss first 20 | loss last 50 | success | s per update | "
-          "ms per act |")
-    print("|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
-    for n, seed, ds, l0, l1, rate, su, act_s in rows:
-        print(f"| {n} | {seed} | {ds} | {args.steps} | {l0:.3f} | {l1:.3f} | {rate:.0%} | {su:.3f} | "
+    print("| demos | seed | demo steps | BC updates | loss first 20 | loss last 50 | executed per chunk | success | "
+          "s per update | ms per act |")
+    print("|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
+    for n, seed, ds, l0, l1, execute, rate, su, act_s in rows:
+        print(f"| {n} | {seed} | {ds} | {args.steps} | {l0:.3f} | {l1:.3f} | {execute} | {rate:.0%} | {su:.3f} | "
               f"{1e3 * act_s:.0f} |")
     return 0
 
