@@ -140,6 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--config", default="config/vla_pick.yaml", help="learning config (obs and algo.*)")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides (algo.d_model=128)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", default="cpu", help="torch device (cuda on a GPU box; not tried here)")
     args = ap.parse_args(argv)
     import yaml
 
@@ -153,7 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     spec = cfg.obs.spec()
     episodes = demos_from_bag(args.demos, spec.cameras)
     demos = Demos(episodes, cfg.algo.chunk_size, seed=cfg.algo.seed)
-    agent = HGDAggerVLAAgent(spec, cfg.algo)
+    agent = HGDAggerVLAAgent(spec, cfg.algo, device=args.device)
     print(f"{demos.episodes} episodes, {len(demos)} steps from {args.demos}; model "
           f"{count_parameters(agent.model) / 1e6:.1f} M parameters; {args.steps} updates of {cfg.algo.batch_size}")
     losses = bc_pretrain(agent, demos, args.steps, cfg.obs.normalizer(), log_every=max(1, args.steps // 20))
