@@ -71,6 +71,26 @@ class Layout(Features):
                     out[key][i, c] = img
 
 
+def chunk_arrays(actions: np.ndarray, found: np.ndarray, sources: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """The batch keys of action chunks (for policies that output ``H`` actions per call).
+
+    ``actions`` ``[B, H, A]`` holds steps t .. t+H-1 of each row's episode, ``found`` ``[B, H]`` which of
+    them exist (a step after the episode's end, or not received yet, does not); missing steps repeat
+    the last found one. Returns ``action_chunk`` (float32 ``[B, H, A]``), ``chunk_mask`` (float32
+    ``[B, H]``, 1 = a real step, the first missing step and all after it are 0) and, given ``sources``
+    ``[B, H]``, ``chunk_source`` (uint8, ``Action.SOURCE_*`` of each step).
+    """
+    mask = np.cumprod(found, axis=1).astype(np.float32)
+    last = np.maximum(mask.sum(1).astype(np.int64) - 1, 0)
+    for k in range(1, actions.shape[1]):   # pad with the last real step
+        gone = mask[:, k] == 0
+        actions[gone, k] = actions[gone, np.minimum(last[gone], k - 1)]
+    out = {"action_chunk": actions.astype(np.float32, copy=False), "chunk_mask": mask}
+    if sources is not None:
+        out["chunk_source"] = sources.astype(np.uint8, copy=False)
+    return out
+
+
 class SlotCache:
     """Decoded transitions in preallocated arrays; FIFO over rows, bounded by ``max_bytes``."""
 
@@ -232,6 +252,7 @@ class PersistentReplay:
         # HG-DAgger's aggregated dataset: the human-controlled steps, persistent in a bag of their own.
         self.interventions = (SampleSource(interventions, layout, demo_cache_bytes, robots, embodiments)
                               if interventions is not None else None)
+        self.horizon = 1
         self.rng = np.random.default_rng(seed)
         self.batch_size = int(batch_size)
         self.sync_every_s = sync_every_s
@@ -339,6 +360,46 @@ class PersistentReplay:
     def __len__(self) -> int:
         return self.online.n
 
+    def set_chunk(self, horizon: int) -> None:
+        """Batches carry each row's next ``horizon`` actions of its episode from now on
+        (``chunk_arrays``); batches prefetched before still come without."""
+        if horizon < 1:
+            raise ValueError(f"chunk horizon must be >= 1, got {horizon}")
+        self.horizon = int(horizon)
+
+    def _chunks(self, src: SampleSource, rows: np.ndarray) -> dict[str, np.ndarray]:
+        """Chunk keys for ``rows`` of one source: later steps found by (robot, episode, step) in its
+        store's index, their actions from the cache or decoded from disk."""
+        h, store = self.horizon, src.store
+        v = store.snapshot()
+        later = np.repeat(rows[:, None], h, 1)
+        found = np.zeros((len(rows), h), bool)
+        found[:, 0] = True
+        with store.lock:
+            for i, r in enumerate(rows.tolist()):
+                key = (int(v["robot"][r]), int(v["episode"][r]), int(v["step"][r]))
+                for k in range(1, h):
+                    j = store.keys.get((key[0], key[1], key[2] + k))
+                    if j is None:
+                        break
+                    later[i, k], found[i, k] = j, True
+        flat = later.reshape(-1)
+        arrays, missed = src.cache.gather(flat)
+        actions = arrays["action"]
+        sources = arrays.get("action_source")
+        for i in np.flatnonzero(missed & found.reshape(-1)):
+            try:
+                t = decode_transition(store.read(int(flat[i])))
+            except (DecodeError, OSError):
+                found.reshape(-1)[i] = False   # an unreadable later step ends the chunk there
+                continue
+            actions[i] = t.action
+            if sources is not None:
+                sources[i] = t.action_source
+        a = actions.reshape(len(rows), h, -1).copy()
+        s = sources.reshape(len(rows), h).copy() if sources is not None else None
+        return chunk_arrays(a, found, s)
+
     def _draw(self, batch_size: int) -> list[tuple[SampleSource, np.ndarray]]:
         k_demo = int(round(batch_size * self.demo_ratio)) if self.demos is not None and self.demos.n else 0
         own = self.online
@@ -384,6 +445,9 @@ class PersistentReplay:
                 for j, i in enumerate(sorted(failed)):
                     for a in arrays.values():
                         a[i] = a[good[j % len(good)]]
+                    rows[i] = rows[good[j % len(good)]]
+            if self.horizon > 1:
+                arrays.update(self._chunks(src, rows))
             pieces.append(arrays)
         if len(pieces) == 1:
             return pieces[0]

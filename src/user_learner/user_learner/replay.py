@@ -21,7 +21,7 @@ from typing import Any, Callable, Protocol
 import numpy as np
 
 from user_buffer.codec import TransitionView
-from user_buffer.replay import Layout, LayoutMismatch
+from user_buffer.replay import Layout, LayoutMismatch, chunk_arrays
 
 Key = tuple[str, int, int]   # robot_id, episode_id, step
 
@@ -37,7 +37,9 @@ class Replay(Protocol):
     def add(self, data: bytes, t: TransitionView) -> bool:
         """Store one serialized transition (``t`` is its decoded view); False if already held."""
 
-    def sample(self, batch_size: int) -> dict[str, np.ndarray]: ...
+    def sample(self, batch_size: int) -> dict[str, np.ndarray]:
+        """A batch; after ``set_chunk(H)`` (memory and bag kinds only) with action chunks
+        (``user_buffer.replay.chunk_arrays``)."""
 
     def __len__(self) -> int:
         """Transitions it samples from."""
@@ -65,7 +67,11 @@ class Replay(Protocol):
 
 
 class MemoryReplay:
-    """A ring buffer of preallocated arrays; uniform sampling; thread-safe ``add``/``sample``."""
+    """A ring buffer of preallocated arrays; uniform sampling; thread-safe ``add``/``sample``.
+
+    After ``set_chunk(H)`` a batch also carries each row's next ``H`` actions of its episode
+    (``user_buffer.replay.chunk_arrays``), found by (robot, episode, step) among the transitions held.
+    """
 
     records = True
     problems: list[str] = []
@@ -89,6 +95,12 @@ class MemoryReplay:
         self._pending: list[Key] = []      # held, not yet in a saved checkpoint
         self._in_flight: list[Key] = []    # in the checkpoint being written
         self._durable: list[Key] = []
+        self.horizon = 1
+
+    def set_chunk(self, horizon: int) -> None:
+        if horizon < 1:
+            raise ValueError(f"chunk horizon must be >= 1, got {horizon}")
+        self.horizon = int(horizon)
 
     def add(self, data: bytes, t: TransitionView) -> bool:
         key = (t.robot_id, int(t.episode_id), int(t.step))
@@ -118,7 +130,26 @@ class MemoryReplay:
             if self._size == 0:
                 raise ValueError("cannot sample from an empty replay buffer")
             idx = self.rng.integers(0, self._size, batch_size)
-            return {k: a[idx] for k, a in self.arrays.items()}
+            out = {k: a[idx] for k, a in self.arrays.items()}
+            if self.horizon > 1:
+                out.update(self._chunks(idx))
+            return out
+
+    def _chunks(self, idx: np.ndarray) -> dict[str, np.ndarray]:
+        """Chunk keys for slots ``idx`` (lock held)."""
+        h = self.horizon
+        slots = np.zeros((len(idx), h), np.int64)
+        found = np.zeros((len(idx), h), bool)
+        for i, s in enumerate(idx.tolist()):
+            robot, episode, step = self.slot_keys[s]
+            for k in range(h):
+                j = self._slots.get((robot, episode, step + k))
+                if j is None:
+                    break
+                slots[i, k], found[i, k] = j, True
+        slots[~found] = np.repeat(idx[:, None], h, 1)[~found]
+        sources = self.arrays["action_source"][slots] if "action_source" in self.arrays else None
+        return chunk_arrays(self.arrays["action"][slots], found, sources)
 
     def __len__(self) -> int:
         return self._size
@@ -189,7 +220,14 @@ def open_replay(kind: str, **context) -> Replay:
         make = _KINDS[kind]
     except KeyError:
         raise ValueError(f"replay.kind: must be one of {', '.join(_KINDS)}, got {kind!r}") from None
-    return make(**context)
+    horizon = int(getattr(context["cfg"].algo, "chunk_size", 1)) if "cfg" in context else 1
+    if horizon > 1 and kind not in _CHUNKED:
+        raise ValueError(f"replay.kind: {kind} cannot sample action chunks (algo.chunk_size {horizon}); "
+                         f"use {' or '.join(_CHUNKED)}")
+    replay = make(**context)
+    if horizon > 1:   # a policy acting in chunks learns from chunks
+        replay.set_chunk(horizon)
+    return replay
 
 
 def _memory(cfg, layout: Layout, seed: int, **_) -> Replay:
@@ -229,3 +267,4 @@ def _remote(cfg, layout: Layout, node, **_) -> Replay:
 
 
 _KINDS: dict[str, Callable[..., Replay]] = {"memory": _memory, "bag": _bag, "remote": _remote}
+_CHUNKED = ("memory", "bag")   # kinds whose batches can carry action chunks (set_chunk)

@@ -34,6 +34,7 @@ class Algorithm:
     policy: Callable[[Features, Any], Policy]      # (spec, config) -> the inference side
     needs_demos: bool = False                     # learns from demonstrations (replay.demo_ratio > 0)
     batch_extras: tuple[str, ...] = ()            # batch keys it needs besides the usual (features.EXTRA_KEYS)
+    learns: bool = True                           # False: inference only (a fixed model, no agent)
     summary: str = ""
 
 

@@ -43,6 +43,10 @@ class Policy(Protocol):
     #: actions returned per call: 1 -> ``act`` returns ``[A]``; H -> ``[H, A]`` (an action chunk)
     chunk_size: int
 
+    # Optional: ``uses_instruction = True`` (absent or False for most policies) makes the inference node
+    # call ``act(state, pixels, deterministic, generator, instruction=text)`` with the robot's
+    # ``RobotDescription.instruction``.
+
     def load_policy_state_dict(self, d: dict[str, torch.Tensor]) -> None:
         """Load the agent's ``policy_state_dict()``; raises on missing or unexpected keys."""
 
