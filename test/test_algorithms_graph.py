@@ -11,6 +11,8 @@ import yaml
 from user_msgs.msg import Transition
 
 from hal_helpers import ROOT, Collect, learning_config_dir, userctl_cmd
+from user_buffer.codec import decode_transition
+from user_buffer.store import TransitionStore
 from user_learner.algos import algorithm_names
 
 pytestmark = pytest.mark.timeout(400)
@@ -78,8 +80,6 @@ def test_the_algorithm_trains_through_the_graph_and_resumes(procs, ros_node, tmp
     versions = sorted({t.policy_version for t in transitions.msgs if t.action_source == 0})
     assert versions and versions[-1] > 1, f"inference never acted with learned weights: versions {versions}"
     if algo == "hg_dagger":   # the human's steps are HG-DAgger's aggregated dataset, a bag of its own
-        from user_buffer.codec import decode_transition
-        from user_buffer.store import TransitionStore
 
         def keys(path: Path, human_only: bool) -> set[tuple[int, int]]:
             bag = TransitionStore(path, writable=False)
@@ -91,7 +91,10 @@ def test_the_algorithm_trains_through_the_graph_and_resumes(procs, ros_node, tmp
         assert human, "the scripted human never took over"
         assert keys(tmp_path / "runs/t/interventions", human_only=False) == human
 
-    second = procs.start("second", userctl_cmd("launch", *args, "max_env_steps:=350"))
+    bag = TransitionStore(tmp_path / "runs/t/replay", writable=False)
+    held = len(bag)   # the robot outruns the first budget until the run stops (a chunk policy by far)
+    bag.close()
+    second = procs.start("second", userctl_cmd("launch", *args, f"max_env_steps:={held + 100}"))
     assert second.popen.wait(timeout=240) == 0, second.output()[-3000:]
     out2 = second.output()
     assert re.search(r"resumed from \S*runs/t/checkpoints/ckpt_\d+\.pt", out2), out2[-3000:]
