@@ -65,7 +65,8 @@ Safety:
   fault in its heartbeat until the node is restarted.
 
 Parameters: ``robot_id``, ``profile`` (robot profile YAML, required), ``backend``, ``realtime_factor``,
-``reward``, ``reward_source`` and ``reward_when`` (override the profile; ``profile`` keeps it), ``max_episodes`` (0: run until stopped), ``seed``,
+``reward`` (``sparse``/``dense``: ``task.reward``; ``learned``: ``task.reward_source: classifier``),
+``reward_source``, ``reward_when`` and ``terminate_on_success`` (override the profile; ``profile`` keeps it), ``max_episodes`` (0: run until stopped), ``seed``,
 ``frame_prefix``, ``ack_consumers``, ``outbox_max_mb``, ``wait_for_reset`` and
 ``fault_injection`` -- a *test hook*: ``"step:N[,N...]"`` makes the N-th control step (counted
 since start, 1-based) raise ``BackendError`` as a real fault would; empty (default) in production.
@@ -183,9 +184,11 @@ class RobotNode(Node):
         self.declare_parameter("outbox_max_mb", 1024)
         # True: after an episode the robot holds until its reset service is called (sync training).
         self.declare_parameter("wait_for_reset", False)
-        self.declare_parameter("reward", "profile")   # or "sparse" / "dense": overrides the profile's task.reward
+        # "sparse" / "dense" override the profile's task.reward; "learned" is task.reward_source classifier
+        self.declare_parameter("reward", "profile")
         self.declare_parameter("reward_source", "profile")   # or "rule" / "classifier": task.reward_source
         self.declare_parameter("reward_when", "profile")     # or "step" / "end": task.reward_when
+        self.declare_parameter("terminate_on_success", "profile")   # or "true" / "false" (recording for a classifier)
         # Test hook: "step:N[,N...]" raises BackendError at those control steps (see the module doc).
         self.declare_parameter("fault_injection", "")
         p = self.get_parameter
@@ -193,9 +196,17 @@ class RobotNode(Node):
         overrides = {}
         if p("backend").value:
             overrides["robot.backend"] = p("backend").value
-        for key in ("reward", "reward_source", "reward_when"):
-            if p(key).value not in ("", "profile"):
-                overrides[f"task.{key}"] = p(key).value
+        for key in ("reward", "reward_source", "reward_when", "terminate_on_success"):
+            value = p(key).value
+            if value in ("", "profile"):
+                continue
+            if key == "reward" and value == "learned":
+                key, value = "reward_source", "classifier"
+            elif key == "terminate_on_success":
+                if value not in ("true", "false"):
+                    raise ConfigError("<parameters>", key, f"expected profile, true or false, got {value!r}")
+                value = value == "true"
+            overrides[f"task.{key}"] = value
         if p("realtime_factor").value >= 0:
             overrides["robot.realtime_factor"] = float(p("realtime_factor").value)
         profile_path = p("profile").value

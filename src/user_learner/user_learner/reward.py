@@ -70,10 +70,10 @@ def frames_from_arrays(images: Sequence[np.ndarray], labels: Sequence[bool], epi
     """``Frames`` from full-size uint8 frames ``[n_cameras, H, W, 3]`` (one per labelled observation)."""
     if not len(images):
         raise RewardDataError("no frames")
-    full = np.stack(images)
-    h, w = full.shape[2:4]
-    return Frames(shrink(full, downsample), np.asarray(labels, bool), np.asarray(episodes, np.int64),
-                  list(cameras), (int(w), int(h)), int(downsample))
+    h, w = images[0].shape[1:3]
+    small = np.stack([shrink(f, downsample) for f in images])   # one frame at a time: full size never stacked
+    return Frames(small, np.asarray(labels, bool), np.asarray(episodes, np.int64), list(cameras),
+                  (int(w), int(h)), int(downsample))
 
 
 def frames_from_bags(bag_dirs: Iterable[str | Path], cameras: Sequence[str] | None = None,
