@@ -18,7 +18,7 @@
 
     source scripts/env.sh && python bench/reward.py                       # record, train, accuracy/F1
     python bench/reward.py --rl --seeds 3 --max-env-steps 12000 --json runs/bench_reward.json
-    python bench/reward.py --episodes 6 --steps 30 --rl --seeds 1 --max-env-steps 300   # smoke (tests)
+    python bench/reward.py --episodes 6 --steps 30 --image-size 64 --rl --max-env-steps 200   # smoke (tests)
 """
 from __future__ import annotations
 
@@ -39,15 +39,17 @@ NOISES = (0.0, 0.3, 0.6, 1.2)
 CAMERAS = ("wrist", "side")
 
 
-def make_camera_cell(seed: int, reward_source: str = "classifier"):
+def make_camera_cell(seed: int, reward_source: str = "classifier", image_size: tuple[int, int] | None = None):
     """The simulated cell of config/robot_sim.yaml rendering its cameras; with ``classifier`` the rule's
     success ends nothing (the classifier decides)."""
     from user_hal.backend import make_backend
     from user_hal.cell import RobotCell
     from user_hal.profile import load_profile
 
-    prof = load_profile(ROOT / "config" / "robot_sim.yaml",
-                        {"task.reward": "sparse", "task.reward_source": reward_source})
+    changes = {"task.reward": "sparse", "task.reward_source": reward_source}
+    if image_size:
+        changes["robot.image_size"] = list(image_size)
+    prof = load_profile(ROOT / "config" / "robot_sim.yaml", changes)
     rc = prof.robot
     backend = make_backend("sim", **dict(prof.backend_options, cameras=tuple(rc.cameras),
                                          image_width=rc.image_size[0], image_height=rc.image_size[1]))
@@ -61,13 +63,13 @@ def frames_of(cell, cameras) -> np.ndarray:
     return np.stack([rendered[c] for c in cameras])
 
 
-def record(episodes: int, seed: int, extra_after_success: int = 10, log=print):
+def record(episodes: int, seed: int, extra_after_success: int = 10, log=print, image_size=None):
     """Labelled frames of ``episodes`` scripted episodes (see the module doc); returns ``Frames``."""
     from user_hal.cell import proprio_vector
     from user_hal.scripted_policy import make_expert
     from user_learner.reward import frames_from_arrays
 
-    prof, cell = make_camera_cell(seed + 20_000)
+    prof, cell = make_camera_cell(seed + 20_000, image_size=image_size)
     rng = np.random.default_rng(seed)
     images, labels, eps = [], [], []
     t0 = time.perf_counter()
@@ -124,8 +126,8 @@ def rl_runs(model, args) -> list[dict]:
                 r = algorithms.run("rlpd", seed, args)
             else:
                 judge = LearnedJudge(model)
-                r = algorithms.run("rlpd", seed, args, make=lambda s, _reward="sparse": make_camera_cell(s),
-                                   judge=judge)
+                r = algorithms.run("rlpd", seed, args, judge=judge,
+                                   make=lambda s, _reward="sparse": make_camera_cell(s, image_size=model.image_size))
                 r["classifier_ms"] = 1000 * judge.seconds / max(1, judge.calls)
             r["algo"] = f"rlpd_{kind}"
             results.append(r)
@@ -207,6 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", nargs="+", metavar="BAG", help="train on these bags instead of recording in-process")
     ap.add_argument("--episodes", type=int, default=80, help="episodes to record (in-process)")
     ap.add_argument("--steps", type=int, default=1500, help="classifier training steps")
+    ap.add_argument("--image-size", type=int, default=128, help="camera frames (square) when recording in-process")
     ap.add_argument("--threshold", type=float, default=0.85)
     ap.add_argument("--model-out", type=Path, help="also save the trained classifier here")
     ap.add_argument("--model", type=Path, help="use this saved classifier (skip recording and training; its "
@@ -236,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
         if not m:
             raise SystemExit(f"--model {args.model}: no held-out metrics saved with it")
     else:
-        frames = frames_from_bags(args.data) if args.data else record(args.episodes, args.seed)
+        frames = frames_from_bags(args.data) if args.data else record(args.episodes, args.seed, image_size=(args.image_size,) * 2)
         print(f"training the classifier ({args.steps} steps) ...", flush=True)
         model, m = train(frames, TrainConfig(steps=args.steps, threshold=args.threshold, seed=args.seed))
         if args.model_out:
