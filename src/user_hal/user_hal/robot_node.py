@@ -66,7 +66,8 @@ Safety:
 
 Parameters: ``robot_id``, ``profile`` (robot profile YAML, required), ``backend``, ``realtime_factor``,
 ``reward`` (``sparse``/``dense``: ``task.reward``; ``learned``: ``task.reward_source: classifier``),
-``reward_source``, ``reward_when`` and ``terminate_on_success`` (override the profile; ``profile`` keeps it), ``max_episodes`` (0: run until stopped), ``seed``,
+``reward_source``, ``reward_when`` and ``terminate_on_success`` (override the profile; ``profile`` keeps
+it), ``max_episodes`` (0: run until stopped), ``seed``,
 ``frame_prefix``, ``ack_consumers``, ``outbox_max_mb``, ``wait_for_reset`` and
 ``fault_injection`` -- a *test hook*: ``"step:N[,N...]"`` makes the N-th control step (counted
 since start, 1-based) raise ``BackendError`` as a real fault would; empty (default) in production.
@@ -296,6 +297,7 @@ class RobotNode(Node):
         self._reset_req: ResetRequest | None = None
         self._label_req: LabelRequest | None = None
         self._final: FinalStep | None = None     # task.reward_when end: the last step awaiting its verdict
+        self._last_verdict: RewardLabel | None = None
         self.late_verdicts = 0                   # classifier verdicts that missed task.reward_timeout_s
         self._stop = threading.Event()
         self._estop = threading.Event()
@@ -449,6 +451,8 @@ class RobotNode(Node):
         with self._lock:
             f = self._final
             if self.judge_end:
+                # The verdict may beat the control thread to its FinalStep: the newest one is kept for it.
+                self._last_verdict = msg
                 if f is not None and msg.episode_id == f.transition.episode_id and \
                         msg.step == f.transition.next_obs.step:
                     f.verdict = msg
@@ -775,6 +779,9 @@ class RobotNode(Node):
         if final:
             with self._lock:
                 self._final = FinalStep(t, time.monotonic() + self.reward_timeout)
+                v = self._last_verdict
+                if v is not None and (v.episode_id, v.step) == (t.episode_id, t.next_obs.step):
+                    self._final.verdict = v
         elif terminated or truncated:
             self._end_episode()
 
