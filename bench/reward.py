@@ -119,7 +119,8 @@ class LearnedJudge:
 def rl_runs(model, args) -> list[dict]:
     """RLPD with the rule's sparse reward and with the learned reward alone, ``args.seeds`` seeds each."""
     results = []
-    for seed in range(args.seeds):      # pairs first: a cut-short benchmark still compares like with like
+    for seed in range(args.first_seed, args.first_seed + args.seeds):   # pairs first: a cut-short run compares
+                                                                         # like with like
         for kind in args.rewards:
             print(f"rlpd, {kind} reward, seed {seed} ...", flush=True)
             if kind == "rule":
@@ -221,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
                                                "held-out metrics are the saved ones)")
     ap.add_argument("--rl", action="store_true", help="also run RLPD with the learned and the rule reward")
     ap.add_argument("--seeds", type=int, default=1)
+    ap.add_argument("--first-seed", type=int, default=0, help="RL seeds are first-seed .. first-seed + seeds - 1")
     ap.add_argument("--rewards", nargs="+", choices=["rule", "learned"], default=["rule", "learned"],
                     help="which RL rows to run (two processes can share the work)")
     ap.add_argument("--max-env-steps", type=int, default=12_000)
@@ -233,6 +235,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--png", type=Path, default=ROOT / "docs" / "reward_curves.png")
     ap.add_argument("--json", type=Path, help="save the metrics and runs (curves included) here")
+    ap.add_argument("--from-json", type=Path, nargs="+", metavar="JSON",
+                    help="run nothing: one table and plot of the RL runs saved in these files (the classifier's "
+                         "metrics must be the same in all)")
     args = ap.parse_args(argv)
     args.reward = "sparse"
     import torch
@@ -240,6 +245,28 @@ def main(argv: list[str] | None = None) -> int:
     from user_learner.reward import RewardModel, TrainConfig, frames_from_bags, train
 
     torch.set_num_threads(1)   # one core: the machine is shared
+    if args.from_json:
+        results, m, seen = [], None, set()
+        for path in args.from_json:
+            try:
+                saved = json.loads(path.read_text())
+                held, runs = saved["held_out"], saved["results"]
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                raise SystemExit(f"--from-json {path}: not a result file of this benchmark ({exc})")
+            if m is not None and held != m:
+                raise SystemExit(f"--from-json {path}: another classifier than {args.from_json[0]} (held-out metrics differ)")
+            m = held
+            print(f"runs from {path}: {saved.get('command', '?')}")
+            for r in runs:
+                if (r["algo"], r["seed"]) in seen:
+                    raise SystemExit(f"--from-json: {r['algo']} seed {r['seed']} is in more than one file")
+                seen.add((r["algo"], r["seed"]))
+                results.append(r)
+        results.sort(key=lambda r: (r["algo"], r["seed"]))
+        plot(results, m, args.png, args)
+        report(m, results, args)
+        print(f"learning curves: {args.png}")
+        return 0
     if args.model:
         model = RewardModel.load(args.model, args.threshold)
         m = model.info.get("held_out")

@@ -30,3 +30,9 @@ def test_bench_reward_prints_the_tables_and_checks(tmp_path):
     learned = next(r for r in res["results"] if r["algo"] == "rlpd_learned")
     assert learned["classifier_ms"] > 0, "the learned run judged its steps with the classifier"
     assert (tmp_path / "model" / "reward_model.json").is_file() and (tmp_path / "curves.png").stat().st_size > 1000
+
+    # The saved runs give the same tables again, without running anything.
+    again = subprocess.run([sys.executable, str(ROOT / "bench" / "reward.py"), "--from-json", str(tmp_path / "res.json"),
+                            "--png", str(tmp_path / "again.png")], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert [x for x in lines if x.startswith("| ")] == [x for x in again.stdout.splitlines() if x.startswith("| ")]
