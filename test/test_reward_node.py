@@ -47,7 +47,10 @@ def run_robot(procs, ros_node, tmp_path, model_dir, threshold, when, steps, epis
     robot = procs.start("robot", node_cmd("robot_node", {
         "robot_id": "franka_0", "profile": str(prof), "realtime_factor": 0.0, "max_episodes": episodes,
         "reward_source": "classifier", "reward_when": when}))
-    eps.wait_matched(60)
+    try:
+        eps.wait_matched(60)
+    except pytest.fail.Exception:   # say why: a robot that died, or one still starting on a loaded machine
+        pytest.fail(f"the robot node's /user/episodes did not match within 60 s; its output:\n{robot.output()[-2000:]}")
     procs.start("policy", node_cmd("scripted_policy", {"robot_id": "franka_0", "profile": str(prof)}))
     eps.wait(lambda m: len(m) >= episodes, 90, f"{episodes} episodes")
     assert robot.popen.wait(timeout=20) == 0, robot.output()[-2000:]
