@@ -66,8 +66,11 @@ class Ring:
         return {key: v[idx] for key, v in self.a.items()}
 
 
-def run_episode(cell, act, seed: int, store) -> tuple[bool, int]:
-    """One episode from a reset; ``act(proprio) -> action``; every transition goes to ``store``."""
+def run_episode(cell, act, seed: int, store, judge=None) -> tuple[bool, int]:
+    """One episode from a reset; ``act(proprio) -> action``; every transition goes to ``store``.
+
+    ``judge(cell, step_result) -> (reward, success)`` replaces the rule's reward and end (a learned reward,
+    bench/reward.py; success ends the episode); the episode's success is then the rule's at its last step."""
     from user_hal.cell import proprio_vector
 
     state = cell.reset(seed=seed)
@@ -77,30 +80,32 @@ def run_episode(cell, act, seed: int, store) -> tuple[bool, int]:
         a = act(obs)
         res = cell.step(a)
         nxt = proprio_vector(res.state)
-        store(state=obs, action=res.commanded, reward=res.outcome.reward, terminated=float(res.terminated),
-              next_state=nxt)
+        reward, terminated = (res.outcome.reward, res.terminated) if judge is None else judge(cell, res)
+        store(state=obs, action=res.commanded, reward=reward, terminated=float(terminated), next_state=nxt)
         steps += 1
-        success = success or res.outcome.success
+        success = (success or res.outcome.success) if judge is None else res.outcome.success
         obs = nxt
-        if res.terminated or res.truncated:
+        if terminated or res.truncated:
             return success, steps
 
 
-def record_demos(episodes: int, seed: int, state_dim: int, action_dim: int) -> Ring:
+def record_demos(episodes: int, seed: int, state_dim: int, action_dim: int, make=None, judge=None) -> Ring:
     from user_hal.scripted_policy import make_expert
 
-    prof, cell = make_cell(seed + 10_000)
+    prof, cell = (make or make_cell)(seed + 10_000)
     expert = make_expert(prof, seed=seed)
     ring = Ring(state_dim, action_dim, episodes * prof.robot.max_episode_steps)
     try:
         for ep in range(episodes):
-            run_episode(cell, expert.act, 10_000 + 100 * seed + ep, ring.add)
+            run_episode(cell, expert.act, 10_000 + 100 * seed + ep, ring.add, judge)
     finally:
         cell.close()
     return ring
 
 
-def run(name: str, seed: int, args) -> dict:
+def run(name: str, seed: int, args, make=None, judge=None) -> dict:
+    """One run; ``make(seed, reward) -> (profile, cell)`` and ``judge`` (see ``run_episode``) change the
+    cell and the reward (bench/reward.py: cameras and a learned reward)."""
     import torch
 
     from user_learner.algos import get_algorithm
@@ -115,8 +120,9 @@ def run(name: str, seed: int, args) -> dict:
     policy.load_policy_state_dict(agent.policy_state_dict())
     noise = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)
-    demos = record_demos(args.demos, seed, spec.state_dim, spec.action_dim) if algo.needs_demos else None
-    prof, cell = make_cell(seed, args.reward)
+    demos = (record_demos(args.demos, seed, spec.state_dim, spec.action_dim, make, judge) if algo.needs_demos
+             else None)
+    prof, cell = (make or make_cell)(seed, args.reward)
     online = Ring(spec.state_dim, spec.action_dim, args.max_env_steps + prof.robot.max_episode_steps)
     half = cfg.algo.batch_size // 2
     recent: collections.deque[bool] = collections.deque(maxlen=args.window)
@@ -145,7 +151,7 @@ def run(name: str, seed: int, args) -> dict:
     episode = 0
     try:
         while online.n < args.max_env_steps and reached is None:
-            success, _ = run_episode(cell, act, 100 * seed + episode, store)
+            success, _ = run_episode(cell, act, 100 * seed + episode, store, judge)
             episode += 1
             recent.append(success)
             rate = sum(recent) / len(recent)

@@ -21,6 +21,7 @@ setup(
         "console_scripts": [
             "inference_node = user_learner.inference_node:main",
             "learner_node = user_learner.learner_node:main",
+            "reward_node = user_learner.reward_node:main",
         ],
     },
 )

@@ -97,6 +97,7 @@ def test_franka_sac_defaults() -> None:
         "robot": "sim", "robots": 1, "policy": "sac", "config": "sac_peg", "sync": False,
         "profile": "robot_sim", "max_env_steps": 0, "max_minutes": 0.0, "run_name": "franka_sac",
         "realtime_factor": 1.0, "episodes": 0, "seed": 0, "record": False, "buffer": False, "reward": "profile",
+        "reward_model": "runs/reward_model", "reward_when": "profile", "noise": 0.0, "terminate_on_success": "profile",
         "teleop": "none",
         "teleop_robot": "franka_0", "replan_every": 0, "sim_human": False, "respawn_delay": 5.0,
     }
@@ -112,7 +113,8 @@ def test_franka_sac_defaults() -> None:
     profile = str(g.config_dir / "robot_sim.yaml")
     assert robot.parameters == {
         "robot_id": "franka_0", "profile": profile, "backend": "sim", "realtime_factor": 1.0,
-        "max_episodes": 0, "seed": 0, "wait_for_reset": False, "reward": "profile", "ack_consumers": ["learner"],
+        "max_episodes": 0, "seed": 0, "wait_for_reset": False, "reward": "profile", "reward_when": "profile",
+        "terminate_on_success": "profile", "ack_consumers": ["learner"],
     }
     assert isinstance(robot.parameters["realtime_factor"], float)
     assert isinstance(robot.parameters["max_episodes"], int)

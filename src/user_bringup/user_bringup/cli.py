@@ -1,5 +1,6 @@
 """``userctl``: launch a node graph, show what it would launch, list the robots, stop them all
-(``userctl estop``), and inspect, replay or export a recorded transition bag (``userctl bag``).
+(``userctl estop``), inspect, replay or export a recorded transition bag (``userctl bag``), and record
+labelled frames for a learned reward and train it (``userctl reward record|train``).
 
 Exit codes: 0 success; 1 runtime failure (no registry answered, a node failed); 2 bad input.
 """
@@ -77,6 +78,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=10.0,
                    help="seconds to wait for every live robot to confirm (default 10; discovering the "
                         "robots alone can take seconds)")
+
+    p = sub.add_parser("reward", help="a learned reward: record labelled episodes, train the success classifier")
+    rw = p.add_subparsers(dest="reward_command", metavar="REWARD_COMMAND", parser_class=_Parser)
+    rw.required = True
+    p = rw.add_parser("record", help="record labelled episodes into runs/<run-name>/replay (franka_sac with "
+                                     "policy:=scripted record:=true; labels: the rule in simulation, the human's "
+                                     "label on a real robot)")
+    p.add_argument("overrides", nargs="*", metavar="name:=value", help="more franka_sac graph arguments "
+                                                                       "(robot:=franky teleop:=spacemouse ...)")
+    p.add_argument("--episodes", type=int, default=40, help="episodes per robot (default 40)")
+    p.add_argument("--noise", type=float, default=0.5,
+                   help="action noise of the scripted expert, so that some episodes fail (default 0.5)")
+    p.add_argument("--run-name", default="reward_data", help="bag in runs/<run-name>/replay (default reward_data)")
+    p.add_argument("--log-dir", help="also write each node's output to <log-dir>/<node>.log")
+    p.add_argument("--quiet", action="store_true", help="do not echo node output to the console")
+    p = rw.add_parser("train", help="train the success classifier on recorded bags; prints held-out accuracy/F1")
+    p.add_argument("--data", nargs="+", required=True, metavar="BAG", help="bag directories (userctl reward record)")
+    p.add_argument("--out", required=True, metavar="DIR", help="model folder to write (model.safetensors + "
+                                                                "reward_model.json)")
+    p.add_argument("--steps", type=int, default=1500, help="training steps (default 1500)")
+    p.add_argument("--threshold", type=float, default=0.85, help="success when probability >= this (default 0.85)")
+    p.add_argument("--val-fraction", type=float, default=0.2, help="share of episodes held out (default 0.2)")
+    p.add_argument("--cameras", nargs="+", metavar="NAME", help="cameras to use (default: every camera recorded)")
+    p.add_argument("--seed", type=int, default=0)
 
     p = sub.add_parser("bag", help="inspect, replay, export or repair a recorded transition bag")
     bag = p.add_subparsers(dest="bag_command", metavar="BAG_COMMAND", parser_class=_Parser)
@@ -430,16 +455,84 @@ def cmd_bag(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- learned reward ---------------------------------------------------------------------------------
+
+#: graph arguments ``userctl reward record`` sets itself
+RECORD_FIXED = ("policy", "record", "episodes", "run_name", "noise")
+
+
+def record_overrides(args: argparse.Namespace) -> list[str]:
+    """The franka_sac overrides of ``userctl reward record``: the scripted expert with noise, recorded by a
+    buffer node; in simulation as fast as possible and going on after success (more success frames)."""
+    if args.episodes <= 0:
+        raise UsageError(f"--episodes must be > 0, got {args.episodes}")
+    if not (args.noise >= 0 and math.isfinite(args.noise)):
+        raise UsageError(f"--noise must be >= 0, got {args.noise}")
+    given = parse_overrides(args.overrides)
+    fixed = [k for k in RECORD_FIXED if k in given]
+    if fixed:
+        raise UsageError(f"{fixed[0]}:= is set by userctl reward record (use its options)")
+    out = ["policy:=scripted", "record:=true", f"episodes:={args.episodes}", f"run_name:={args.run_name}",
+           f"noise:={args.noise:g}"]
+    if given.get("robot", "sim") == "sim":
+        out += [f"{k}:={v}" for k, v in (("realtime_factor", "0"), ("terminate_on_success", "false"))
+                if k not in given]
+    return out + list(args.overrides)
+
+
+def cmd_reward(args: argparse.Namespace) -> int:
+    """``userctl reward record|train``."""
+    if args.reward_command == "record":
+        from user_bringup.launcher import Launcher, LaunchError
+
+        graph = _load("franka_sac", record_overrides(args))
+        bag = f"runs/{args.run_name}/replay"
+        print(f"recording {args.episodes} episodes per robot into {bag}", flush=True)
+        try:
+            code = Launcher(graph, log_dir=args.log_dir, quiet=args.quiet).run()
+        except LaunchError as exc:
+            print(f"userctl reward record: error: {exc}", file=sys.stderr)
+            return 1
+        if code == 0:
+            print(f"recorded into {bag}; next: userctl reward train --data {bag} --out runs/reward_model")
+        return code
+    if args.steps <= 0:
+        raise UsageError(f"--steps must be > 0, got {args.steps}")
+    if not 0.0 < args.threshold < 1.0:
+        raise UsageError(f"--threshold must be in (0, 1), got {args.threshold}")
+    if not 0.0 < args.val_fraction < 1.0:
+        raise UsageError(f"--val-fraction must be in (0, 1), got {args.val_fraction}")
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise UsageError(f"--out {args.out} is a file; give a folder")
+    from user_learner.reward import RewardDataError, TrainConfig, frames_from_bags, train
+
+    try:
+        frames = frames_from_bags(args.data, args.cameras)
+        print(f"{len(frames)} frames ({int(frames.labels.sum())} success) of {len(set(frames.episodes.tolist()))} "
+              f"episodes, cameras {frames.cameras}", flush=True)
+        model, m = train(frames, TrainConfig(steps=args.steps, threshold=args.threshold,
+                                             val_fraction=args.val_fraction, seed=args.seed), log=_say)
+    except RewardDataError as exc:
+        raise UsageError(str(exc)) from None
+    model.save(args.out)
+    print(f"held out: {m['val_episodes']} episodes, {m['frames']} frames ({m['successes']} success): accuracy "
+          f"{m['accuracy']:.1%}, precision {m['precision']:.2f}, recall {m['recall']:.2f}, F1 {m['f1']:.3f} at "
+          f"threshold {args.threshold:g}")
+    print(f"saved to {args.out}; use it: userctl launch franka_sac reward:=learned reward_model:={args.out}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``userctl``."""
     parser = build_parser()
     args = parser.parse_args(argv)
     handlers = {"launch": cmd_launch, "graph": cmd_graph, "robots": cmd_robots, "estop": cmd_estop,
-                "bag": cmd_bag}
+                "bag": cmd_bag, "reward": cmd_reward}
     try:
         return handlers[args.command](args)
     except (GraphError, UsageError) as exc:
-        command = " ".join(filter(None, (args.command, getattr(args, "bag_command", None))))
+        command = " ".join(filter(None, (args.command, getattr(args, "bag_command", None),
+                                         getattr(args, "reward_command", None))))
         print(f"userctl {command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -62,7 +62,7 @@ def make_transition(obs: Observation, next_obs: Observation, *, n_action: int = 
                     embodiment: str = "franka", episode_id: int = 3, step: int = 11, action_source: int = 1,
                     intervened: bool = False, policy_version: int = 42, reward: float = 0.25,
                     success: bool = False, terminated: bool = False, truncated: bool = False,
-                    rng: np.random.Generator | None = None) -> Transition:
+                    reward_source: int = 0, rng: np.random.Generator | None = None) -> Transition:
     rng = rng or np.random.default_rng(0)
     t = Transition()
     t.robot_id, t.embodiment, t.episode_id, t.step = robot_id, embodiment, episode_id, step
@@ -70,6 +70,7 @@ def make_transition(obs: Observation, next_obs: Observation, *, n_action: int = 
     t.action = rng.uniform(-1, 1, n_action).astype(np.float32).tolist()
     t.action_source, t.intervened, t.policy_version = action_source, intervened, policy_version
     t.reward, t.success, t.terminated, t.truncated = reward, success, terminated, truncated
+    t.reward_source = reward_source
     return t
 
 
@@ -94,7 +95,8 @@ def random_transition(rng: np.random.Generator, max_cameras: int = 2, max_size: 
         episode_id=int(rng.integers(0, U64_MAX, dtype=np.uint64)), step=int(rng.integers(0, U32_MAX + 1)),
         action_source=int(rng.integers(0, 256)), intervened=bool(rng.integers(2)),
         policy_version=int(rng.integers(0, U64_MAX, dtype=np.uint64)), reward=float(rng.standard_normal()),
-        success=bool(rng.integers(2)), terminated=bool(rng.integers(2)), truncated=bool(rng.integers(2)), rng=rng)
+        success=bool(rng.integers(2)), terminated=bool(rng.integers(2)), truncated=bool(rng.integers(2)),
+        reward_source=int(rng.integers(0, 256)), rng=rng)
 
 
 def two_camera_transition(size: int = 128, seed: int = 0) -> Transition:
@@ -162,6 +164,7 @@ def assert_transition_equal(view: TransitionView, msg: Transition) -> None:
     assert view.terminated is msg.terminated
     assert view.truncated is msg.truncated
     assert_obs_equal(view.next_obs, msg.next_obs)
+    assert view.reward_source == msg.reward_source
 
 
 def expected_key(msg: Transition) -> tuple[str, str, int, int, bool, bool]:
@@ -295,7 +298,8 @@ def test_rejects_non_buffers():
 # -- errors ---------------------------------------------------------------------------------------------------
 def test_every_truncation_raises():
     raw = serialize_message(small_transition())
-    for cut in range(len(raw)):
+    # Cutting only the last byte (reward_source) leaves a valid message of the layout before that field.
+    for cut in range(len(raw) - 1):
         for buf in (raw[:cut], bytearray(raw[:cut]), memoryview(raw)[:cut]):
             with pytest.raises(DecodeError):
                 decode_transition(buf)
@@ -305,7 +309,8 @@ def test_truncations_of_random_messages_raise():
     rng = np.random.default_rng(77)
     for _ in range(20):
         raw = serialize_message(random_transition(rng))
-        for cut in sorted(set(rng.integers(0, len(raw), 40).tolist()) | {len(raw) - 1}):
+        # (not len(raw) - 1: without its last byte, reward_source, it is a valid message of the older layout)
+        for cut in sorted(set(rng.integers(0, len(raw) - 1, 40).tolist()) | {len(raw) - 2}):
             with pytest.raises(DecodeError):
                 decode_transition(raw[:cut])
 
@@ -326,7 +331,8 @@ def test_transition_key_truncations():
     first = ok[0]
     assert ok == list(range(first, len(raw) + 1))
     next_obs_size = len(serialize_message(msg.next_obs)) - 4
-    assert first == len(raw) - next_obs_size - 1     # next_obs starts 4-aligned right after `truncated`
+    # next_obs starts 4-aligned right after `truncated`; reward_source (1 byte) follows it
+    assert first == len(raw) - 1 - next_obs_size - 1
     assert first > len(serialize_message(msg.obs))
 
 
@@ -336,6 +342,23 @@ def test_trailing_bytes():
     assert_transition_equal(decode_transition(raw + b"\0\0\0"), msg)     # alignment padding is fine
     with pytest.raises(DecodeError, match="unexpected bytes"):
         decode_transition(raw + b"\0\0\0\0")
+
+
+def test_reward_source_is_last_and_optional():
+    """Transition.reward_source was appended last: bytes written before it (no field) decode as REWARD_RULE."""
+    for source in (Transition.REWARD_RULE, Transition.REWARD_HUMAN, Transition.REWARD_CLASSIFIER):
+        msg = small_transition()
+        msg.reward_source = source
+        raw = bytes(serialize_message(msg))
+        assert raw[-1] == source                        # the last byte on the wire
+        assert decode_transition(raw).reward_source == source
+        old = raw[:-1]                                  # the layout before the field existed
+        for pad in (b"", b"\0", b"\0\0\0"):              # as written, or padded to 4 bytes
+            view = decode_transition(old + pad)
+            assert view.reward_source == Transition.REWARD_RULE
+            msg.reward_source = Transition.REWARD_RULE
+            assert_transition_equal(view, msg)
+            assert transition_key(old + pad) == expected_key(msg)
 
 
 def test_encapsulation():
@@ -382,7 +405,7 @@ def test_length_fields_beyond_the_end():
         "images data": (at_data + 4, struct.pack("<I", 10_000_000)),
         "images data short": (at_data + 4, struct.pack("<I", len(im.data) - 1)),
         "images step": (at_data, struct.pack("<I", 4 * 3 - 1)),
-        "evaluation": (len(raw) - 1, b"\x02"),
+        "evaluation": (len(raw) - 2, b"\x02"),    # next_obs.evaluation, before reward_source
     }
     for name, (offset, value) in cases.items():
         bad = _patched(raw, offset, value)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from rclpy.serialization import deserialize_message
+from rclpy.serialization import deserialize_message, serialize_message
 from user_msgs.msg import Transition
 
 from bag_readers import assert_every_reader_sees_the_store, foxglove_read, mcap_keys, rosbags_keys, \
@@ -22,7 +22,7 @@ from bag_readers import assert_every_reader_sees_the_store, foxglove_read, mcap_
 from buffer_helpers import episode_bytes, transition_msg
 from user_buffer import bag_tools
 from user_buffer import mcap_format as mf
-from user_buffer.codec import transition_key
+from user_buffer.codec import decode_transition, transition_key
 from user_buffer.store import INDEX_NAME, BagLocked, StoreOptions, TransitionStore
 
 CAMS = ("wrist", "side")
@@ -431,3 +431,37 @@ def test_a_file_cut_before_its_header_was_whole_is_removed_and_one_cut_after_it_
     s.close()
     assert not mf.check_index(victim)
     assert len(assert_every_reader_sees_the_store(bag)) == 10
+
+
+def test_bags_written_before_and_after_reward_source(tmp_path, monkeypatch):
+    """A bag of the layout before Transition.reward_source (its schema and bytes without the field) and one
+    after: every reader reads both, and the fast decoder gives the rule (0) for the old one."""
+    from user_buffer import rosbag2
+
+    new_def = rosbag2.message_definition("user_msgs/msg/Transition")
+    head, sep, rest = new_def.partition("# Who decided reward and success")
+    assert sep and "uint8 reward_source\n" in rest
+    old_def = head + rest.split("uint8 reward_source\n", 1)[1]
+    assert "reward_source" not in old_def and "MSG: sensor_msgs/Image" in old_def
+    for layout, source in (("old", Transition.REWARD_RULE), ("new", Transition.REWARD_CLASSIFIER)):
+        bag = tmp_path / layout
+        with monkeypatch.context() as m:
+            if layout == "old":
+                m.setattr(rosbag2, "message_definition", lambda _type: old_def)
+            s = TransitionStore(bag)
+            for step in range(5):
+                msg = transition_msg("franka_0", 1, step, cams=CAMS, size=8, last=step == 4)
+                msg.reward_source = source
+                raw = bytes(serialize_message(msg))
+                s.add(raw[:-1] if layout == "old" else raw)
+            s.close()
+        assert sorted(assert_every_reader_sees_the_store(bag)) == [("franka_0", 1, st) for st in range(5)]
+        got = [getattr(msg, "reward_source", "absent") for _conn, msg in rosbags_messages(bag)]
+        assert got == (["absent"] * 5 if layout == "old" else [source] * 5), (layout, got)
+        store = TransitionStore(bag, writable=False)
+        try:
+            views = [decode_transition(store.read(row)) for row in range(len(store))]
+        finally:
+            store.close()
+        assert [v.reward_source for v in views] == [source] * 5
+        assert [v.step for v in views] == list(range(5)) and views[-1].terminated

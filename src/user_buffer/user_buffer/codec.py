@@ -80,6 +80,8 @@ class TransitionView:
     terminated: bool
     truncated: bool
     next_obs: ObservationView
+    reward_source: int = 0
+    """``Transition.REWARD_*``; 0 (rule) for messages written before the field existed."""
 
 
 # -- wire layout ------------------------------------------------------------------------------------
@@ -406,10 +408,14 @@ def decode_transition(buf: BufferLike) -> TransitionView:
             if value > 1:
                 raise _bad_bool(what, pos, value)
     next_obs, p = _observation(b, p + _TAIL.size, end, text, _NEXT_OBS)
-    if end - p > _MAX_TRAILING:
-        raise DecodeError(f"{end - p} unexpected bytes after the message at offset {p} (not a Transition?)")
+    # reward_source, appended last: a message written before it ends here (plus at most 3 padding bytes,
+    # which are zero: REWARD_RULE, what those messages meant).
+    reward_source = b[p] if p < end else 0
+    if end - p > _MAX_TRAILING + 1:
+        raise DecodeError(f"{end - p - 1} unexpected bytes after the message at offset {p + 1} (not a Transition?)")
     return TransitionView(robot_id, embodiment, episode_id, step, obs, action, action_source, intervened == 1,
-                          policy_version, reward, success == 1, terminated == 1, truncated == 1, next_obs)
+                          policy_version, reward, success == 1, terminated == 1, truncated == 1, next_obs,
+                          reward_source)
 
 
 def transition_key(buf: BufferLike) -> TransitionKey:

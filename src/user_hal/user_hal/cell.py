@@ -295,7 +295,9 @@ class RobotCell:
         self.step_count += 1
         state = self.backend.state()
         outcome = self.task.evaluate(state)
-        terminated = outcome.success and self.profile.task.terminate_on_success
+        # With a learned reward the rule's success ends nothing (the robot node applies the classifier's verdict).
+        terminated = (outcome.success and self.profile.task.terminate_on_success
+                      and self.profile.task.reward_source == "rule")
         truncated = not terminated and self.step_count >= self.cfg.max_episode_steps
         return StepResult(state, outcome, terminated, truncated, a, commanded)
 

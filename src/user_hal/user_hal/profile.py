@@ -87,6 +87,14 @@ class TaskConfig:
     hole_top_height: float = 0.04             # height of the hole's opening above target_pos
     success_radius: float = dataclasses.field(default=0.01, metadata=positive())
     reward: Literal["sparse", "dense"] = "sparse"
+    # Who decides reward and success: the rule above, or a learned success classifier (the reward node of
+    # user_learner sends its verdicts on /<robot_id>/reward_label; the reward is then 1 on success, else 0,
+    # and the rule only logs its own verdict per episode). No rule is needed on a real robot with it.
+    reward_source: Literal["rule", "classifier"] = "rule"
+    # classifier: step = a success verdict on any observation ends the episode; end = only the episode's
+    # last observation is judged (the robot holds up to reward_timeout_s for that verdict, then counts a failure).
+    reward_when: Literal["step", "end"] = "step"
+    reward_timeout_s: float = dataclasses.field(default=2.0, metadata=positive())
     terminate_on_success: bool = True
     gripper: Literal["closed", "open", "policy"] = "closed"  # closed: the peg stays in the hand
     lift: float = dataclasses.field(default=0.06, metadata=non_negative())  # reset: lift first

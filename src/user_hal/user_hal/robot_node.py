@@ -6,8 +6,9 @@ Topics (``<id>`` is the robot id):
   ``/<id>/robot_description`` (URDF, latched), ``/<id>/markers`` (target, TCP, peg tip or cube, safety box),
   ``/user/transitions`` (one per executed action), ``/user/episodes`` (one per episode),
   ``/user/robots/description`` (latched) and ``/user/robots/heartbeat``;
-- subscribes ``/<id>/action`` (user_msgs/Action) and ``/user/estop/engaged`` (std_msgs/Bool,
-  reliable + transient-local: ``true`` engages the e-stop, ``false`` releases it);
+- subscribes ``/<id>/action`` (user_msgs/Action), ``/user/estop/engaged`` (std_msgs/Bool,
+  reliable + transient-local: ``true`` engages the e-stop, ``false`` releases it) and, with a learned
+  reward (``task.reward_source: classifier``), ``/<id>/reward_label`` (user_msgs/RewardLabel);
 - serves ``/<id>/reset`` (user_msgs/srv/ResetRobot), ``/<id>/label_episode`` (std_srvs/srv/SetBool:
   a human labels the running episode a success (``data: true``) or a failure and so ends it), and
   ``/user/estop`` / ``/user/estop_release`` (std_srvs/srv/Trigger, served by *every* robot node).
@@ -47,6 +48,18 @@ still bootstraps there); if no action is at hand at that tick the robot records 
 in [-1, 1]), not after the speed limits: the limits are part of what the robot does with it, so the
 learner's critic sees the same actions as its actor produces.
 
+Reward sources (``Transition.reward_source``): the task's rule (``REWARD_RULE``, default), a human label
+(``REWARD_HUMAN``) or a learned success classifier (``REWARD_CLASSIFIER``, ``task.reward_source:
+classifier``: the reward node of user_learner judges each observation and sends a ``RewardLabel``). With
+the classifier the rule decides nothing: every step's reward is 0 and its success false unless a verdict
+says otherwise (the rule's own verdict is only logged, per episode, for evaluation). ``task.reward_when
+step``: a success verdict on the running episode acts like a human success label (the next control step
+ends the episode, reward 1, ``terminated``); it arrives while the loop goes on, so it may land a step or
+two after the observation it judged. ``end``: only the last observation (at the step limit) is judged;
+the last transition is held back until its verdict arrives (at most ``task.reward_timeout_s``: the arm
+holds its target meanwhile; none in time counts as a failure and is logged) and gets reward 1 and
+``terminated`` on success, else ``truncated``. A human label still wins over the classifier.
+
 Safety:
 - velocity limits: the target moves at most ``robot.max_tcp_speed`` m/s and turns at most
   ``robot.max_tcp_angular_speed`` rad/s, for every action and reset (``user_hal.cell``);
@@ -62,8 +75,10 @@ Safety:
   stops the robot: it holds, refuses actions and resets, and reports ``STATE_ERROR`` with the
   fault in its heartbeat until the node is restarted.
 
-Parameters: ``robot_id``, ``profile`` (robot profile YAML, required), ``backend`` and
-``realtime_factor`` (override the profile), ``max_episodes`` (0: run until stopped), ``seed``,
+Parameters: ``robot_id``, ``profile`` (robot profile YAML, required), ``backend``, ``realtime_factor``,
+``reward`` (``sparse``/``dense``: ``task.reward``; ``learned``: ``task.reward_source: classifier``),
+``reward_source``, ``reward_when`` and ``terminate_on_success`` (override the profile; ``profile`` keeps
+it), ``max_episodes`` (0: run until stopped), ``seed``,
 ``frame_prefix``, ``ack_consumers``, ``outbox_max_mb``, ``wait_for_reset`` and
 ``fault_injection`` -- a *test hook*: ``"step:N[,N...]"`` makes the N-th control step (counted
 since start, 1-based) raise ``BackendError`` as a real fault would; empty (default) in production.
@@ -89,8 +104,8 @@ from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Bool, String
 from std_srvs.srv import SetBool, Trigger
 from visualization_msgs.msg import MarkerArray
-from user_msgs.msg import (Action, CameraSpec, EpisodeStats, Observation, RobotDescription, RobotStatus, Transition,
-                           TransitionAck)
+from user_msgs.msg import (Action, CameraSpec, EpisodeStats, Observation, RewardLabel, RobotDescription, RobotStatus,
+                           Transition, TransitionAck)
 from user_msgs.srv import ResetRobot
 
 from . import qos
@@ -130,6 +145,7 @@ class EpisodeTally:
     policy_version: int = 0
     success: bool = False
     labelled: bool = False
+    rule_success: bool = False   # the rule's verdict, logged for evaluation when a classifier decides the reward
     recoveries: int = 0
     finished: bool = False
 
@@ -150,6 +166,15 @@ class LabelRequest:
     done: threading.Event = field(default_factory=threading.Event)
     step: int = 0
     error: str = ""
+    source: int = Transition.REWARD_HUMAN
+
+
+@dataclass
+class FinalStep:
+    """task.reward_when end: the episode's last transition, held back until the classifier judges its next_obs."""
+    transition: Transition
+    deadline: float              # time.monotonic() after which the episode counts as a failure
+    verdict: RewardLabel | None = None
 
 
 class _ResetAborted(Exception):
@@ -173,7 +198,11 @@ class RobotNode(Node):
         self.declare_parameter("outbox_max_mb", 1024)
         # True: after an episode the robot holds until its reset service is called (sync training).
         self.declare_parameter("wait_for_reset", False)
-        self.declare_parameter("reward", "profile")   # or "sparse" / "dense": overrides the profile's task.reward
+        # "sparse" / "dense" override the profile's task.reward; "learned" is task.reward_source classifier
+        self.declare_parameter("reward", "profile")
+        self.declare_parameter("reward_source", "profile")   # or "rule" / "classifier": task.reward_source
+        self.declare_parameter("reward_when", "profile")     # or "step" / "end": task.reward_when
+        self.declare_parameter("terminate_on_success", "profile")   # or "true" / "false" (recording for a classifier)
         # Test hook: "step:N[,N...]" raises BackendError at those control steps (see the module doc).
         self.declare_parameter("fault_injection", "")
         p = self.get_parameter
@@ -181,8 +210,17 @@ class RobotNode(Node):
         overrides = {}
         if p("backend").value:
             overrides["robot.backend"] = p("backend").value
-        if p("reward").value not in ("", "profile"):
-            overrides["task.reward"] = p("reward").value
+        for key in ("reward", "reward_source", "reward_when", "terminate_on_success"):
+            value = p(key).value
+            if value in ("", "profile"):
+                continue
+            if key == "reward" and value == "learned":
+                key, value = "reward_source", "classifier"
+            elif key == "terminate_on_success":
+                if value not in ("true", "false"):
+                    raise ConfigError("<parameters>", key, f"expected profile, true or false, got {value!r}")
+                value = value == "true"
+            overrides[f"task.{key}"] = value
         if p("realtime_factor").value >= 0:
             overrides["robot.realtime_factor"] = float(p("realtime_factor").value)
         profile_path = p("profile").value
@@ -204,6 +242,10 @@ class RobotNode(Node):
         self.rf = rc.realtime_factor
         self.hold_s = rc.intervention_hold_s
         self.max_recoveries = rc.max_recoveries
+        tc = self.profile.task
+        self.classifier = tc.reward_source == "classifier"   # a learned reward decides reward and success
+        self.judge_end = self.classifier and tc.reward_when == "end"
+        self.reward_timeout = tc.reward_timeout_s
 
         sources = make_camera_sources(self.profile.camera_sources, out_size=tuple(rc.image_size),
                                       source=self.profile.source)
@@ -256,6 +298,9 @@ class RobotNode(Node):
                                  callback_group=cb)
         self.create_service(ResetRobot, qos.robot_topic(rid, "reset"), self._on_reset, callback_group=cb)
         self.create_service(SetBool, qos.robot_topic(rid, "label_episode"), self._on_label, callback_group=cb)
+        if self.classifier:
+            self.create_subscription(RewardLabel, qos.robot_topic(rid, "reward_label"), self._on_reward_label,
+                                     qos.CONTROL, callback_group=cb)
         self.create_service(Trigger, ESTOP_SERVICE, self._on_estop, callback_group=cb)
         self.create_service(Trigger, ESTOP_RELEASE_SERVICE, self._on_estop_release, callback_group=cb)
         self.create_subscription(Bool, ESTOP_TOPIC, self._on_estop_topic, qos.LATCHED, callback_group=cb)
@@ -268,6 +313,9 @@ class RobotNode(Node):
         self._lock = threading.Condition()
         self._reset_req: ResetRequest | None = None
         self._label_req: LabelRequest | None = None
+        self._final: FinalStep | None = None     # task.reward_when end: the last step awaiting its verdict
+        self._last_verdict: RewardLabel | None = None
+        self.late_verdicts = 0                   # classifier verdicts that missed task.reward_timeout_s
         self._stop = threading.Event()
         self._estop = threading.Event()
         self.finished = threading.Event()
@@ -416,6 +464,30 @@ class RobotNode(Node):
             resp.success = True
             resp.message = f"{self.robot_id}: episode {r.episode_id} ended at step {r.step} as a {what}"
         return resp
+
+    def _on_reward_label(self, msg: RewardLabel) -> None:
+        """A learned reward's verdict (task.reward_source classifier); never waited for by the control loop.
+
+        ``step``: a success verdict on the running episode ends it at the next control step, like a human's
+        success label (a pending human label wins). ``end``: only the verdict on the held-back last step counts.
+        """
+        if msg.robot_id != self.robot_id:
+            return
+        with self._lock:
+            f = self._final
+            if self.judge_end:
+                # The verdict may beat the control thread to its FinalStep: the newest one is kept for it.
+                self._last_verdict = msg
+                if f is not None and msg.episode_id == f.transition.episode_id and \
+                        msg.step == f.transition.next_obs.step:
+                    f.verdict = msg
+                    self._lock.notify_all()
+                return
+            if (not msg.success or msg.episode_id != self.episode_id or self._label_req is not None
+                    or self._awaiting_reset or self._reset_due is not None or self._blocked_reason()):
+                return
+            self._label_req = LabelRequest(success=True, episode_id=msg.episode_id, source=msg.source)
+            self._lock.notify_all()
 
     def _on_estop(self, req: Trigger.Request, resp: Trigger.Response) -> Trigger.Response:
         self._engage_estop(f"service {ESTOP_SERVICE}")
@@ -581,6 +653,8 @@ class RobotNode(Node):
         if self._estop.is_set():
             self.cell.hold()
             return False
+        if self._final is not None:
+            return self._settle_final()
         req = self._take_reset()
         if req is not None:
             self._finish_episode(interrupted=True)
@@ -690,9 +764,14 @@ class RobotNode(Node):
         self._log_handover(a.source)
         reward, success = res.outcome.reward, res.outcome.success
         terminated, truncated = res.terminated, res.truncated
-        if label is not None:  # the human's word on success wins over the rule reward
+        source = Transition.REWARD_RULE
+        if self.classifier:  # the rule's verdict is only logged (per episode); the classifier's labels decide
+            self._tally.rule_success = self._tally.rule_success or success
+            reward, success, source = 0.0, False, Transition.REWARD_CLASSIFIER
+        if label is not None:  # the human's (or the classifier's) word on success wins over the rule reward
             reward += float(label.success) - float(success)
             success, terminated, truncated = label.success, label.success, not label.success
+            source = label.source
         next_obs = self._publish_observation(res.state)
         t = Transition()
         t.robot_id, t.embodiment = self.robot_id, self.profile.robot.embodiment
@@ -704,10 +783,11 @@ class RobotNode(Node):
         t.policy_version = a.policy_version
         t.reward, t.success = reward, success
         t.terminated, t.truncated = terminated, truncated
-        self.pub_trans.publish(t)
-        if self.outbox is not None:
-            with self._outbox_lock:
-                self.outbox.add((t.episode_id, t.step), t, _transition_bytes(t), time.monotonic())
+        t.reward_source = source
+        # task.reward_when end: the last step waits for the classifier's verdict on its next_obs (_settle_final)
+        final = self.judge_end and truncated and label is None
+        if not final:
+            self._publish_transition(t)
         tally = self._tally
         tally.ret += reward
         tally.steps += 1
@@ -716,20 +796,66 @@ class RobotNode(Node):
         tally.policy_version = max(tally.policy_version, a.policy_version)
         tally.success = tally.success or success
         if label is not None:
-            tally.success, tally.labelled = label.success, True
+            tally.success, tally.labelled = label.success, label.source == Transition.REWARD_HUMAN
             label.step = t.step
             label.done.set()
-        if terminated or truncated:
-            self._finish_episode(interrupted=False)
-            if self.max_episodes and self.episodes_done >= self.max_episodes:
-                self._summarize()
-                self._stop.set()
-                return
-            if not self.wait_for_reset:
-                self._reset_due = (-1, False, None)
-            else:  # sync training: hold until somebody calls the reset service
-                self._awaiting_reset = True
-                self.state = RobotStatus.STATE_IDLE
+        if final:
+            with self._lock:
+                self._final = FinalStep(t, time.monotonic() + self.reward_timeout)
+                v = self._last_verdict
+                if v is not None and (v.episode_id, v.step) == (t.episode_id, t.next_obs.step):
+                    self._final.verdict = v
+        elif terminated or truncated:
+            self._end_episode()
+
+    def _publish_transition(self, t: Transition) -> None:
+        self.pub_trans.publish(t)
+        if self.outbox is not None:
+            with self._outbox_lock:
+                self.outbox.add((t.episode_id, t.step), t, _transition_bytes(t), time.monotonic())
+
+    def _end_episode(self) -> None:
+        self._finish_episode(interrupted=False)
+        if self.max_episodes and self.episodes_done >= self.max_episodes:
+            self._summarize()
+            self._stop.set()
+            return
+        if not self.wait_for_reset:
+            self._reset_due = (-1, False, None)
+        else:  # sync training: hold until somebody calls the reset service
+            self._awaiting_reset = True
+            self.state = RobotStatus.STATE_IDLE
+
+    def _settle_final(self) -> bool:
+        """task.reward_when end: wait (at most task.reward_timeout_s after the last step) for the classifier's
+        verdict on the last observation, then publish the last transition with it and end the episode; no
+        verdict in time is a failure. False if an e-stop or shutdown interrupted the wait. The arm holds its
+        last target meanwhile."""
+        f = self._final
+        with self._lock:
+            while f.verdict is None and not (self._stop.is_set() or self._estop.is_set()):
+                left = f.deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._lock.wait(left)
+            if f.verdict is None and time.monotonic() < f.deadline:
+                return False
+            self._final = None
+        t, v = f.transition, f.verdict
+        if v is None:
+            self.late_verdicts += 1
+            self.get_logger().warning(
+                f"no reward verdict on episode {t.episode_id} step {t.next_obs.step} within "
+                f"task.reward_timeout_s {self.reward_timeout:g} s (is the reward node running?): counted a failure "
+                f"({self.late_verdicts} so far)")
+        success = bool(v is not None and v.success)
+        t.reward += float(success)
+        t.success, t.terminated, t.truncated = success, success, not success
+        self._publish_transition(t)
+        self._tally.ret += float(success)
+        self._tally.success = success
+        self._end_episode()
+        return True
 
     def _log_handover(self, source: int) -> None:
         human = source == Action.SOURCE_HUMAN
@@ -828,6 +954,8 @@ class RobotNode(Node):
         e.intervention_steps, e.held_steps, e.policy_version = t.interventions, t.held, t.policy_version
         self.pub_ep.publish(e)
         how = " (labelled by a human)" if t.labelled else ""
+        if self.classifier:
+            how += f" (reward classifier; the rule says {'success' if t.rule_success else 'failure'})"
         extra = f", {t.recoveries} backend recoveries" if t.recoveries else ""
         self.get_logger().info(
             f"episode {t.index}: {'SUCCESS' if t.success else 'failure'}{how} in {t.steps} steps, "
