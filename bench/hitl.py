@@ -5,13 +5,14 @@ Each (task, seed) run drives the real robot cell (``user_hal.cell.RobotCell``, M
 resets and speed limits) in this process:
 1. ``--demos`` episodes of the scripted expert, then ``--bc-updates`` behaviour-cloning updates of
    HG-DAgger's learner on them: the weak start.
-2. ``--episodes`` training episodes: the policy drives; the scripted expert plays the human with the
-   rule of ``sim_human`` (``user_hal.scripted_policy.HumanSchedule``: it takes over once the task's
-   tracked point came no 5 mm closer to its target in ``--stuck-steps`` steps, and keeps control for the
-   rest of the episode). Its motion goes through the real teleop mapping (``Teleop``: device axes, dead
-   band, scales) with ``--human-gain``; the gripper is the expert's command (a human's buttons). Every
-   human step joins the aggregated dataset; after each episode the learner makes ``--utd`` updates per
-   env step of that episode on demonstrations + interventions (half and half).
+2. ``--episodes`` training episodes: the policy drives and the scripted expert plays the human behind
+   a gate (``--gate``, see ``Human``): ``corridor`` (default) takes over for ``--hold`` steps whenever
+   the policy's commanded motion is more than ``--corridor`` action units from the expert's, then hands
+   back; ``stuck`` is the ``sim_human`` node's rule. The human's motion goes through the real teleop
+   mapping (``Teleop``: device axes, dead band, scales) with ``--human-gain``; the gripper is the
+   expert's command (a human's buttons). Every human step joins the aggregated dataset; after each
+   episode the learner makes ``--utd`` updates per env step of that episode, uniform over
+   demonstrations and interventions together (``--demo-ratio`` < 0, HG-DAgger's rule).
 3. Every ``--eval-every`` training episodes, ``--eval-episodes`` episodes of the policy alone
    (deterministic, the same start seeds every time) measure its success rate.
 
@@ -19,7 +20,8 @@ The table reports the policy-alone success rate at the start and at the end and 
 (human steps / steps) over the first and the last ``--rate-window`` training episodes. Targets: at
 least +30 points of success and the intervention rate at least halved within the stated budget.
 
-    source scripts/env.sh && python bench/hitl.py --tasks peg pick --seeds 0 1 2 --png docs/hitl_curves.png
+    source scripts/env.sh && python bench/hitl.py --tasks peg --png docs/hitl_curves.png   # the README's table
+    python bench/hitl.py --tasks peg --gate stuck         # the sim_human rule, for comparison
 """
 from __future__ import annotations
 
@@ -57,8 +59,10 @@ class Human:
     ``stuck`` (the ``sim_human`` node's rule): once the task's tracked point came no 5 mm closer to its
     target in ``stuck_steps`` steps, for the rest of the episode. ``corridor``: whenever the policy's
     commanded motion leaves a corridor around the expert's (the distance between the two actions'
-    translation parts exceeds ``corridor``, in action units), for at least ``hold`` steps, then it hands
-    back -- a human who corrects early and lets go.
+    motion parts, 6 entries, exceeds ``corridor`` action units), for ``hold`` steps, then it hands
+    back -- a human who corrects early and lets go. ``progress``: when the tracked point moved
+    ``corridor`` metres away from its best distance, or made no 5 mm progress in ``stuck_steps``
+    steps, for ``hold`` steps.
     """
 
     def __init__(self, prof, seed: int, stuck_steps: int, gain: float, gate: str = "stuck",
@@ -69,25 +73,33 @@ class Human:
         self.expert = make_expert(prof, seed=seed)
         self.schedule = HumanSchedule([(0, None)], 1, stuck_steps)
         self.mapping = TeleopConfig()
-        self.gain, self.gate, self.corridor, self.hold = gain, gate, corridor, hold
+        self.gain, self.gate, self.corridor, self.hold, self.stuck_steps = gain, gate, corridor, hold, stuck_steps
         self._until = -1
         self._episode = None
 
     def act(self, episode: int, step: int, proprio: np.ndarray, proposed: np.ndarray | None = None):
         """The human's action for this step, or None while the policy keeps control."""
-        from user_hal.teleop import InputSample, Teleop, device_axes_for_action
-
         expert = self.expert.act(proprio)   # the expert follows the episode (its phase) either way
         if self.gate == "stuck":
             active = self.schedule.active(episode, step, self.expert.judge(proprio).distance)
         else:
             if episode != self._episode:
-                self._episode, self._until = episode, -1
-            if proposed is not None and np.linalg.norm(proposed[:3] - expert[:3]) > self.corridor:
-                self._until = max(self._until, step + self.hold)
+                self._episode, self._until, self._best, self._best_step = episode, -1, np.inf, step
+            distance = self.expert.judge(proprio).distance
+            if distance < self._best - 0.005:
+                self._best, self._best_step = distance, step
+            if self.gate == "corridor":
+                off = proposed is not None and np.linalg.norm(proposed[:6] - expert[:6]) > self.corridor
+            else:   # progress: the policy moves away from the goal, or makes no progress
+                off = distance > self._best + self.corridor or step - self._best_step >= self.stuck_steps
+            if off and step >= self._until:
+                self._until = step + self.hold
+                self._best, self._best_step = distance, step + self.hold   # judged afresh after handing back
             active = step < self._until
         if not active:
             return None
+        from user_hal.teleop import InputSample, Teleop, device_axes_for_action
+
         teleop = Teleop(self.mapping, clock=lambda: 0.0)
         teleop.update(InputSample(axes=tuple(device_axes_for_action(self.gain * expert, self.mapping)),
                                   buttons=(), stamp=0.0))
@@ -157,13 +169,14 @@ def draw(demos: Labels, interventions: Labels, k: int, rng: np.random.Generator,
 class MLPLearner:
     """HG-DAgger's learner with the state (MLP) policy, built from the shipped config."""
 
-    def __init__(self, task: str, seed: int) -> None:
+    def __init__(self, task: str, seed: int, overrides: dict | None = None) -> None:
         import torch
 
         from user_learner.algos import get_algorithm
         from user_learner.learner_config import load_learner_config
 
-        self.cfg = load_learner_config(ROOT / "config" / f"{CONFIGS[task]}.yaml", {"algo.seed": seed})
+        self.cfg = load_learner_config(ROOT / "config" / f"{CONFIGS[task]}.yaml",
+                                       {**(overrides or {}), "algo.seed": seed})
         algo = get_algorithm(self.cfg.algo_name)
         self.spec, self.normalize = self.cfg.obs.spec(), self.cfg.obs.normalizer()
         torch.manual_seed(seed)
@@ -192,7 +205,7 @@ def run(task: str, seed: int, args) -> dict:
     torch.set_num_threads(1)
     prof, cell = make_cell(task, seed)
     rng = np.random.default_rng(seed)
-    learner = MLPLearner(task, seed)
+    learner = MLPLearner(task, seed, dict(args.set))
     batch = learner.cfg.algo.batch_size
     t0 = time.perf_counter()
     demos = Labels(learner.spec.state_dim, learner.spec.action_dim, args.demos * prof.robot.max_episode_steps)
@@ -282,24 +295,37 @@ def report(results: list[dict], args) -> bool:
     return ok
 
 
+def setting(text: str) -> tuple[str, object]:
+    import yaml
+
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, yaml.safe_load(value)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tasks", nargs="+", default=["peg", "pick"], choices=sorted(PROFILES))
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    ap.add_argument("--demos", type=int, default=3, help="expert episodes for the weak BC start")
-    ap.add_argument("--bc-updates", type=int, default=300)
-    ap.add_argument("--episodes", type=int, default=60, help="HG-DAgger training episodes (the budget)")
+    ap.add_argument("--demos", type=int, default=2, help="expert episodes for the weak BC start")
+    ap.add_argument("--bc-updates", type=int, default=1000)
+    ap.add_argument("--episodes", type=int, default=100, help="HG-DAgger training episodes (the budget)")
     ap.add_argument("--utd", type=float, default=1.0, help="updates per env step, made after each episode")
-    ap.add_argument("--eval-every", type=int, default=10)
+    ap.add_argument("--eval-every", type=int, default=20)
     ap.add_argument("--eval-episodes", type=int, default=20)
-    ap.add_argument("--rate-window", type=int, default=10)
+    ap.add_argument("--rate-window", type=int, default=20)
     ap.add_argument("--stuck-steps", type=int, default=20, help="the sim_human rule (human_when_stuck)")
     ap.add_argument("--human-gain", type=float, default=1.0)
-    ap.add_argument("--gate", choices=["stuck", "corridor"], default="corridor", help="when the human takes over")
-    ap.add_argument("--corridor", type=float, default=0.5, help="corridor gate: action distance (translation)")
-    ap.add_argument("--hold", type=int, default=10, help="corridor gate: steps the human keeps control")
+    ap.add_argument("--gate", choices=["stuck", "corridor", "progress"], default="corridor",
+                    help="when the human takes over (see Human)")
+    ap.add_argument("--corridor", type=float, default=1.0,
+                    help="corridor gate: action distance (translation); progress gate: metres moved away from the goal")
+    ap.add_argument("--hold", type=int, default=3, help="corridor gate: steps the human keeps control")
     ap.add_argument("--demo-ratio", type=float, default=-1.0,
                     help="share of each batch from the demonstrations; < 0: uniform over demos + interventions")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=YAML", type=setting,
+                    help="learning-config overrides by dotted key, e.g. obs.state_scale=[0.01,0.01,...]")
     ap.add_argument("--png", type=Path)
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()

@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[3]
 
 
 @pytest.mark.parametrize("name, algo, cameras", [("sac_peg", "sac", ()), ("sac_peg_cnn", "sac", ("wrist", "side")),
-                                                 ("rlpd_peg", "rlpd", ()), ("hg_dagger_peg", "hg_dagger", ())])
+                                                 ("rlpd_peg", "rlpd", ())])
 def test_shipped_configs_load(name, algo, cameras):
     cfg = load_learner_config(ROOT / "config" / f"{name}.yaml")
     spec = cfg.obs.spec()
