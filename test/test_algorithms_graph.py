@@ -1,6 +1,6 @@
 """Every registered algorithm runs end to end through the real graph (robot, inference, learner on DDS):
-weights flow and versions advance, inference acts with them, and a second run resumes from the first
-one's checkpoint. Each algorithm is run with the shipped learning config that names it."""
+weights flow and versions advance, inference acts with them, and (for ``RESUMED``) a second run resumes
+from the first one's checkpoint. Each algorithm is run with the shipped learning config that names it."""
 from __future__ import annotations
 
 import re
@@ -16,6 +16,9 @@ from user_buffer.store import TransitionStore
 from user_learner.algos import algorithm_names
 
 pytestmark = pytest.mark.timeout(400)
+# Resumed through the graph as well (the others' checkpoints are resumed bit-identically in unit tests:
+# rlpd is SAC's agent, test_sac_resume; hg_dagger, test_hg_dagger)
+RESUMED = {"sac", "sac_flow", "hg_dagger_vla"}
 
 
 def shipped_configs() -> dict[str, str]:
@@ -91,6 +94,8 @@ def test_the_algorithm_trains_through_the_graph_and_resumes(procs, ros_node, tmp
         assert human, "the scripted human never took over"
         assert keys(tmp_path / "runs/t/interventions", human_only=False) == human
 
+    if algo not in RESUMED:
+        return
     bag = TransitionStore(tmp_path / "runs/t/replay", writable=False)
     held = len(bag)   # the robot outruns the first budget until the run stops (a chunk policy by far)
     bag.close()

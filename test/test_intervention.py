@@ -120,6 +120,47 @@ def test_human_intervention_overrides_the_policy_and_labels_the_episode(procs, r
     assert all(b.state != RobotStatus.STATE_ERROR for b in beats.msgs)
 
 
+def test_the_simulated_human_with_a_corridor_steps_in_as_soon_as_the_policy_leaves_it(procs, ros_node, tmp_path):
+    """human_corridor: the scripted human leaves a policy that acts like the expert alone, and takes over
+    within a few steps once the policy's actions leave the corridor around the expert's (HG-DAgger's
+    early correction), instead of waiting for 20 steps without progress."""
+    from user_hal.profile import load_profile
+    from user_hal.scripted_policy import make_expert
+
+    prof = profile_with(tmp_path, **{"robot.cameras": [], "task.terminate_on_success": False,
+                                     "robot.max_episode_steps": 40})
+    expert = make_expert(load_profile(prof))
+    pub = ros_node.create_publisher(Action, "/franka_0/action", RELIABLE)
+    LEAVE = 15
+
+    def policy(o: Observation) -> None:   # the expert's own action, then one that lifts the peg away
+        a = expert.act(np.asarray(o.proprio)).tolist() if o.step < LEAVE else POLICY_ACTION
+        pub.publish(Action(robot_id="franka_0", episode_id=o.episode_id, step=o.step, action=a,
+                           policy_version=POLICY_VERSION, source=Action.SOURCE_POLICY))
+
+    Collect(ros_node, Observation, "/franka_0/observation", QoSProfile(depth=2, reliability=ReliabilityPolicy.RELIABLE),
+            on_msg=policy)
+    trans = Collect(ros_node, Transition, "/user/transitions", DATA)
+    episodes = Collect(ros_node, EpisodeStats, "/user/episodes", DATA)
+    procs.start("robot", node_cmd("robot_node", {"robot_id": "franka_0", "profile": str(prof),
+                                                 "realtime_factor": 1.0}))
+    procs.start("teleop", teleop_cmd({"robot_id": "franka_0", "input": "joy", "hold_s": HOLD_S,
+                                      "success_button": 1, "open_button": -1}))
+    procs.start("human", node_cmd("scripted_policy", {
+        "robot_id": "franka_0", "profile": str(prof), "as_human": True, "human_corridor": 0.2,
+        "human_hold_steps": 3, "label_success": False}))
+    episodes.wait(lambda m: len(m) >= 1, 80, "the first episode to end")
+    time.sleep(0.3)
+    ep = episodes.msgs[0]
+    with trans.lock:
+        steps = sorted([m for m in trans.msgs if m.episode_id == ep.episode_id], key=lambda m: m.step)
+    table = "".join("H" if m.intervened else "." for m in steps)
+    human = [m.step for m in steps if m.intervened]
+    assert human, f"the human never stepped in: {table}"
+    assert not [s for s in human if s < LEAVE], f"the human took over while the policy acted like the expert: {table}"
+    assert human[0] <= LEAVE + 4, f"the human stepped in at step {human[0]}, the policy left the corridor at {LEAVE}: {table}"
+
+
 def _runs(s: str, ch: str):
     i = 0
     while i < len(s):

@@ -57,6 +57,10 @@ def test_teleop_adds_a_teleop_node_for_one_robot_and_optionally_a_simulated_huma
     human = by_label(g.nodes)["franka_0/sim_human"]
     assert human.executable == "scripted_policy" and human.parameters["as_human"] is True
     assert human.parameters["robot_id"] == "franka_0" and human.parameters["human_when_stuck"] == 20
+    assert human.parameters["human_corridor"] == 0.0
+    corridor = by_label(load_graph(FRANKA_SAC, {"teleop": "joy", "sim_human": "true", "sim_human_corridor": "1.0"})
+                        .nodes)["franka_0/sim_human"]
+    assert corridor.parameters["human_corridor"] == 1.0
     assert by_label(g.nodes)["franka_0/teleop"].parameters == {
         "robot_id": "franka_0", "input": "joy", "success_button": 1, "open_button": -1}
     plain_joy = by_label(load_graph(FRANKA_SAC, {"teleop": "joy"}).nodes)["franka_0/teleop"]
@@ -99,7 +103,7 @@ def test_franka_sac_defaults() -> None:
         "realtime_factor": 1.0, "episodes": 0, "seed": 0, "record": False, "buffer": False, "reward": "profile",
         "reward_model": "runs/reward_model", "reward_when": "profile", "noise": 0.0, "terminate_on_success": "profile",
         "teleop": "none",
-        "teleop_robot": "franka_0", "replan_every": 0, "sim_human": False, "respawn_delay": 5.0,
+        "teleop_robot": "franka_0", "replan_every": 0, "sim_human": False, "sim_human_corridor": 0.0, "respawn_delay": 5.0,
     }
     assert g.robot_ids == ["franka_0"]
     nodes = by_label(g.nodes)
