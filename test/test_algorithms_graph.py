@@ -120,7 +120,7 @@ def test_sac_trains_on_pick_and_place_through_the_graph(procs, ros_node, tmp_pat
     transitions = Collect(ros_node, Transition, "/user/transitions")
     run = procs.start("pick", userctl_cmd("launch", str(cfg / "franka_sac.yaml"), "profile:=robot_sim_pick",
                                           "config:=sac_pick", "run_name:=pick", "realtime_factor:=0",
-                                          "max_env_steps:=250"))
+                                          "max_env_steps:=170"))
     assert run.popen.wait(timeout=240) == 0, run.output()[-3000:]
     summary = re.search(r"summary: (\d+) env steps, (\d+) updates", run.output())
     assert summary and int(summary.group(2)) > 0, run.output()[-3000:]
