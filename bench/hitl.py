@@ -209,7 +209,9 @@ def run(task: str, seed: int, args) -> dict:
     batch = learner.cfg.algo.batch_size
     t0 = time.perf_counter()
     demos = Labels(learner.spec.state_dim, learner.spec.action_dim, args.demos * prof.robot.max_episode_steps)
-    expert = Human(prof, seed, 0, 1.0).expert
+    from user_hal.scripted_policy import make_expert
+
+    expert = make_expert(prof, seed=seed)
     try:
         for ep in range(args.demos):
             run_episode(cell, 10_000 + 100 * seed + ep, expert.act, labels=demos)
