@@ -33,20 +33,16 @@ def config_copy(dest: Path, learner: dict[str, dict] | None = None) -> Path:
     return d
 
 
-class EpisodeClock:
-    """Receives /user/episodes in this process and stamps each on arrival (time.monotonic())."""
+class Listener:
+    """An rclpy node in this process on its own context, spun by a background thread; ``close()`` ends it."""
 
-    def __init__(self) -> None:
+    def __init__(self, name: str) -> None:
         import rclpy
         from rclpy.executors import SingleThreadedExecutor
-        from user_msgs.msg import EpisodeStats
 
         self.ctx = rclpy.Context()
         rclpy.init(args=[], context=self.ctx)
-        self.node = rclpy.create_node("bench_episodes", context=self.ctx)
-        self.events: list[tuple[float, object]] = []
-        self.node.create_subscription(EpisodeStats, "/user/episodes",
-                                      lambda m: self.events.append((time.monotonic(), m)), 100)
+        self.node = rclpy.create_node(name, context=self.ctx)
         self.ex = SingleThreadedExecutor(context=self.ctx)
         self.ex.add_node(self.node)
         self.thread = threading.Thread(target=self.ex.spin, daemon=True)
@@ -56,6 +52,18 @@ class EpisodeClock:
         self.ex.shutdown(timeout_sec=1.0)
         self.node.destroy_node()
         self.ctx.try_shutdown()
+
+
+class EpisodeClock(Listener):
+    """Receives /user/episodes in this process and stamps each on arrival (time.monotonic())."""
+
+    def __init__(self) -> None:
+        from user_msgs.msg import EpisodeStats
+
+        super().__init__("bench_episodes")
+        self.events: list[tuple[float, object]] = []
+        self.node.create_subscription(EpisodeStats, "/user/episodes",
+                                      lambda m: self.events.append((time.monotonic(), m)), 100)
 
 
 def run_graph(graph: Path, args: list[str], cwd: Path, log: Path, timeout_s: float,

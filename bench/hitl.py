@@ -3,16 +3,19 @@
 
 Each (task, seed) run drives the real robot cell (``user_hal.cell.RobotCell``, MuJoCo, the robot's own
 resets and speed limits) in this process:
-1. ``--demos`` episodes of the scripted expert, then ``--bc-updates`` behaviour-cloning updates of
-   HG-DAgger's learner on them: the weak start.
+1. ``--demos`` episodes of the scripted expert, then ``--bc-updates`` behaviour-cloning updates: the weak
+   start. ``--policy mlp``: HG-DAgger's learner with the state policy of ``config/hg_dagger_<task>.yaml``;
+   ``--policy vla``: the small VLA-like chunk policy (``bench/vla.py``'s architecture, proprio and
+   instruction in, pick-and-place only), acting ``--execute`` actions of every chunk.
 2. ``--episodes`` training episodes: the policy drives and the scripted expert plays the human behind
    a gate (``--gate``, see ``Human``): ``corridor`` (default) takes over for ``--hold`` steps whenever
    the policy's commanded motion is more than ``--corridor`` action units from the expert's, then hands
    back; ``stuck`` is the ``sim_human`` node's rule. The human's motion goes through the real teleop
    mapping (``Teleop``: device axes, dead band, scales) with ``--human-gain``; the gripper is the
-   expert's command (a human's buttons). Every human step joins the aggregated dataset; after each
-   episode the learner makes ``--utd`` updates per env step of that episode, uniform over
-   demonstrations and interventions together (``--demo-ratio`` < 0, HG-DAgger's rule).
+   expert's command (a human's buttons). Every human step joins the aggregated dataset (for the chunk
+   policy, a row's target is the next H actions of its own intervention segment); after each episode
+   the learner makes ``--utd`` updates per env step of that episode, uniform over demonstrations and
+   interventions together (``--demo-ratio`` < 0, HG-DAgger's rule).
 3. Every ``--eval-every`` training episodes, ``--eval-episodes`` episodes of the policy alone
    (deterministic, the same start seeds every time) measure its success rate.
 
@@ -21,6 +24,7 @@ The table reports the policy-alone success rate at the start and at the end and 
 least +30 points of success and the intervention rate at least halved within the stated budget.
 
     source scripts/env.sh && python bench/hitl.py --tasks peg --png docs/hitl_curves.png   # the README's table
+    python bench/hitl.py --tasks pick --policy vla --demos 10 --bc-updates 2000 --episodes 60 --utd 0.5
     python bench/hitl.py --tasks peg --gate stuck         # the sim_human rule, for comparison
 """
 from __future__ import annotations
@@ -111,45 +115,173 @@ class Human:
 
 
 class Labels:
-    """The aggregated dataset (raw proprio, expert action), growing."""
+    """A growing set of labelled steps (raw proprio, expert action), sampled uniformly."""
 
-    def __init__(self, state_dim: int, action_dim: int, capacity: int) -> None:
+    def __init__(self, state_dim: int, action_dim: int, capacity: int = 1024) -> None:
         self.state = np.zeros((capacity, state_dim), np.float32)
         self.action = np.zeros((capacity, action_dim), np.float32)
         self.n = 0
 
     def add(self, state: np.ndarray, action: np.ndarray) -> None:
-        if self.n == len(self.state):
+        while self.n + len(state) > len(self.state):
             self.state = np.concatenate([self.state, np.zeros_like(self.state)])
             self.action = np.concatenate([self.action, np.zeros_like(self.action)])
-        self.state[self.n], self.action[self.n] = state, action
-        self.n += 1
+        self.state[self.n:self.n + len(state)], self.action[self.n:self.n + len(state)] = state, action
+        self.n += len(state)
 
     def sample(self, k: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         idx = rng.integers(0, self.n, k)
         return self.state[idx], self.action[idx]
 
 
-def run_episode(cell, seed: int, act, human: Human | None = None, episode: int = 0, labels: Labels | None = None):
-    """One episode from a reset; returns (success, steps, human steps). ``labels`` receives the
-    human's steps (every step when there is no human: the expert's demonstrations)."""
+def run_episode(cell, seed: int, policy, human: Human | None = None, episode: int = 0):
+    """One episode from a reset: ``(success, states [T, D], commanded actions [T, A], by_human [T])``.
+
+    ``policy.act(proprio)`` proposes every step; ``policy.interrupt()`` is called when the human acts (a
+    chunk policy drops the rest of its chunk, as the robot does)."""
     state = cell.reset(seed=seed)
     obs = cell.proprio(state)
-    steps = helped = 0
+    policy.interrupt()
+    states, actions, by_human = [], [], []
     success = False
     while True:
-        proposed = act(obs)
-        a = human.act(episode, steps, obs, proposed) if human is not None else None
-        by_human = a is not None
-        res = cell.step(a if by_human else proposed)
-        helped += by_human
-        if labels is not None and (human is None or by_human):
-            labels.add(obs, res.commanded)
-        steps += 1
+        proposed = policy.act(obs)
+        a = human.act(episode, len(states), obs, proposed) if human is not None else None
+        if a is not None:
+            policy.interrupt()
+        res = cell.step(proposed if a is None else a)
+        states.append(obs)
+        actions.append(res.commanded)
+        by_human.append(a is not None)
         success = success or res.outcome.success
         obs = cell.proprio(res.state)
         if res.terminated or res.truncated:
-            return success, steps, helped
+            return success, np.array(states, np.float32), np.array(actions, np.float32), np.array(by_human)
+
+
+def segments(mask: np.ndarray) -> list[tuple[int, int]]:
+    """``[start, end)`` of every run of True in ``mask``."""
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], mask.astype(np.int8), [0]])))
+    return list(zip(edges[::2].tolist(), edges[1::2].tolist()))
+
+
+class Expert:
+    """The scripted expert as a policy (the demonstrations)."""
+
+    def __init__(self, prof, seed: int) -> None:
+        from user_hal.scripted_policy import make_expert
+
+        self.act = make_expert(prof, seed=seed).act
+
+    def interrupt(self) -> None:
+        pass
+
+
+class MLPLearner:
+    """HG-DAgger's learner with the state (MLP) policy, built from the shipped config; one action per step."""
+
+    policy_name = "mlp"
+
+    def __init__(self, task: str, seed: int, args) -> None:
+        import torch
+
+        from user_learner.algos import get_algorithm
+        from user_learner.learner_config import load_learner_config
+
+        self.cfg = load_learner_config(ROOT / "config" / f"{CONFIGS[task]}.yaml", {**dict(args.set), "algo.seed": seed})
+        algo = get_algorithm(self.cfg.algo_name)
+        self.spec, self.normalize = self.cfg.obs.spec(), self.cfg.obs.normalizer()
+        torch.manual_seed(seed)
+        self.agent, self.policy = algo.agent(self.spec, self.cfg.algo), algo.policy(self.spec, self.cfg.algo)
+        self.demos, self.interventions = Labels(self.spec.state_dim, self.spec.action_dim), \
+            Labels(self.spec.state_dim, self.spec.action_dim)
+        self.demo_ratio = args.demo_ratio
+        self.sync()
+
+    def add(self, states: np.ndarray, actions: np.ndarray, demo: bool) -> None:
+        """One demonstration episode, or one intervention segment."""
+        (self.demos if demo else self.interventions).add(states, actions)
+
+    def train(self, updates: int, rng: np.random.Generator) -> None:
+        from user_learner.batch import batch_from_numpy
+
+        k = self.cfg.algo.batch_size
+        for _ in range(updates):
+            state, action = draw(self.demos, self.interventions, k, rng, self.demo_ratio)
+            self.agent.update(batch_from_numpy({
+                "state": self.normalize(state), "next_state": self.normalize(state), "action": action,
+                "reward": np.zeros(k, np.float32), "terminated": np.zeros(k, np.float32),
+                "action_source": np.full(k, 1, np.uint8), "intervened": np.ones(k, np.float32)}))
+        self.sync()
+
+    def sync(self) -> None:
+        self.policy.load_policy_state_dict(self.agent.policy_state_dict())
+
+    def act(self, proprio: np.ndarray) -> np.ndarray:
+        return self.policy.act(self.normalize(proprio), None, deterministic=True)
+
+    def interrupt(self) -> None:
+        pass
+
+    @property
+    def updates(self) -> int:
+        return self.agent.num_updates
+
+
+class VLALearner:
+    """HG-DAgger's learner with the small VLA-like chunk policy (``bench/vla.py``'s architecture, state and
+    instruction in, no cameras). A row's chunk target is the next ``H`` expert actions of its own
+    demonstration or intervention segment (masked after the segment ends); batches are uniform over
+    both. The policy acts in chunks: ``execute`` actions, then a new chunk (or at once after the human)."""
+
+    policy_name = "vla"
+
+    def __init__(self, task: str, seed: int, args) -> None:
+        import torch
+
+        from vla import small_agent
+
+        self.algo, self.spec, self.cfg, self.agent = small_agent(seed, (), dict(args.set))
+        self.normalize = self.cfg.obs.normalizer()
+        self.policy = self.algo.policy(self.spec, self.cfg.algo)
+        self.execute, self.episodes, self.seed = args.execute, [], seed
+        self.gen = torch.Generator().manual_seed(seed)
+        self.plan: list[np.ndarray] = []
+        self._demos = None
+        self.sync()
+
+    def add(self, states: np.ndarray, actions: np.ndarray, demo: bool) -> None:
+        from user_learner.vla.pretrain import Episode
+
+        self.episodes.append(Episode(states, actions, action_source=np.full(len(actions), 2 if demo else 1, np.uint8)))
+        self._demos = None
+
+    def train(self, updates: int, rng: np.random.Generator) -> None:
+        from user_learner.vla.pretrain import Demos, bc_pretrain
+
+        if self._demos is None:
+            self._demos = Demos(self.episodes, self.cfg.algo.chunk_size, int(rng.integers(1 << 31)))
+        bc_pretrain(self.agent, self._demos, updates, self.normalize)
+        self.sync()
+
+    def sync(self) -> None:
+        self.policy.load_policy_state_dict(self.agent.policy_state_dict())
+
+    def act(self, proprio: np.ndarray) -> np.ndarray:
+        if not self.plan:
+            chunk = self.policy.act(self.normalize(proprio), None, True, self.gen, instruction=self.cfg.algo.instruction)
+            self.plan = list(chunk.reshape(-1, chunk.shape[-1])[:self.execute])
+        return self.plan.pop(0)
+
+    def interrupt(self) -> None:
+        self.plan = []
+
+    @property
+    def updates(self) -> int:
+        return self.agent.num_updates
+
+
+LEARNERS = {"mlp": MLPLearner, "vla": VLALearner}
 
 
 def draw(demos: Labels, interventions: Labels, k: int, rng: np.random.Generator, demo_ratio: float):
@@ -166,83 +298,44 @@ def draw(demos: Labels, interventions: Labels, k: int, rng: np.random.Generator,
     return s, a
 
 
-class MLPLearner:
-    """HG-DAgger's learner with the state (MLP) policy, built from the shipped config."""
-
-    def __init__(self, task: str, seed: int, overrides: dict | None = None) -> None:
-        import torch
-
-        from user_learner.algos import get_algorithm
-        from user_learner.learner_config import load_learner_config
-
-        self.cfg = load_learner_config(ROOT / "config" / f"{CONFIGS[task]}.yaml",
-                                       {**(overrides or {}), "algo.seed": seed})
-        algo = get_algorithm(self.cfg.algo_name)
-        self.spec, self.normalize = self.cfg.obs.spec(), self.cfg.obs.normalizer()
-        torch.manual_seed(seed)
-        self.agent, self.policy = algo.agent(self.spec, self.cfg.algo), algo.policy(self.spec, self.cfg.algo)
-        self.sync()
-
-    def sync(self) -> None:
-        self.policy.load_policy_state_dict(self.agent.policy_state_dict())
-
-    def update(self, state: np.ndarray, action: np.ndarray) -> None:
-        from user_learner.batch import batch_from_numpy
-
-        n = len(state)
-        self.agent.update(batch_from_numpy({
-            "state": self.normalize(state), "next_state": self.normalize(state), "action": action,
-            "reward": np.zeros(n, np.float32), "terminated": np.zeros(n, np.float32),
-            "action_source": np.full(n, 1, np.uint8), "intervened": np.ones(n, np.float32)}))
-
-    def act(self, proprio: np.ndarray) -> np.ndarray:
-        return self.policy.act(self.normalize(proprio), None, deterministic=True)
-
-
-def run(task: str, seed: int, args) -> dict:
+def run(task: str, seed: int, policy: str, args) -> dict:
     import torch
 
     torch.set_num_threads(1)
     prof, cell = make_cell(task, seed)
     rng = np.random.default_rng(seed)
-    learner = MLPLearner(task, seed, dict(args.set))
-    batch = learner.cfg.algo.batch_size
+    learner = LEARNERS[policy](task, seed, args)
     t0 = time.perf_counter()
-    demos = Labels(learner.spec.state_dim, learner.spec.action_dim, args.demos * prof.robot.max_episode_steps)
-    from user_hal.scripted_policy import make_expert
-
-    expert = make_expert(prof, seed=seed)
     try:
+        expert = Expert(prof, seed)
         for ep in range(args.demos):
-            run_episode(cell, 10_000 + 100 * seed + ep, expert.act, labels=demos)
-        for _ in range(args.bc_updates):
-            learner.update(*demos.sample(batch, rng))
-        learner.sync()
+            _, states, actions, _ = run_episode(cell, 10_000 + 100 * seed + ep, expert)
+            learner.add(states, actions, demo=True)
+        learner.train(args.bc_updates, rng)
 
         def evaluate() -> float:
-            return float(np.mean([run_episode(cell, 50_000 + e, learner.act)[0] for e in range(args.eval_episodes)]))
+            return float(np.mean([run_episode(cell, 50_000 + e, learner)[0] for e in range(args.eval_episodes)]))
 
-        interventions = Labels(learner.spec.state_dim, learner.spec.action_dim, 4096)
         human = Human(prof, seed, args.stuck_steps, args.human_gain, args.gate, args.corridor, args.hold)
         evals = [(0, evaluate())]
         episodes = []
         for ep in range(args.episodes):
-            success, steps, helped = run_episode(cell, 100 * seed + ep, learner.act, human, ep, interventions)
-            episodes.append({"success": success, "steps": steps, "human_steps": helped})
-            for _ in range(int(args.utd * steps)):
-                learner.update(*draw(demos, interventions, batch, rng, args.demo_ratio))
-            learner.sync()
+            success, states, actions, by_human = run_episode(cell, 100 * seed + ep, learner, human, ep)
+            for a, b in segments(by_human):
+                learner.add(states[a:b], actions[a:b], demo=False)
+            episodes.append({"success": success, "steps": len(states), "human_steps": int(by_human.sum())})
+            learner.train(int(args.utd * len(states)), rng)
             if (ep + 1) % args.eval_every == 0:
                 evals.append((ep + 1, evaluate()))
     finally:
         cell.close()
     w = args.rate_window
     rate = lambda eps: sum(e["human_steps"] for e in eps) / max(1, sum(e["steps"] for e in eps))  # noqa: E731
-    return {"task": task, "policy": "mlp", "seed": seed, "start": evals[0][1], "end": evals[-1][1],
+    return {"task": task, "policy": policy, "seed": seed, "start": evals[0][1], "end": evals[-1][1],
             "rate_first": rate(episodes[:w]), "rate_last": rate(episodes[-w:]), "evals": evals, "episodes": episodes,
             "human_steps": sum(e["human_steps"] for e in episodes),
-            "env_steps": sum(e["steps"] for e in episodes), "updates": learner.agent.num_updates,
-            "seconds": time.perf_counter() - t0}
+            "env_steps": sum(e["steps"] for e in episodes), "updates": learner.updates,
+            "seconds": time.perf_counter() - t0, "settings": settings(args)}
 
 
 def plot(results: list[dict], path: Path) -> None:
@@ -271,13 +364,21 @@ def plot(results: list[dict], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
-def report(results: list[dict], args) -> bool:
+def settings(args) -> str:
+    """One line saying how a run was made."""
     gate = (f"stuck for {args.stuck_steps} steps" if args.gate == "stuck"
             else f"corridor {args.corridor}, hold {args.hold} steps")
-    print(f"\nHG-DAgger from a weak BC start ({args.demos} demos, {args.bc_updates} BC updates), "
-          f"{args.episodes} training episodes, {args.utd} updates per env step, human gate "
-          f"{gate}, gain {args.human_gain}; success of the policy alone over "
-          f"{args.eval_episodes} episodes; intervention rate over the first/last {args.rate_window} episodes")
+    chunks = f", executing {args.execute} per chunk" if args.policy == "vla" else ""
+    return (f"{args.policy}: {args.demos} demos, {args.bc_updates} BC updates, {args.episodes} training episodes, "
+            f"{args.utd} updates per env step, human gate {gate}, gain {args.human_gain}{chunks}; success of the "
+            f"policy alone over {args.eval_episodes} episodes; intervention rate over the first/last "
+            f"{args.rate_window} episodes")
+
+
+def report(results: list[dict]) -> bool:
+    print("\nHG-DAgger from a weak BC start:")
+    for line in dict.fromkeys(r["settings"] for r in results):
+        print(f"  {line}")
     print(f"{'task':6} {'policy':6} {'seed':>4} {'start':>6} {'end':>6} {'gain':>6} {'rate first':>10} "
           f"{'rate last':>9} {'human/env steps':>16} {'time s':>7}")
     ok = True
@@ -328,21 +429,34 @@ def main() -> int:
                     help="share of each batch from the demonstrations; < 0: uniform over demos + interventions")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=YAML", type=setting,
                     help="learning-config overrides by dotted key, e.g. obs.state_scale=[0.01,0.01,...]")
+    ap.add_argument("--policy", choices=sorted(LEARNERS), default="mlp",
+                    help="mlp: the state policy of config/hg_dagger_<task>.yaml; vla: the small VLA-like chunk "
+                         "policy (pick only; bench/vla.py's architecture)")
+    ap.add_argument("--execute", type=int, default=4, help="vla: actions executed per chunk before a new one")
+    ap.add_argument("--merge", nargs="+", type=Path, metavar="JSON",
+                    help="run nothing: report and plot the results of earlier runs' --json files together "
+                         "(runs split over processes); the table's header then shows this command's settings")
     ap.add_argument("--png", type=Path)
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
+    if args.policy == "vla" and args.tasks != ["pick"]:
+        ap.error(f"--policy vla runs pick-and-place only (config/vla_pick.yaml), not --tasks {' '.join(args.tasks)}")
     if args.rate_window * 2 > args.episodes:
         ap.error(f"--rate-window {args.rate_window}: the first and last windows overlap in {args.episodes} episodes")
     print(f"{platform.processor() or platform.machine()}, {len(args.seeds)} seeds; command: "
           f"python {' '.join(shlex.quote(a) for a in sys.argv)}", flush=True)
     results = []
-    for task in args.tasks:
+    for f in args.merge or ():
+        saved = json.loads(f.read_text())
+        for r in saved["results"]:   # runs that predate "settings": their command line instead
+            results.append({"settings": "python " + " ".join(saved["command"]), **r})
+    for task in args.tasks if not args.merge else ():
         for seed in args.seeds:
-            r = run(task, seed, args)
-            print(f"  {task} seed {seed}: {100 * r['start']:.0f}% -> {100 * r['end']:.0f}%, evals "
+            r = run(task, seed, args.policy, args)
+            print(f"  {task} {args.policy} seed {seed}: {100 * r['start']:.0f}% -> {100 * r['end']:.0f}%, evals "
                   f"{[(e, round(100 * v)) for e, v in r['evals']]}, {r['seconds']:.0f} s", flush=True)
             results.append(r)
-    ok = report(results, args)
+    ok = report(results)
     if args.json:
         args.json.write_text(json.dumps({"command": sys.argv, "results": results}))
     if args.png:

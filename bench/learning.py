@@ -34,8 +34,8 @@ def record_demos(cfg_dir: Path, work: Path, episodes: int) -> None:
 
 
 def run_mode(cfg_dir: Path, work: Path, config: str, mode: str, minutes: float, target: float, window: int,
-             rf: float, reward: str) -> dict:
-    run_name = f"learn_{config}_{mode}"
+             rf: float, reward: str, robots: int = 1) -> dict:
+    run_name = f"learn_{config}_{mode}_{robots}"
     shutil.rmtree(work / "runs" / run_name, ignore_errors=True)
     clock = EpisodeClock()
     t0 = time.monotonic()
@@ -60,13 +60,14 @@ def run_mode(cfg_dir: Path, work: Path, config: str, mode: str, minutes: float, 
 
     log = work / f"{run_name}.log"
     run_graph(cfg_dir / "franka_sac.yaml", [f"config:={config}", f"sync:={str(mode == 'sync').lower()}",
-              f"max_minutes:={minutes}", f"run_name:={run_name}", f"realtime_factor:={rf}", f"reward:={reward}"],
+              f"max_minutes:={minutes}", f"run_name:={run_name}", f"realtime_factor:={rf}", f"reward:={reward}",
+              f"robots:={robots}"],
               work, log, timeout_s=60 * minutes + 120, stop_when=check)
     check()
     clock.close()
     utd = updates_per_env_step(log)
     shutil.copy(log, ROOT / "runs" / f"{run_name}.log") if (ROOT / "runs").is_dir() else None
-    return {"mode": mode, "curve": curve, "reached": reached, "episodes": seen, "env_steps": steps,
+    return {"mode": mode, "robots": robots, "curve": curve, "reached": reached, "episodes": seen, "env_steps": steps,
             "seconds": time.monotonic() - t0, "utd": utd}
 
 
@@ -81,8 +82,9 @@ def plot(results: list[dict], target: float, path: Path, title: str) -> None:
         if not r["curve"]:
             continue
         secs, steps, rate = zip(*r["curve"])
-        axes[0].plot([s / 60 for s in secs], rate, label=r["mode"])
-        axes[1].plot(steps, rate, label=r["mode"])
+        label = r["mode"] if r.get("robots", 1) == 1 else f"{r['mode']}, {r['robots']} robots"
+        axes[0].plot([s / 60 for s in secs], rate, label=label)
+        axes[1].plot(steps, rate, label=label)
     for ax, xlabel in zip(axes, ("wall-clock minutes", "environment steps")):
         ax.axhline(target, color="grey", linestyle="--", linewidth=1)
         ax.set_xlabel(xlabel)
@@ -108,6 +110,8 @@ def main() -> int:
     ap.add_argument("--reward", default="profile", choices=["profile", "sparse", "dense"])
     ap.add_argument("--demos", type=int, default=20, help="scripted demonstration episodes, for a config that "
                     "learns from demonstrations (rlpd_peg)")
+    ap.add_argument("--robots", type=int, nargs="+", default=[1], help="robot counts, each run per mode "
+                    "(the success window spans every robot's episodes)")
     ap.add_argument("--png", type=Path, default=ROOT / "docs" / "learning_curve.png")
     args = ap.parse_args()
     isolate_ros()
@@ -121,23 +125,24 @@ def main() -> int:
         if get_algorithm(load_learner_config(cfg_dir / f"{args.config}.yaml").algo_name).needs_demos:
             print(f"recording {args.demos} demonstration episodes of the scripted expert ...", flush=True)
             record_demos(cfg_dir, work, args.demos)
-        for mode in args.modes:
-            print(f"learning ({mode}) for at most {args.minutes:g} min ...", flush=True)
-            results.append(run_mode(cfg_dir, work, args.config, mode, args.minutes, args.target, args.window,
-                                    args.realtime_factor, args.reward))
+        for robots in args.robots:
+            for mode in args.modes:
+                print(f"learning ({mode}, {robots} robot(s)) for at most {args.minutes:g} min ...", flush=True)
+                results.append(run_mode(cfg_dir, work, args.config, mode, args.minutes, args.target, args.window,
+                                        args.realtime_factor, args.reward, robots))
     title = (f"{args.config} on simulated peg insertion, realtime_factor {args.realtime_factor:g}, "
              f"randomized starts, reward {args.reward}")
     plot(results, args.target, args.png, title)
     print()
     print(title)
-    head = (f"{'mode':<6} | {'reached':>7} | {'wall-clock s':>12} | {'env steps':>9} | {'episodes':>8} | "
+    head = (f"{'mode':<6} | {'robots':>6} | {'reached':>7} | {'wall-clock s':>12} | {'env steps':>9} | {'episodes':>8} | "
             f"{'final success':>13} | {'updates/env step':>16}")
     print(head)
     print("-" * len(head))
     for r in results:
         rr = r["reached"]
         final = r["curve"][-1][2] if r["curve"] else 0.0
-        print(f"{r['mode']:<6} | {'yes' if rr else 'no':>7} | {rr.get('seconds', r['seconds']):>12.0f} | "
+        print(f"{r['mode']:<6} | {r['robots']:>6} | {'yes' if rr else 'no':>7} | {rr.get('seconds', r['seconds']):>12.0f} | "
               f"{int(rr.get('env_steps', r['env_steps'])):>9} | {int(rr.get('episodes', r['episodes'])):>8} | "
               f"{100 * final:>12.0f}% | {r['utd']:>16.2f}")
     print(f"(where not reached: the numbers are for the whole budget; updates/env step: the training each mode "

@@ -113,6 +113,24 @@ def evaluate(policy, normalize, episodes: int, seed: int, cameras: Sequence[str]
     return wins / episodes, act_s / max(calls, 1)
 
 
+def small_agent(seed: int = 0, cameras: Sequence[str] = (), overrides: dict | None = None):
+    """``(algo, spec, cfg, agent)``: a fresh ``finetune: all`` agent of ``config/vla_pick.yaml`` with the
+    ``SMALL`` architecture (``overrides`` on top)."""
+    import torch
+
+    from user_learner.algos import get_algorithm
+    from user_learner.learner_config import load_learner_config
+
+    o = {**SMALL, **(overrides or {}), "algo.seed": seed, "algo.finetune": "all", "algo.pretrained": "",
+         "obs.cameras": list(cameras)}
+    cfg = load_learner_config(ROOT / "config" / "vla_pick.yaml", o)
+    algo = get_algorithm(cfg.algo_name)
+    spec = cfg.obs.spec()
+    spec = type(spec)(**{**spec.__dict__, "extras": algo.batch_extras})
+    torch.manual_seed(seed)
+    return algo, spec, cfg, algo.agent(spec, cfg.algo)
+
+
 def bc_pretrained_policy(demos: int = 5, steps: int = 500, seed: int = 0, cameras: Sequence[str] = (),
                          overrides: dict | None = None, log_every: int = 0):
     """A BC-pretrained policy to start HG-DAgger from (few demos/steps give a weak one).
@@ -122,21 +140,10 @@ def bc_pretrained_policy(demos: int = 5, steps: int = 500, seed: int = 0, camera
     ``user_learner.vla.model.save_model`` to fine-tune ``head``/``lora`` from it), ``cfg`` the loaded
     learner config, ``info`` the losses and seconds per update.
     """
-    import torch
-
-    from user_learner.algos import get_algorithm
-    from user_learner.learner_config import load_learner_config
     from user_learner.vla.pretrain import Demos, bc_pretrain
 
-    o = {**SMALL, **(overrides or {}), "algo.seed": seed, "algo.finetune": "all", "algo.pretrained": "",
-         "obs.cameras": list(cameras)}
-    cfg = load_learner_config(ROOT / "config" / "vla_pick.yaml", o)
-    algo = get_algorithm(cfg.algo_name)
-    spec = cfg.obs.spec()
-    spec = type(spec)(**{**spec.__dict__, "extras": algo.batch_extras})
-    torch.manual_seed(seed)
     episodes = record_demos(demos, seed, cameras)
-    agent = algo.agent(spec, cfg.algo)
+    algo, spec, cfg, agent = small_agent(seed, cameras, overrides)
     t0 = time.perf_counter()
     losses = bc_pretrain(agent, Demos(episodes, cfg.algo.chunk_size, seed), steps, cfg.obs.normalizer(),
                          log_every=log_every)

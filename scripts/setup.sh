@@ -28,12 +28,15 @@ if [ ! -x "$VENV/bin/python" ]; then
   say "creating $VENV with $($PY --version)"
   "$PY" -m venv "$VENV"
 fi
-req_hash="$(sha256sum requirements.txt | cut -d' ' -f1)"
+req_hash="$(cat requirements.txt requirements-nodeps.txt | sha256sum | cut -d' ' -f1)"
 if [ "$(cat "$VENV/.requirements.sha256" 2>/dev/null)" != "$req_hash" ]; then
-  say "installing requirements.txt (first time: a few minutes)"
+  say "installing requirements.txt and requirements-nodeps.txt (first time: a few minutes)"
   "$VENV/bin/python" -m pip install -q --disable-pip-version-check -r requirements.txt 2>&1 \
     | grep -v "is ignored: it is neither a file nor a directory" || true
-  "$VENV/bin/python" -c "import rclpy, mujoco, torch, yaml" \
+  # Wheels used only for the files they ship, without their declared dependencies (see the file).
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps -r requirements-nodeps.txt 2>&1 \
+    | grep -v "is ignored: it is neither a file nor a directory" || true
+  "$VENV/bin/python" -c "import rclpy, mujoco, torch, yaml, importlib.util as u; assert u.find_spec('trossen_arm_sim')" \
     || { echo "[setup] ERROR: Python dependencies failed to install (see above)" >&2; exit 1; }
   rm -f "$VENV/.cmake-repaired"
   echo "$req_hash" > "$VENV/.requirements.sha256"

@@ -4,6 +4,7 @@ from the first one's checkpoint. Each algorithm is run with the shipped learning
 from __future__ import annotations
 
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -11,14 +12,15 @@ import yaml
 from user_msgs.msg import Transition
 
 from hal_helpers import ROOT, Collect, learning_config_dir, userctl_cmd
+from ros_isolation import isolated_ros_env
 from user_buffer.codec import decode_transition
 from user_buffer.store import TransitionStore
 from user_learner.algos import algorithm_names
 
 pytestmark = pytest.mark.timeout(400)
 # Resumed through the graph as well (the others' checkpoints are resumed bit-identically in unit tests:
-# rlpd is SAC's agent, test_sac_resume; hg_dagger, test_hg_dagger)
-RESUMED = {"sac", "sac_flow", "hg_dagger_vla"}
+# rlpd and sac_flow are SAC's agent, test_sac_resume; hg_dagger, test_hg_dagger)
+RESUMED = {"sac", "hg_dagger_vla"}
 
 
 def shipped_configs() -> dict[str, str]:
@@ -52,8 +54,22 @@ def small(cfg_dir: Path, name: str, demo_dir: Path | None) -> None:
     path.write_text(yaml.safe_dump(data))
 
 
+@pytest.fixture(scope="module")
+def scripted_demos(tmp_path_factory) -> Path:
+    """Six episodes of the scripted expert recorded through the graph once, for every algorithm that
+    learns from demonstrations (their runs open the bag read-only)."""
+    d = tmp_path_factory.mktemp("demos")
+    cfg = learning_config_dir(d)
+    with isolated_ros_env() as env:
+        rec = subprocess.run(userctl_cmd("launch", str(cfg / "franka_sac.yaml"), "policy:=scripted", "record:=true",
+                                         "episodes:=6", "realtime_factor:=0", "run_name:=demos"),
+                             cwd=d, env=env, capture_output=True, text=True, timeout=120)
+    assert rec.returncode == 0, (rec.stdout + rec.stderr)[-3000:]
+    return d / "runs/demos/replay"
+
+
 @pytest.mark.parametrize("algo", algorithm_names())
-def test_the_algorithm_trains_through_the_graph_and_resumes(procs, ros_node, tmp_path, monkeypatch, algo):
+def test_the_algorithm_trains_through_the_graph_and_resumes(procs, ros_node, tmp_path, monkeypatch, algo, request):
     from user_learner.algos import get_algorithm
 
     if not get_algorithm(algo).learns:
@@ -62,13 +78,7 @@ def test_the_algorithm_trains_through_the_graph_and_resumes(procs, ros_node, tmp
     monkeypatch.chdir(tmp_path)
     config = shipped_configs()[algo]
     cfg = learning_config_dir(tmp_path)
-    demo_dir = None
-    if get_algorithm(algo).needs_demos:   # record demonstrations with the scripted expert first
-        rec = procs.start("record", userctl_cmd("launch", str(cfg / "franka_sac.yaml"), "policy:=scripted",
-                                                "record:=true", "episodes:=6", "realtime_factor:=0",
-                                                "run_name:=demos"))
-        assert rec.popen.wait(timeout=120) == 0, rec.output()[-3000:]
-        demo_dir = tmp_path / "runs/demos/replay"
+    demo_dir = request.getfixturevalue("scripted_demos") if get_algorithm(algo).needs_demos else None
     small(cfg, config, demo_dir)
     transitions = Collect(ros_node, Transition, "/user/transitions")
     args = [str(cfg / "franka_sac.yaml"), f"config:={config}", "run_name:=t", "realtime_factor:=0"]

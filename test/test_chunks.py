@@ -340,7 +340,7 @@ def test_a_real_inference_node_serves_hg_dagger_vla_chunks_to_the_robot(procs, r
     trans.wait(lambda m: len(m) >= 24, 120, "24 transitions")
     inference.stop()
     out = inference.log_path.read_text(errors="replace")
-    m = re.search(r"done: (\d+) actions \((\d+) policy queries\)", out)
+    m = re.search(r"done: (\d+) actions \((\d+) policy queries in \d+ forward passes", out)
     assert m, out[-2000:]
     steps = [t.step for t in trans.msgs]
     assert steps == list(range(steps[0], steps[0] + len(steps))), steps

@@ -39,37 +39,47 @@ def stamp_s(stamp) -> float:
     return stamp.sec + stamp.nanosec * 1e-9
 
 
-def test_human_intervention_overrides_the_policy_and_labels_the_episode(procs, ros_node, tmp_path):
+def run_with_human(procs, ros_node, tmp_path, max_steps: int, act, human: dict):
+    """One episode (success does not end it) of a robot node whose policy is ``act(observation) -> action``
+    (SOURCE_POLICY, POLICY_VERSION), with the teleop node on /spacenav/joy and the scripted expert as the
+    human (``scripted_policy`` with ``as_human`` and the parameters ``human``).
+
+    Returns ``(episode stats, its transitions by step, "H."-table, collectors, robot and teleop processes)``."""
     prof = profile_with(tmp_path, **{"robot.cameras": [], "task.terminate_on_success": False,
-                                     "robot.max_episode_steps": 150})
+                                     "robot.max_episode_steps": max_steps})
     pub = ros_node.create_publisher(Action, "/franka_0/action", RELIABLE)
 
-    def policy(o: Observation) -> None:  # an inference node that fails (lifts the peg), answering every observation
-        pub.publish(Action(robot_id="franka_0", episode_id=o.episode_id, step=o.step, action=POLICY_ACTION,
+    def policy(o: Observation) -> None:   # the inference node: answers every observation
+        pub.publish(Action(robot_id="franka_0", episode_id=o.episode_id, step=o.step, action=list(act(o)),
                            policy_version=POLICY_VERSION, source=Action.SOURCE_POLICY))
 
     Collect(ros_node, Observation, "/franka_0/observation", QoSProfile(depth=2, reliability=ReliabilityPolicy.RELIABLE),
             on_msg=policy)
-    trans = Collect(ros_node, Transition, "/user/transitions", DATA)
-    episodes = Collect(ros_node, EpisodeStats, "/user/episodes", DATA)
-    joys = Collect(ros_node, Joy, "/spacenav/joy", RELIABLE)
-    actions = Collect(ros_node, Action, "/franka_0/action", RELIABLE)
-    beats = Collect(ros_node, RobotStatus, "/user/robots/heartbeat", LATCHED)
-
+    got = {"trans": Collect(ros_node, Transition, "/user/transitions", DATA),
+           "episodes": Collect(ros_node, EpisodeStats, "/user/episodes", DATA),
+           "joys": Collect(ros_node, Joy, "/spacenav/joy", RELIABLE),
+           "actions": Collect(ros_node, Action, "/franka_0/action", RELIABLE),
+           "beats": Collect(ros_node, RobotStatus, "/user/robots/heartbeat", LATCHED)}
     robot = procs.start("robot", node_cmd("robot_node", {
         "robot_id": "franka_0", "profile": str(prof), "realtime_factor": 1.0}))
     teleop = procs.start("teleop", teleop_cmd({
         "robot_id": "franka_0", "input": "joy", "hold_s": HOLD_S, "success_button": 1, "open_button": -1}))
-    procs.start("human", node_cmd("scripted_policy", {
-        "robot_id": "franka_0", "profile": str(prof), "as_human": True, "human_steps": "5-12,40-",
-        "success_button": 1}))
-
-    episodes.wait(lambda m: len(m) >= 1, 80, "the first episode to end")
-    ep = episodes.msgs[0]
+    procs.start("human", node_cmd("scripted_policy", {"robot_id": "franka_0", "profile": str(prof), "as_human": True,
+                                                       **human}))
+    got["episodes"].wait(lambda m: len(m) >= 1, 80, "the first episode to end")
+    ep = got["episodes"].msgs[0]
     time.sleep(0.3)  # the last transitions
-    with trans.lock:
-        steps = sorted([m for m in trans.msgs if m.episode_id == ep.episode_id], key=lambda m: m.step)
+    with got["trans"].lock:
+        steps = sorted([m for m in got["trans"].msgs if m.episode_id == ep.episode_id], key=lambda m: m.step)
     table = "".join("H" if m.intervened else "." for m in steps)
+    return ep, steps, table, got, robot, teleop
+
+
+def test_human_intervention_overrides_the_policy_and_labels_the_episode(procs, ros_node, tmp_path):
+    ep, steps, table, got, robot, teleop = run_with_human(
+        procs, ros_node, tmp_path, 150, lambda o: POLICY_ACTION,   # fails: lifts the peg
+        {"human_steps": "5-12,40-", "success_button": 1})
+    joys, actions, beats = got["joys"], got["actions"], got["beats"]
     info = f"steps (H = intervened) {table}, held {ep.held_steps}"
 
     # The label ended the episode as a success (the rule reward alone never ends it here).
@@ -127,34 +137,14 @@ def test_the_simulated_human_with_a_corridor_steps_in_as_soon_as_the_policy_leav
     from user_hal.profile import load_profile
     from user_hal.scripted_policy import make_expert
 
-    prof = profile_with(tmp_path, **{"robot.cameras": [], "task.terminate_on_success": False,
-                                     "robot.max_episode_steps": 40})
-    expert = make_expert(load_profile(prof))
-    pub = ros_node.create_publisher(Action, "/franka_0/action", RELIABLE)
+    expert = make_expert(load_profile(profile_with(tmp_path, "expert.yaml", **{"robot.cameras": []})))
     LEAVE = 15
 
-    def policy(o: Observation) -> None:   # the expert's own action, then one that lifts the peg away
-        a = expert.act(np.asarray(o.proprio)).tolist() if o.step < LEAVE else POLICY_ACTION
-        pub.publish(Action(robot_id="franka_0", episode_id=o.episode_id, step=o.step, action=a,
-                           policy_version=POLICY_VERSION, source=Action.SOURCE_POLICY))
+    def act(o: Observation):   # the expert's own action, then one that lifts the peg away
+        return expert.act(np.asarray(o.proprio)).tolist() if o.step < LEAVE else POLICY_ACTION
 
-    Collect(ros_node, Observation, "/franka_0/observation", QoSProfile(depth=2, reliability=ReliabilityPolicy.RELIABLE),
-            on_msg=policy)
-    trans = Collect(ros_node, Transition, "/user/transitions", DATA)
-    episodes = Collect(ros_node, EpisodeStats, "/user/episodes", DATA)
-    procs.start("robot", node_cmd("robot_node", {"robot_id": "franka_0", "profile": str(prof),
-                                                 "realtime_factor": 1.0}))
-    procs.start("teleop", teleop_cmd({"robot_id": "franka_0", "input": "joy", "hold_s": HOLD_S,
-                                      "success_button": 1, "open_button": -1}))
-    procs.start("human", node_cmd("scripted_policy", {
-        "robot_id": "franka_0", "profile": str(prof), "as_human": True, "human_corridor": 0.2,
-        "human_hold_steps": 3, "label_success": False}))
-    episodes.wait(lambda m: len(m) >= 1, 80, "the first episode to end")
-    time.sleep(0.3)
-    ep = episodes.msgs[0]
-    with trans.lock:
-        steps = sorted([m for m in trans.msgs if m.episode_id == ep.episode_id], key=lambda m: m.step)
-    table = "".join("H" if m.intervened else "." for m in steps)
+    ep, steps, table, *_ = run_with_human(procs, ros_node, tmp_path, 40, act, {
+        "human_corridor": 0.2, "human_hold_steps": 3, "label_success": False})
     human = [m.step for m in steps if m.intervened]
     assert human, f"the human never stepped in: {table}"
     assert not [s for s in human if s < LEAVE], f"the human took over while the policy acted like the expert: {table}"

@@ -146,7 +146,7 @@ def test_sync_run_alternates_collection_and_training(procs, ros_node, in_tmp):
 
 def test_sync_run_goes_on_after_the_learner_dies_while_a_robot_waits_for_its_reset(procs, ros_node, in_tmp):
     """The episode end the dead learner had queued is gone; the new learner sees the waiting robot."""
-    cfg = config_dir(in_tmp, sync_updates_per_episode=2000, min_buffer=30)   # seconds of training per episode
+    cfg = config_dir(in_tmp, sync_updates_per_episode=800, min_buffer=30)   # seconds of training per episode
     beats = Collect(ros_node, RobotStatus, "/user/robots/heartbeat", LATCHED)
     episodes = Collect(ros_node, EpisodeStats, "/user/episodes")
     run = launch(procs, in_tmp, cfg, "realtime_factor:=0", "sync:=true", "max_env_steps:=150", "respawn_delay:=1.0")

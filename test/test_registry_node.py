@@ -131,7 +131,7 @@ def test_userctl_robots_shows_running_then_lost(
     assert result.returncode == 0, result.stdout + result.stderr
     assert row is not None, result.stdout
     header = _row(result.stdout, "ID")
-    assert header == ["ID", "EMBODIMENT", "BACKEND", "STATE", "CONTROL HZ", "EPISODE", "LAST HEARTBEAT"]
+    assert header == ["ID", "EMBODIMENT", "BACKEND", "STATE", "CONTROL HZ", "EPISODE", "LAST HEARTBEAT", "JOB", "INFERENCE"]
     assert row[1:5] == ["franka_fr3", "sim", "RUNNING", "9.9 / 10.0"], result.stdout
     assert row[5] == "4 (step 12)" and row[6].endswith(" s ago")
 

@@ -22,6 +22,7 @@ setup(
             "inference_node = user_learner.inference_node:main",
             "learner_node = user_learner.learner_node:main",
             "reward_node = user_learner.reward_node:main",
+            "scheduler_node = user_learner.scheduler_node:main",
         ],
     },
 )

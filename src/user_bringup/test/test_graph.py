@@ -98,7 +98,7 @@ def test_franka_sac_defaults() -> None:
     """Defaults: one robot trained with SAC: registry, robot (ends_run), inference, learner (stops_run)."""
     g = load_graph(FRANKA_SAC, {})
     assert g.args == {
-        "robot": "sim", "robots": 1, "policy": "sac", "config": "sac_peg", "sync": False,
+        "robot": "sim", "robots": 1, "franka": 0, "wxai": 0, "policy": "sac", "config": "sac_peg", "sync": False,
         "profile": "robot_sim", "max_env_steps": 0, "max_minutes": 0.0, "run_name": "franka_sac",
         "realtime_factor": 1.0, "episodes": 0, "seed": 0, "record": False, "buffer": False, "reward": "profile",
         "reward_model": "runs/reward_model", "reward_when": "profile", "noise": 0.0, "terminate_on_success": "profile",
@@ -158,6 +158,9 @@ def test_franka_sac_profile_follows_the_robot_or_names_another() -> None:
     assert robot({"robot": "franky"})["profile"].endswith("/robot_franky.yaml")
     params = robot({"profile": "robot_sim_pick", "policy": "scripted"})
     assert params["profile"].endswith("/robot_sim_pick.yaml") and params["backend"] == "sim"
+    assert Path(params["profile"]).is_file()
+    params = robot({"robot": "wxai_sim", "profile": "robot_wxai", "policy": "scripted"})
+    assert params["profile"].endswith("/robot_wxai.yaml") and params["backend"] == "wxai_sim"
     assert Path(params["profile"]).is_file()
 
 
@@ -472,3 +475,53 @@ def test_launch_file_yields_same_nodes() -> None:
     assert sorted((n.node_package, n.node_executable) for n in nodes) == sorted(
         (n.package, n.executable) for n in expected
     )
+
+
+def test_mixed_graphs_give_each_arm_its_backend_profile_and_ids() -> None:
+    """franka:=2 wxai:=2 runs both arms, ids saying what they are, each with its own backend and profile;
+    one inference node per robot and one learner, all on the mixed learning config."""
+    g = load_graph(FRANKA_SAC, {"franka": "2", "wxai": "2", "config": "sac_peg_mixed"})
+    assert g.robot_ids == ["franka_0", "franka_1", "wxai_0", "wxai_1"]
+    robots = {n.robot_id: n.parameters for n in g.nodes if n.name == "robot"}
+    assert {rid: (p["backend"], Path(p["profile"]).name) for rid, p in robots.items()} == {
+        "franka_0": ("sim", "robot_sim.yaml"), "franka_1": ("sim", "robot_sim.yaml"),
+        "wxai_0": ("wxai_sim", "robot_wxai.yaml"), "wxai_1": ("wxai_sim", "robot_wxai.yaml")}
+    configs = {Path(n.parameters["config"]).name for n in g.nodes if n.name in ("inference", "learner")}
+    assert configs == {"sac_peg_mixed.yaml"} and Path(g.config_dir / "sac_peg_mixed.yaml").is_file()
+    assert sorted(n.label for n in g.nodes if n.name == "inference") == [f"{r}/inference" for r in g.robot_ids]
+    assert load_graph(FRANKA_SAC, {"wxai": "1"}).robot_ids == ["wxai_0"]
+    assert load_graph(FRANKA_SAC, {"robots": "2"}).robot_ids == ["franka_0", "franka_1"]   # unchanged
+
+
+@pytest.mark.parametrize("overrides, words", [
+    ({"robots": "3", "wxai": "1"}, "robots[0].count: robots:=3 is not used: this robot group runs only with "
+                                   "franka:=0, wxai:=0"),
+    ({"robot": "franky", "franka": "1"}, "robots[1].vars.robot: robot:=franky does not apply to the robots of "
+                                         "this group (their robot is 'sim')"),
+    ({"profile": "robot_sim_pick", "wxai": "1"}, "robots[2].vars.profile: profile:=robot_sim_pick does not apply"),
+])
+def test_a_mixed_graph_refuses_args_it_would_ignore(overrides, words) -> None:
+    with pytest.raises(GraphError) as err:
+        load_graph(FRANKA_SAC, overrides)
+    assert words in str(err.value) and str(FRANKA_SAC) in str(err.value), str(err.value)
+
+
+def test_a_robot_group_may_be_switched_off(tmp_path: Path) -> None:
+    path = write_graph(tmp_path, """\
+        args:
+          n: {default: 1}
+          extra: {default: 0}
+        robots:
+          - {kind: a, id_prefix: a_, count: "${n}", if: {extra: 0}}
+          - {kind: b, id_prefix: b_, count: "${extra}"}
+        nodes:
+          - {name: w, executable: /bin/true, per_robot: true, namespace: "${robot_id}"}
+        """)
+    assert load_graph(path, {}).robot_ids == ["a_0"]
+    assert load_graph(path, {"extra": "2"}).robot_ids == ["b_0", "b_1"]
+    with pytest.raises(GraphError, match=r"robots\[0\]\.if\.nope: unknown argument"):
+        load_graph(write_graph(tmp_path, """\
+            robots:
+              - {kind: a, id_prefix: a_, count: 1, if: {nope: 0}}
+            nodes: []
+            """, "bad.yaml"), {})

@@ -407,3 +407,19 @@ def test_episode_tally_window() -> None:
     assert line is not None and "success rate 95% (last 20)" in line
     row = tally.summary().splitlines()[1].split()
     assert row == ["r", "26", "20", "76.9%", "10.8"]
+
+
+def test_episode_tally_per_embodiment() -> None:
+    """With robots of two embodiments, progress lines add the embodiment's rate and the summary a table."""
+    tally = EpisodeTally()
+    tally.set_embodiment("franka_0", "franka_fr3")
+    tally.set_embodiment("wxai_0", "wxai")
+    tally.set_embodiment("wxai_1", "wxai")
+    assert tally.add("franka_0", 1, 0, 10, 1.0, success=True).endswith("; franka_fr3 100% (last 1)")
+    tally.add("wxai_0", 1, 0, 30, 0.0, success=False)
+    assert tally.add("wxai_1", 1, 0, 20, 1.0, success=True).endswith("; wxai 50% (last 2)")
+    lines = tally.summary().splitlines()
+    assert lines[0].split()[0] == "ROBOT" and len(lines) == 4 + 3
+    assert lines[4].split()[0] == "EMBODIMENT"
+    assert lines[5].split() == ["franka_fr3", "1", "1", "100.0%", "10.0"]
+    assert lines[6].split() == ["wxai", "2", "1", "50.0%", "25.0"]

@@ -334,7 +334,7 @@ def test_userctl_robots_probe_prints_one_resource_table(listener):
     if all(len(v) == 1 and v[0][1] == "-" for k, v in by_kind.items() if k in ("realsense", "spacemouse", "gpu")):
         assert [by_kind[k][0][2] for k in ("realsense", "spacemouse", "gpu")] == ["none found"] * 3
     n_gpu = sum(1 for r in by_kind["gpu"] if r[1] != "-")
-    assert re.search(rf"0 robots, {n_gpu} GPUs?, \d+ RealSense, \d+ SpaceMouse \|$", out.splitlines()[1]), out
+    assert re.search(rf"0 robots, {n_gpu} GPUs?, \d+ RealSense, \d+ SpaceMouse, 0 inference servers \|$", out.splitlines()[1]), out
 
 
 def test_userctl_robots_probe_without_ip_and_usage_errors():

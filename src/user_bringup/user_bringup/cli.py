@@ -17,7 +17,7 @@ from typing import Any, NoReturn, Sequence
 
 from user_bringup.graph import Graph, GraphError, load_graph, parse_overrides, select_nodes
 from user_hal.registry import STATE_NAMES
-from user_hal.topics import LIST_ROBOTS_SERVICE
+from user_hal.topics import BINDINGS_TOPIC, LIST_ROBOTS_SERVICE
 
 
 
@@ -58,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="name:=value", help="graph argument overrides")
     _selection_args(p)
 
-    p = sub.add_parser("robots", help="list the robots known to the registry")
+    p = sub.add_parser("robots", help="list the robots known to the registry, each robot's job and inference "
+                                       "server (from the scheduler), and the inference servers")
     p.add_argument(
         "--timeout", type=float, default=3.0, help="seconds to wait for the registry (default 3)"
     )
@@ -204,12 +205,22 @@ def _age(seconds: float) -> str:
     return f"{seconds / 3600.0:.1f} h ago"
 
 
-def robot_rows(response: Any) -> list[tuple[str, ...]]:
-    """Turn a ListRobots response into table rows (one tuple of cells per robot)."""
+def robot_rows(response: Any, bindings: Any = None) -> list[tuple[str, ...]]:
+    """Turn a ListRobots response into table rows (one tuple of cells per robot); ``bindings`` (the scheduler's
+    ``user_msgs/Bindings``, or None when no scheduler answered) gives each robot's job and inference server."""
+    where = {b.robot_id: b for b in bindings.robots} if bindings is not None else {}
     rows = []
     for desc, status, age in zip(
         response.robots, response.status, response.seconds_since_heartbeat
     ):
+        rid = desc.robot_id or status.robot_id
+        b = where.get(rid)
+        if bindings is None:
+            job, server = "-", "-"
+        elif b is None:
+            job, server = "-", "-"   # lost, or not yet seen by the scheduler
+        else:
+            job, server = (b.job, b.server) if b.server else ("idle", "-")
         heard = not math.isinf(age)
         hz = f"{status.achieved_control_hz:.1f}" if heard else "-"
         nominal = f"{desc.control_hz:.1f}" if desc.control_hz > 0 else "?"
@@ -223,16 +234,28 @@ def robot_rows(response: Any) -> list[tuple[str, ...]]:
                 f"{hz} / {nominal}",
                 episode,
                 _age(age),
+                job,
+                server,
             )
         )
     return rows
 
 
-def format_robots(response: Any, now: datetime.datetime | None = None) -> str:
-    """Render the robots table in a boxed layout like ``nvidia-smi``."""
+def server_rows(servers: list[Any]) -> list[tuple[str, ...]]:
+    """Inference servers (``user_msgs/InferenceCapacity``) as rows of the robots table."""
+    return [(s.server, "inference server", f"{s.device} on {s.host}", "SERVING" if s.robot_ids else "READY", "-",
+             f"{len(s.robot_ids)} of {s.max_robots} robots", "-", s.job, "-")
+            for s in sorted(servers, key=lambda s: s.server)]
+
+
+def format_robots(response: Any, now: datetime.datetime | None = None, bindings: Any = None,
+                  servers: list[Any] | None = None) -> str:
+    """Render the robots table (robots, then inference servers) in a boxed layout like ``nvidia-smi``; below it
+    why idle robots are idle and what each job has or waits for."""
     now = now or datetime.datetime.now()
-    header = ("ID", "EMBODIMENT", "BACKEND", "STATE", "CONTROL HZ", "EPISODE", "LAST HEARTBEAT")
-    rows = robot_rows(response)
+    header = ("ID", "EMBODIMENT", "BACKEND", "STATE", "CONTROL HZ", "EPISODE", "LAST HEARTBEAT", "JOB", "INFERENCE")
+    robots = robot_rows(response, bindings)
+    rows = robots + server_rows(servers or [])
     widths = [max([len(header[i])] + [len(r[i]) for r in rows]) for i in range(len(header))]
     right = {4, 5, 6}  # numbers read best right-aligned
 
@@ -245,7 +268,9 @@ def format_robots(response: Any, now: datetime.datetime | None = None) -> str:
 
     inner = len(rule("-")) - 4
     title_left = f"userctl robots   {now:%Y-%m-%d %H:%M:%S}"
-    title_right = f"{len(rows)} robot{'s' if len(rows) != 1 else ''}, {LIST_ROBOTS_SERVICE}"
+    n_servers = len(rows) - len(robots)
+    title_right = (f"{len(robots)} robot{'s' if len(robots) != 1 else ''}, {n_servers} inference server"
+                   f"{'s' if n_servers != 1 else ''}, {LIST_ROBOTS_SERVICE}")
     gap = max(1, inner - len(title_left) - len(title_right))
     out = [
         "+" + "-" * (inner + 2) + "+",
@@ -262,6 +287,15 @@ def format_robots(response: Any, now: datetime.datetime | None = None) -> str:
     for desc, status in zip(response.robots, response.status):
         if status.message:
             out.append(f"{desc.robot_id or status.robot_id}: {status.message}")
+    if bindings is None:
+        out.append(f"no scheduler answered on {BINDINGS_TOPIC}: no jobs or bindings to show")
+    else:
+        listed = {r[0] for r in robots}
+        for b in bindings.robots:
+            if not b.server and b.robot_id in listed:
+                out.append(f"{b.robot_id} idle: {b.reason}")
+        for job, status in zip(bindings.jobs, bindings.job_status):
+            out.append(f"job {job}: {status}")
     return "\n".join(out)
 
 
@@ -279,6 +313,19 @@ class _RegistryClient:
         rclpy.init(args=[], context=self._context, signal_handler_options=SignalHandlerOptions.NO)
         self._node = rclpy.create_node(f"userctl_{os.getpid()}", context=self._context)
         self._client = self._node.create_client(ListRobots, LIST_ROBOTS_SERVICE)
+        from user_hal import qos
+        from user_msgs.msg import Bindings
+
+        self.bindings: Any = None   # the scheduler's latched user_msgs/Bindings, if one answered
+        self._node.create_subscription(Bindings, BINDINGS_TOPIC, self._on_bindings, qos.LATCHED)
+
+    def _on_bindings(self, msg: Any) -> None:
+        self.bindings = msg
+
+    @property
+    def servers(self) -> list[Any]:
+        """The inference servers the scheduler knows (``InferenceCapacity``, robot_ids = the robots bound)."""
+        return list(self.bindings.servers) if self.bindings is not None else []
 
     def call(self, timeout: float) -> Any | None:
         """Return the response, or None if no registry answered within ``timeout`` seconds."""
@@ -294,6 +341,10 @@ class _RegistryClient:
             executor.spin_until_future_complete(
                 future, timeout_sec=max(0.1, deadline - time.monotonic())
             )
+            # The scheduler's latched bindings: give discovery a moment.
+            settle = time.monotonic() + min(2.0, max(0.0, deadline - time.monotonic()))
+            while time.monotonic() < settle and self.bindings is None:
+                executor.spin_once(timeout_sec=0.05)
         finally:
             executor.remove_node(self._node)
             executor.shutdown(timeout_sec=0.5)
@@ -307,8 +358,10 @@ class _RegistryClient:
         self._context.try_shutdown()
 
 
-def registry_resources(response: Any, timeout: float) -> list[Any]:
-    """The registry's answer as ``probe.Resource`` rows (kind ``robot``), for ``--probe``."""
+def registry_resources(response: Any, timeout: float, bindings: Any = None,
+                       servers: list[Any] | None = None) -> list[Any]:
+    """The registry's answer as ``probe.Resource`` rows (kind ``robot``, each with its job and inference server),
+    and the inference servers (kind ``inference``), for ``--probe``."""
     from user_hal.probe import Resource
 
     if response is None:
@@ -317,12 +370,21 @@ def registry_resources(response: Any, timeout: float) -> list[Any]:
                          f"no answer on {LIST_ROBOTS_SERVICE} within {timeout:g} s "
                          f"(is registry_node running, on ROS_DOMAIN_ID={domain}?)")]
     rows = []
-    for (rid, embodiment, backend, state, hz, episode, age), status in zip(robot_rows(response), response.status):
+    why = {b.robot_id: b.reason for b in bindings.robots if not b.server} if bindings is not None else {}
+    for (rid, embodiment, backend, state, hz, episode, age, job, server), status in zip(
+            robot_rows(response, bindings), response.status):
         details = f"{embodiment} on {backend}, control {hz} Hz, episode {episode}, heartbeat {age}"
+        if server != "-":
+            details += f", job {job} on {server}"
+        elif rid in why:
+            details += f", idle: {why[rid]}"
         if status.message:
             details += f"; {status.message}"
         rows.append(Resource("robot", rid, state, details))
-    return rows or [Resource("robot", "-", "none registered", f"the registry ({LIST_ROBOTS_SERVICE}) knows no robot")]
+    rows = rows or [Resource("robot", "-", "none registered", f"the registry ({LIST_ROBOTS_SERVICE}) knows no robot")]
+    for sid, _, where, state, _, load, _, job, _ in server_rows(servers or []):
+        rows.append(Resource("inference", sid, state, f"{where}, job {job}, {load}"))
+    return rows
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
@@ -345,7 +407,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
     try:
         client = _RegistryClient()
         try:
-            robots = registry_resources(client.call(args.timeout), args.timeout)
+            robots = registry_resources(client.call(args.timeout), args.timeout, client.bindings, client.servers)
         finally:
             client.close()
     except Exception as exc:  # noqa: BLE001 - a failed probe is a row, not a crash
@@ -358,7 +420,8 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
     n_rob, n_gpu = count("robot"), count("gpu")
     summary = (f"{n_rob} robot{'s' if n_rob != 1 else ''}, {n_gpu} GPU{'s' if n_gpu != 1 else ''}, "
-               f"{count('realsense')} RealSense, {count('spacemouse')} SpaceMouse")
+               f"{count('realsense')} RealSense, {count('spacemouse')} SpaceMouse, {count('inference')} inference "
+               f"server{'s' if count('inference') != 1 else ''}")
     print(format_resources(rows, "userctl robots --probe", subtitle=summary))
     return 0
 
@@ -385,7 +448,7 @@ def cmd_robots(args: argparse.Namespace) -> int:
                     file=sys.stderr,
                 )
                 return 1
-            table = format_robots(response)
+            table = format_robots(response, bindings=client.bindings, servers=client.servers)
             if not args.watch:
                 print(table)
                 return 0

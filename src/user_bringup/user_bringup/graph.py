@@ -8,6 +8,7 @@ A graph is a YAML file in the config directory (e.g. ``config/franka_sac.yaml``)
       policy: {default: scripted, choices: [scripted], help: "..."}
     robots:                       # groups of robots; ids are <id_prefix><i>, or listed in ids
       - {kind: franka, id_prefix: franka_, count: "${robots}", vars: {profile: robot_sim}}
+      - {kind: cam, ids: [cam_left], if: {policy: scripted}}   # a group with if: runs only when it matches
     nodes:
       - name: robot               # ROS node name
         package: user_hal         # omit to run `executable` as a plain command (path or on PATH)
@@ -25,8 +26,10 @@ A graph is a YAML file in the config directory (e.g. ``config/franka_sac.yaml``)
 
 An arg's default may name other args (``default: robot_${robot}``); it is expanded with their values.
 Substitutions ``${name}`` use the args, ``config_dir`` (the graph file's folder) and, in per-robot
-nodes, ``robot_id``, ``robot_index``, ``robot_kind`` and the robot group's ``vars``. A value that is
-exactly one ``${name}`` keeps that variable's type; ``$$`` writes a literal ``$``.
+nodes, ``robot_id``, ``robot_index``, ``robot_kind`` and the robot group's ``vars`` (which override args
+of the same name). A value that is exactly one ``${name}`` keeps that variable's type; ``$$`` writes a
+literal ``$``. A robot group's ``if`` works as a node's. Given on the command line, a group's count
+while its ``if`` switches it off, or an arg its ``vars`` override, is an error (it would be ignored).
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _SUBST_RE = re.compile(r"\$\$|\$\{([^}]*)\}")
 _TOP_KEYS = {"description", "args", "robots", "nodes"}
 _ARG_KEYS = {"default", "help", "choices"}
-_GROUP_KEYS = {"kind", "id_prefix", "count", "ids", "vars"}
+_GROUP_KEYS = {"kind", "id_prefix", "count", "ids", "vars", "if"}
 _NODE_KEYS = {
     "name", "package", "executable", "namespace", "parameters", "remappings", "arguments",
     "per_robot", "for_robot", "if", "ends_run", "stops_run", "respawn_delay",
@@ -215,7 +218,7 @@ def load_graph(
     config_dir = path.parent
     base_vars: dict[str, Any] = dict(args)
     base_vars["config_dir"] = str(config_dir)
-    robots = _parse_robots(doc.get("robots"), base_vars, path)
+    robots = _parse_robots(doc.get("robots"), specs, args, overrides or {}, base_vars, path)
     nodes = _parse_nodes(doc.get("nodes"), specs, args, base_vars, robots, path)
     description = doc.get("description", "")
     if not isinstance(description, str):
@@ -408,7 +411,8 @@ class _Robot:
     vars: dict[str, Any]
 
 
-def _parse_robots(raw: Any, base_vars: dict[str, Any], path: Path) -> list[_Robot]:
+def _parse_robots(raw: Any, specs: dict[str, ArgSpec], args: dict[str, Any], overrides: dict[str, Any],
+                  base_vars: dict[str, Any], path: Path) -> list[_Robot]:
     if raw is None:
         return []
     if not isinstance(raw, list):
@@ -422,6 +426,16 @@ def _parse_robots(raw: Any, base_vars: dict[str, Any], path: Path) -> list[_Robo
         unknown = sorted(set(map(str, group)) - _GROUP_KEYS)
         if unknown:
             raise GraphError(f"{path}: {key}.{unknown[0]}: unknown key")
+        if "if" in group:
+            group = dict(group)
+            condition = group.pop("if")
+            if not _check_condition(condition, specs, args, f"{key}.if", path):
+                count = _SUBST_RE.fullmatch(str(group.get("count", "")))
+                if count and count.group(1) in overrides:
+                    wanted = ", ".join(f"{n}:={v}" for n, v in condition.items())
+                    raise GraphError(f"{path}: {key}.count: {count.group(1)}:={overrides[count.group(1)]} is "
+                                     f"not used: this robot group runs only with {wanted}")
+                continue
         group = _substitute(group, base_vars, key, path)
         kind = group.get("kind", "")
         if not isinstance(kind, str):
@@ -446,6 +460,10 @@ def _parse_robots(raw: Any, base_vars: dict[str, Any], path: Path) -> list[_Robo
             if count < 0:
                 raise GraphError(f"{path}: {key}.count: must be >= 0, got {count}")
             ids = [f"{prefix}{i}" for i in range(count)]
+        for name, value in extra.items():
+            if ids and name in overrides:   # the group's value wins: a command-line value would be ignored
+                raise GraphError(f"{path}: {key}.vars.{name}: {name}:={overrides[name]} does not apply to the "
+                                 f"robots of this group (their {name} is {value!r})")
         for rid in ids:
             if not _NAME_RE.match(rid):
                 raise GraphError(

@@ -4,7 +4,8 @@ Each node runs in its own process group with its parameters in a temporary ROS p
 output is prefixed with ``[label]``. The run ends when every ``ends_run`` node has exited, when any
 node exits unexpectedly (reported with its exit code), or on Ctrl-C/SIGTERM. Teardown sends SIGINT,
 then SIGTERM, then SIGKILL to every process group and reaps every child. While running, finished
-episodes from ``/user/episodes`` are printed, and a per-robot summary at the end.
+episodes from ``/user/episodes`` are printed, and a per-robot summary at the end (and one per embodiment
+when robots of several embodiments ran, as their ``RobotDescription`` says).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import IO, Any, Callable
 import yaml
 
 from user_bringup.graph import Graph, NodeSpec
-from user_hal.topics import EPISODES_TOPIC
+from user_hal.topics import DESCRIPTION_TOPIC, EPISODES_TOPIC
 
 LAUNCHER_TAG = "userctl"
 EPISODE_TAG = "episode"
@@ -51,13 +52,20 @@ class _RobotTally:
 
 
 class EpisodeTally:
-    """Count finished episodes per robot and format progress lines and the final summary."""
+    """Count finished episodes per robot (and per embodiment) and format progress lines and the summary."""
 
     def __init__(self) -> None:
         """Start with no episodes."""
         self._robots: dict[str, _RobotTally] = {}
+        self._embodiment_of: dict[str, str] = {}
+        self._embodiments: dict[str, _RobotTally] = {}
         self._seen: set[tuple[str, int, int]] = set()
         self._lock = threading.Lock()
+
+    def set_embodiment(self, robot_id: str, embodiment: str) -> None:
+        """Record what a robot is (from its RobotDescription)."""
+        with self._lock:
+            self._embodiment_of[robot_id] = embodiment
 
     def add(
         self,
@@ -80,48 +88,62 @@ class EpisodeTally:
             t.total_steps += steps
             t.recent.append(bool(success))
             rate = 100.0 * sum(t.recent) / len(t.recent)
-            return (
+            line = (
                 f"{robot_id} episode {episode_index}: steps {steps}, return {episode_return:.3f}, "
                 f"success {'yes' if success else 'no'}, success rate {rate:.0f}% "
                 f"(last {len(t.recent)})"
             )
+            embodiment = self._embodiment_of.get(robot_id)
+            if embodiment is None:
+                return line
+            e = self._embodiments.setdefault(embodiment, _RobotTally())
+            e.episodes += 1
+            e.successes += int(success)
+            e.total_steps += steps
+            e.recent.append(bool(success))
+            if len(set(self._embodiment_of.values())) < 2:
+                return line
+            return line + f"; {embodiment} {100.0 * sum(e.recent) / len(e.recent):.0f}% (last {len(e.recent)})"
 
     def summary(self) -> str:
-        """Return a table with one row per robot: episodes, successes, success rate, mean steps."""
+        """Return a table with one row per robot: episodes, successes, success rate, mean steps; then,
+        when robots of several embodiments finished episodes, the same per embodiment."""
         with self._lock:
             if not self._robots:
                 return "no episodes finished"
-            header = ("ROBOT", "EPISODES", "SUCCESSES", "SUCCESS RATE", "MEAN STEPS")
-            rows = [header]
-            for rid in sorted(self._robots):
-                t = self._robots[rid]
-                rows.append(
-                    (
-                        rid,
-                        str(t.episodes),
-                        str(t.successes),
-                        f"{100.0 * t.successes / t.episodes:.1f}%",
-                        f"{t.total_steps / t.episodes:.1f}",
-                    )
-                )
-        widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-        lines = []
-        for r in rows:
-            cells = [r[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(r[1:], widths[1:])]
-            lines.append("  ".join(cells))
-        return "\n".join(lines)
+            tables = [_table("ROBOT", self._robots)]
+            per_embodiment: dict[str, _RobotTally] = {}
+            for rid, t in self._robots.items():   # totals from the robots: right even for late descriptions
+                e = per_embodiment.setdefault(self._embodiment_of.get(rid, "(unknown)"), _RobotTally())
+                e.episodes += t.episodes
+                e.successes += t.successes
+                e.total_steps += t.total_steps
+            if len(per_embodiment) > 1:
+                tables.append(_table("EMBODIMENT", per_embodiment))
+        return "\n".join(tables)
+
+
+def _table(what: str, tallies: dict[str, _RobotTally]) -> str:
+    header = (what, "EPISODES", "SUCCESSES", "SUCCESS RATE", "MEAN STEPS")
+    rows = [header] + [(name, str(t.episodes), str(t.successes), f"{100.0 * t.successes / t.episodes:.1f}%",
+                        f"{t.total_steps / t.episodes:.1f}") for name, t in sorted(tallies.items())]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    return "\n".join("  ".join([r[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(r[1:], widths[1:])])
+                     for r in rows)
 
 
 class EpisodeMonitor:
     """Subscribe to ``/user/episodes`` in a background thread with its own rclpy context."""
 
-    def __init__(self, on_episode: Callable[[Any], None]) -> None:
-        """Create the node; ``on_episode`` is called with each EpisodeStats message."""
+    def __init__(self, on_episode: Callable[[Any], None],
+                 on_description: Callable[[Any], None] | None = None) -> None:
+        """Create the node; ``on_episode`` is called with each EpisodeStats message, ``on_description``
+        with each RobotDescription."""
         import rclpy
         from rclpy.executors import SingleThreadedExecutor
         from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
         from rclpy.signals import SignalHandlerOptions
-        from user_msgs.msg import EpisodeStats
+        from user_msgs.msg import EpisodeStats, RobotDescription
 
         self._rclpy = rclpy
         self._context = rclpy.Context()
@@ -136,6 +158,10 @@ class EpisodeMonitor:
             durability=DurabilityPolicy.VOLATILE,
         )
         self._node.create_subscription(EpisodeStats, EPISODES_TOPIC, on_episode, qos)
+        if on_description is not None:   # transient-local: descriptions published before we joined arrive too
+            latched = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE,
+                                 durability=DurabilityPolicy.TRANSIENT_LOCAL)
+            self._node.create_subscription(RobotDescription, DESCRIPTION_TOPIC, on_description, latched)
         self._executor = SingleThreadedExecutor(context=self._context)
         self._executor.add_node(self._node)
         self._stop = threading.Event()
@@ -353,6 +379,9 @@ class Launcher:
         if line is not None:
             self._emit(EPISODE_TAG, line)
 
+    def _on_description(self, msg: Any) -> None:
+        self.tally.set_embodiment(msg.robot_id, msg.embodiment)
+
     # signals --------------------------------------------------------------------------------------
 
     def _on_signal(self, signum: int, frame: Any) -> None:
@@ -380,7 +409,7 @@ class Launcher:
                 self.log_dir.mkdir(parents=True, exist_ok=True)
                 self._own_log = open(self.log_dir / "userctl.log", "w", encoding="utf-8")
             if self.monitor_episodes:
-                monitor = EpisodeMonitor(self._on_episode)
+                monitor = EpisodeMonitor(self._on_episode, self._on_description)
                 monitor.start()
             self.say(
                 f"graph {self.graph.path} with "

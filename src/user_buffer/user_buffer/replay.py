@@ -19,6 +19,7 @@ deterministic.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 import threading
 import time
@@ -27,6 +28,7 @@ from typing import Iterable
 
 import numpy as np
 
+from user_common.embodiments import EmbodimentMap, EmbodimentMismatch
 from user_common.features import Features
 
 from .codec import DecodeError, TransitionView, decode_transition
@@ -39,13 +41,29 @@ class LayoutMismatch(ValueError):
     """A stored transition does not fit the layout the learner asked for."""
 
 
+@dataclasses.dataclass(frozen=True)
 class Layout(Features):
     """The feature schema (``user_common.features.Features``) plus how a decoded transition fills a
-    row of a batch."""
+    row of a batch. With ``embodiments`` (several bodies, one policy) a row's state is its embodiment's
+    proprio placed on the common row (``EmbodimentMap.stored``; ``state_dim`` is the map's ``stored_dim``)."""
+
+    embodiments: EmbodimentMap | None = None
+
+    def validate(self) -> None:
+        super().validate()
+        if self.embodiments is not None and self.state_dim != self.embodiments.stored_dim:
+            raise ValueError(f"state_dim: is {self.state_dim}, the embodiments' common row has "
+                             f"{self.embodiments.stored_dim} values")
 
     def fill(self, out: dict[str, np.ndarray], i: int, t: TransitionView) -> None:
         """Write one decoded transition into row ``i`` of ``out``; LayoutMismatch if it does not fit."""
         for key, obs in (("state", t.obs), ("next_state", t.next_obs)):
+            if self.embodiments is not None:
+                try:
+                    out[key][i] = self.embodiments.stored(t.embodiment, obs.proprio)
+                except EmbodimentMismatch as exc:
+                    raise LayoutMismatch(f"{t.robot_id}: {exc}") from None
+                continue
             if obs.proprio.shape[0] != self.state_dim:
                 raise LayoutMismatch(f"{t.robot_id}: proprio has {obs.proprio.shape[0]} values, "
                                      f"layout expects {self.state_dim}")

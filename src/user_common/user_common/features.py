@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from .embodiments import EmbodimentMap
+
 #: keys holding images (uint8); every other batch key is float32
 PIXEL_KEYS = ("pixels", "next_pixels")
 #: keys every batch carries, whatever the observation
@@ -107,10 +109,15 @@ class Features:
         cams = f"cameras [{', '.join(f'{c} {w}x{h}' for c in self.cameras)}]" if self.cameras else "no cameras"
         return f"state_dim {self.state_dim}, {self.action_dim} actions, {cams}"
 
-    def mismatch_with_robot(self, robot: Any) -> str:
-        """Why this policy cannot serve the robot a ``user_msgs/RobotDescription`` describes ('' if it can)."""
+    def mismatch_with_robot(self, robot: Any, embodiments: EmbodimentMap | None = None) -> str:
+        """Why this policy cannot serve the robot a ``user_msgs/RobotDescription`` describes ('' if it can);
+        with ``embodiments`` the robot's embodiment and proprio layout must be one the map accepts."""
         problems = []
-        if len(robot.proprio_names) != self.state_dim:
+        if embodiments is not None:
+            why = embodiments.proprio_problem(robot.embodiment, robot.proprio_names)
+            if why:
+                problems.append(why)
+        elif len(robot.proprio_names) != self.state_dim:
             problems.append(f"it publishes {len(robot.proprio_names)} proprio values "
                             f"({', '.join(robot.proprio_names)}), the policy takes state_dim {self.state_dim}")
         if len(robot.action_names) != self.action_dim:

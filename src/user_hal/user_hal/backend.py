@@ -138,8 +138,8 @@ def make_backend(name: str, **kwargs: Any) -> RobotBackend:
 
 
 #: registry name -> module that registers it (imported on first use)
-BUILTIN_BACKENDS = {"sim": "user_hal.sim.franka_sim", "franky": "user_hal.franky_backend",
-                    "franka_ros2": "user_hal.franka_ros2_backend"}
+BUILTIN_BACKENDS = {"sim": "user_hal.sim.franka_sim", "wxai_sim": "user_hal.sim.wxai_sim",
+                    "franky": "user_hal.franky_backend", "franka_ros2": "user_hal.franka_ros2_backend"}
 
 
 def _load_builtin_backends() -> None:

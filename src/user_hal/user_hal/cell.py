@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import typing
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -32,16 +33,21 @@ from .backend import BackendError, RobotBackend, RobotState
 from .config_schema import ConfigError
 from .geometry import (quat_conj, quat_from_euler, quat_from_rotvec, quat_mul, quat_normalize, quat_to_euler,
                        quat_to_rotvec)
-from .profile import RobotProfile
+from .profile import ProprioGroup, RobotProfile
 from .task import Task, TaskOutcome, make_task
 
 ACTION_NAMES = ["dx", "dy", "dz", "droll", "dpitch", "dyaw", "gripper"]
-PROPRIO_NAMES = (
-    ["tcp_x", "tcp_y", "tcp_z", "tcp_qx", "tcp_qy", "tcp_qz", "tcp_qw"]
-    + ["tcp_vx", "tcp_vy", "tcp_vz", "tcp_wx", "tcp_wy", "tcp_wz"]
-    + ["gripper_width"]
-    + ["force_x", "force_y", "force_z", "torque_x", "torque_y", "torque_z"]
-)
+#: proprio values by group (``robot.proprio`` of the profile picks and orders the groups)
+PROPRIO_GROUPS: dict[str, tuple[str, ...]] = {
+    "tcp_pose": ("tcp_x", "tcp_y", "tcp_z", "tcp_qx", "tcp_qy", "tcp_qz", "tcp_qw"),
+    "tcp_twist": ("tcp_vx", "tcp_vy", "tcp_vz", "tcp_wx", "tcp_wy", "tcp_wz"),
+    "gripper_width": ("gripper_width",),
+    "wrench": ("force_x", "force_y", "force_z", "torque_x", "torque_y", "torque_z"),
+}
+assert set(PROPRIO_GROUPS) == set(typing.get_args(ProprioGroup)), "cell.PROPRIO_GROUPS and profile.ProprioGroup differ"
+#: the Franka's layout (every group, 20 values), the default of ``robot.proprio``
+DEFAULT_PROPRIO = ("tcp_pose", "tcp_twist", "gripper_width", "wrench")
+PROPRIO_NAMES = [n for g in DEFAULT_PROPRIO for n in PROPRIO_GROUPS[g]]
 #: per tracked object (``Task.objects``), appended to the proprioception as ``<object>_<name>``
 POSE_NAMES = ("x", "y", "z", "qx", "qy", "qz", "qw")
 
@@ -66,30 +72,50 @@ class StepResult:
     commanded: np.ndarray       # the action as given (validated, in [-1, 1]): what transitions record
 
 
-def proprio_names(objects: Sequence[str] = ()) -> list[str]:
-    """Names of the observation's proprio values: ``PROPRIO_NAMES``, then each object's pose."""
-    return list(PROPRIO_NAMES) + [f"{obj}_{n}" for obj in objects for n in POSE_NAMES]
+def proprio_names(objects: Sequence[str] = (), groups: Sequence[str] = DEFAULT_PROPRIO) -> list[str]:
+    """Names of the observation's proprio values: the ``groups`` in order, then each object's pose."""
+    return [n for g in groups for n in PROPRIO_GROUPS[g]] + [f"{obj}_{n}" for obj in objects for n in POSE_NAMES]
 
 
-def proprio_vector(state: RobotState, objects: Sequence[str] = ()) -> np.ndarray:
-    """The proprioception published in observations, laid out as ``proprio_names(objects)``."""
-    return np.concatenate([
-        state.tcp_pos, state.tcp_quat, state.tcp_linvel, state.tcp_angvel,
-        [state.gripper_width], state.wrench, *(state.objects[obj] for obj in objects),
-    ]).astype(np.float32)
+def _group_values(state: RobotState, group: str) -> np.ndarray:
+    if group == "tcp_pose":
+        return np.concatenate([state.tcp_pos, state.tcp_quat])
+    if group == "tcp_twist":
+        return np.concatenate([state.tcp_linvel, state.tcp_angvel])
+    if group == "gripper_width":
+        return np.array([state.gripper_width])
+    return np.asarray(state.wrench)
 
 
-def state_from_proprio(proprio: np.ndarray, objects: Sequence[str] = ()) -> RobotState:
-    """The ``RobotState`` an observation's proprio describes (joints unknown: empty), for code that only
-    sees observations (scripted policies)."""
+def proprio_vector(state: RobotState, objects: Sequence[str] = (),
+                   groups: Sequence[str] = DEFAULT_PROPRIO) -> np.ndarray:
+    """The proprioception published in observations, laid out as ``proprio_names(objects, groups)``."""
+    return np.concatenate([*(_group_values(state, g) for g in groups),
+                           *(state.objects[obj] for obj in objects)]).astype(np.float32)
+
+
+def state_from_proprio(proprio: np.ndarray, objects: Sequence[str] = (),
+                       groups: Sequence[str] = DEFAULT_PROPRIO) -> RobotState:
+    """The ``RobotState`` an observation's proprio describes, for code that only sees observations (scripted
+    policies). Groups the layout leaves out read as zeros; joints are unknown (empty)."""
     v = np.asarray(proprio, dtype=np.float64)
-    n = len(PROPRIO_NAMES)
-    if v.shape != (n + len(POSE_NAMES) * len(objects),):
-        raise ValueError(f"proprio has {v.size} values, expected {n} + 7 per object of {list(objects)}")
-    poses = {obj: v[n + 7 * i:n + 7 * (i + 1)].copy() for i, obj in enumerate(objects)}
-    return RobotState(tcp_pos=v[0:3], tcp_quat=v[3:7], tcp_linvel=v[7:10], tcp_angvel=v[10:13],
-                      gripper_width=float(v[13]), wrench=v[14:20], joint_pos=np.zeros(0),
-                      joint_vel=np.zeros(0), time=0.0, objects=poses)
+    names = proprio_names(objects, groups)
+    if v.shape != (len(names),):
+        raise ValueError(f"proprio has {v.size} values, expected {len(names)} ({', '.join(groups)}, "
+                         f"then 7 per object of {list(objects)})")
+    at: dict[str, np.ndarray] = {}
+    i = 0
+    for g in groups:
+        n = len(PROPRIO_GROUPS[g])
+        at[g] = v[i:i + n]
+        i += n
+    poses = {obj: v[i + 7 * k:i + 7 * (k + 1)].copy() for k, obj in enumerate(objects)}
+    pose = at.get("tcp_pose", np.array([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0]))
+    twist = at.get("tcp_twist", np.zeros(6))
+    return RobotState(tcp_pos=pose[0:3], tcp_quat=pose[3:7], tcp_linvel=twist[0:3], tcp_angvel=twist[3:6],
+                      gripper_width=float(at.get("gripper_width", np.zeros(1))[0]),
+                      wrench=at.get("wrench", np.zeros(6)), joint_pos=np.zeros(0), joint_vel=np.zeros(0),
+                      time=0.0, objects=poses)
 
 
 def parse_fault_injection(spec: str) -> set[int]:
@@ -130,8 +156,9 @@ class RobotCell:
         self.cfg = profile.robot
         self.backend = backend
         self.task: Task = make_task(profile.task)
-        #: proprio layout of this cell's observations (``proprio_vector(state, self.task.objects)``)
-        self.proprio_names = proprio_names(self.task.objects)
+        #: proprio layout of this cell's observations (``robot.proprio`` groups, then the task's objects)
+        self.proprio_groups = tuple(self.cfg.proprio)
+        self.proprio_names = proprio_names(self.task.objects, self.proprio_groups)
         self.period = 1.0 / self.cfg.control_hz
         self.scale = np.asarray(self.cfg.action_scale, dtype=np.float64)
         self.box_lo = np.asarray(self.cfg.safety_box.lower, dtype=np.float64)
@@ -170,7 +197,7 @@ class RobotCell:
     # -- episodes --------------------------------------------------------------------------------
     def proprio(self, state: RobotState) -> np.ndarray:
         """The observation's proprio for ``state``, laid out as ``self.proprio_names``."""
-        return proprio_vector(state, self.task.objects)
+        return proprio_vector(state, self.task.objects, self.proprio_groups)
 
     def _episode_rng(self, seed: int | None) -> np.random.Generator:
         return self.rng if seed is None or seed < 0 else np.random.default_rng(seed)
@@ -335,6 +362,10 @@ class RobotCell:
     def _check_scene(self, state: RobotState) -> None:
         """A simulator knows its own task geometry and objects: the profile must agree with them."""
         source, task = self.profile.source, self.profile.task
+        drives = self.backend.embodiment
+        if drives and drives != self.cfg.embodiment:
+            raise ConfigError(source, "robot.embodiment",
+                              f"{self.cfg.embodiment!r}, but the {self.cfg.backend!r} backend drives {drives!r}")
         fixed = self.backend.task_geometry()
         if "name" in fixed and fixed["name"] != task.name:
             raise ConfigError(source, "task.name", f"{task.name!r}, but the simulated scene is {fixed['name']!r} "

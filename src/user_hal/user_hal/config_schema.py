@@ -163,6 +163,11 @@ def _convert(tp: Any, value: Any, source: str, key: str) -> Any:
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(source, key, f"expected a mapping, got {_describe(value)}")
+        if len(args) == 2:   # dict[str, X]: every value converted (and checked) as X
+            for k in value:
+                if not isinstance(k, str):
+                    raise ConfigError(source, key, f"keys must be strings, got {_describe(k)}")
+            return {k: _convert(args[1], v, source, f"{key}.{k}") for k, v in value.items()}
         return dict(value)
     if tp is Any:
         return value

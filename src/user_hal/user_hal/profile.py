@@ -1,9 +1,9 @@
 """The robot profile: one YAML file describing a robot cell (arm, limits, cameras, task).
 
-``config/robot_sim.yaml`` is the simulated Franka doing peg insertion, ``config/robot_sim_pick.yaml``
-the same arm doing pick-and-place; a real cell copies one and changes ``robot.backend`` and the task
-geometry. ``load_profile`` validates everything at load time:
-a bad value raises ``ConfigError`` naming the file and the dotted key.
+``config/robot_sim.yaml`` is the simulated Franka doing peg insertion, ``config/robot_sim_pick.yaml`` the
+same arm doing pick-and-place, ``config/robot_wxai.yaml`` the simulated WidowX AI doing peg insertion; a
+real cell copies one and changes ``robot.backend`` and the task geometry. ``load_profile`` validates
+everything at load time: a bad value raises ``ConfigError`` naming the file and the dotted key.
 """
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ from .config_schema import load_config_file, non_negative, positive
 
 Vec2 = tuple[float, float]
 Vec3 = tuple[float, float, float]
+#: groups of values an observation's proprio can carry (``robot.proprio``; names in ``cell.PROPRIO_GROUPS``)
+ProprioGroup = Literal["tcp_pose", "tcp_twist", "gripper_width", "wrench"]
 
 #: what a task asks for in words, when the profile does not say (``task.instruction``)
 DEFAULT_INSTRUCTIONS = {
@@ -136,6 +138,10 @@ class RobotSection:
     heartbeat_hz: float = dataclasses.field(default=2.0, metadata=positive())
     max_episode_steps: int = dataclasses.field(default=100, metadata=positive())
     cameras: list[str] = dataclasses.field(default_factory=lambda: ["wrist", "side"])
+    # What the observation's proprio carries, in this order (then each task object's pose). An arm without
+    # a force/torque sensor leaves out "wrench".
+    proprio: list[ProprioGroup] = dataclasses.field(
+        default_factory=lambda: ["tcp_pose", "tcp_twist", "gripper_width", "wrench"])
     image_size: tuple[int, int] = (128, 128)  # width, height
     # Human intervention: policy actions are ignored for this long after the last human action.
     intervention_hold_s: float = dataclasses.field(default=0.5, metadata=non_negative())
@@ -156,6 +162,10 @@ class RobotSection:
                              f"{1.0 / self.control_hz:g} s, got {self.inference_budget_s:g}")
         if len(set(self.cameras)) != len(self.cameras):
             raise ValueError(f"cameras: duplicate names in {self.cameras}")
+        if len(set(self.proprio)) != len(self.proprio):
+            raise ValueError(f"proprio: duplicate groups in {self.proprio}")
+        if "tcp_pose" not in self.proprio:
+            raise ValueError(f"proprio: must include tcp_pose (the task rules and experts read it), got {self.proprio}")
         if not math.isfinite(self.chunk_ensemble_rate):
             raise ValueError(f"chunk_ensemble_rate: must be finite, got {self.chunk_ensemble_rate!r}")
 

@@ -1,9 +1,9 @@
 """QoS profiles of USER's topics, in one place so publishers and subscribers always match."""
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
-from .topics import (DESCRIPTION_TOPIC, EPISODES_TOPIC, HEARTBEAT_TOPIC, LIST_ROBOTS_SERVICE,  # noqa: F401
-                     POLICY_STATUS_TOPIC, TRANSITION_ACK_TOPIC, TRANSITIONS_TOPIC, WEIGHTS_TOPIC, camera_topic,
-                     robot_topic)
+from .topics import (BINDINGS_TOPIC, CAPACITY_TOPIC, DESCRIPTION_TOPIC, EPISODES_TOPIC,  # noqa: F401
+                     HEARTBEAT_TOPIC, JOBS_TOPIC, LIST_ROBOTS_SERVICE, POLICY_STATUS_TOPIC,
+                     TRANSITION_ACK_TOPIC, TRANSITIONS_TOPIC, WEIGHTS_TOPIC, camera_topic, robot_topic)
 
 #: Announcements a late joiner must still get: robot descriptions, heartbeats, robot_description.
 LATCHED = QoSProfile(depth=1, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE,

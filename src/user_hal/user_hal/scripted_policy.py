@@ -11,7 +11,8 @@ from typing import Callable, Protocol
 
 import numpy as np
 
-from .cell import state_from_proprio
+from .backend import RobotState
+from .cell import ACTION_NAMES, state_from_proprio
 from .geometry import quat_conj, quat_from_rotvec, quat_mul, quat_normalize, quat_to_rotvec, rotate
 from .profile import RobotProfile
 from .task import TaskOutcome, make_task
@@ -41,14 +42,19 @@ class _Expert:
         self.aligned_quat = quat_normalize(np.asarray(profile.task.tcp_quat, dtype=np.float64))
         self.noise = noise
         self.rng = np.random.default_rng(seed)
+        self.proprio_groups = tuple(profile.robot.proprio)
+
+    def state(self, proprio: np.ndarray) -> RobotState:
+        """The state an observation's proprio shows (laid out as the profile's ``robot.proprio``)."""
+        return state_from_proprio(proprio, self.task.objects, self.proprio_groups)
 
     def judge(self, proprio: np.ndarray) -> TaskOutcome:
         """The task's reward, success and distance for the state an observation's proprio shows."""
-        return self.task.evaluate(state_from_proprio(proprio, self.task.objects))
+        return self.task.evaluate(self.state(proprio))
 
     def _action(self, delta: np.ndarray, gripper: float) -> np.ndarray:
         """Action moving the target by ``delta`` (metres, radians; clipped to one step) plus ``gripper``."""
-        action = np.zeros(7)
+        action = np.zeros(len(ACTION_NAMES))
         with np.errstate(divide="ignore", invalid="ignore"):
             action[:6] = np.where(self.scale[:6] > 0, delta / self.scale[:6], 0.0)
         action[6] = gripper
@@ -70,14 +76,13 @@ class ScriptedInsertion(_Expert):
 
     def tip_distance(self, proprio: np.ndarray) -> float:
         """Peg tip to the hole bottom, metres (what the task's success is judged on)."""
-        pos = np.asarray(proprio[0:3], dtype=np.float64)
-        quat = np.asarray(proprio[3:7], dtype=np.float64)
-        tip = pos + rotate(quat, np.array([0.0, 0.0, self.tip_offset]))
+        state = self.state(proprio)
+        tip = state.tcp_pos + rotate(state.tcp_quat, np.array([0.0, 0.0, self.tip_offset]))
         return float(np.linalg.norm(tip - self.target))
 
     def act(self, proprio: np.ndarray) -> np.ndarray:
-        pos = np.asarray(proprio[0:3], dtype=np.float64)
-        quat = np.asarray(proprio[3:7], dtype=np.float64)
+        state = self.state(proprio)
+        pos, quat = state.tcp_pos, state.tcp_quat
         tip = pos + rotate(quat, np.array([0.0, 0.0, self.tip_offset]))
         rot_err = quat_to_rotvec(quat_mul(self.aligned_quat, quat_conj(quat)))
         # The square peg fits the hole every quarter turn: align to the nearest one.
@@ -127,7 +132,7 @@ class ScriptedPickPlace(_Expert):
         self.phase = "approach"
 
     def act(self, proprio: np.ndarray) -> np.ndarray:
-        state = state_from_proprio(proprio, self.task.objects)
+        state = self.state(proprio)
         tcp, quat, width = state.tcp_pos, state.tcp_quat, state.gripper_width
         cube = state.objects["cube"]
         cube_pos = cube[:3]

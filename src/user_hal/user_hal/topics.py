@@ -8,6 +8,10 @@ TRANSITION_ACK_TOPIC = "/user/transitions/ack"
 WEIGHTS_TOPIC = "/user/policy/weights"
 POLICY_STATUS_TOPIC = "/user/inference/status"
 LIST_ROBOTS_SERVICE = "/user/list_robots"
+#: the scheduler's control plane (docs/scheduler.md)
+JOBS_TOPIC = "/user/jobs"
+CAPACITY_TOPIC = "/user/inference/capacity"
+BINDINGS_TOPIC = "/user/scheduler/bindings"
 #: e-stop services, served by every robot node (std_srvs/srv/Trigger)
 ESTOP_SERVICE = "/user/estop"
 ESTOP_RELEASE_SERVICE = "/user/estop_release"

@@ -75,3 +75,29 @@ def test_robots_explore_differently_and_reruns_alike():
 def test_no_swap_without_new_weights():
     server, _ = _server()
     assert not server.swap() and server.version == 1
+
+
+@pytest.mark.parametrize("cameras", [False, True])
+def test_one_batched_pass_gives_each_robot_the_action_it_would_get_alone(cameras):
+    """Several robots' observations in one forward pass: each row equals that robot's own ``act`` (same noise
+    generator, same draw), evaluation rows are deterministic, and the generators go on identically."""
+    spec = Features(state_dim=4, action_dim=3, cameras=("wrist",), image_size=(32, 32)) if cameras else SPEC
+    algo = get_algorithm("sac")
+    cfg = algo.config(hidden_dims=(16,), seed=3)
+    weights = algo.agent(spec, cfg).policy_state_dict()
+    robots = ("franka_0", "franka_1", "wxai_0")
+    alone, batched = (PolicyServer(lambda: algo.policy(spec, cfg), 0, robots) for _ in range(2))
+    for server in (alone, batched):
+        server.prepare(1, weights)
+        server.swap()
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        requests = [(rid, rng.normal(size=spec.state_dim).astype(np.float32),
+                     rng.integers(0, 255, (1, 32, 32, 3), dtype=np.uint8) if cameras else None, rid == "wxai_0", None)
+                    for rid in robots]
+        one_by_one = [alone.act(rid, s, p, det) for rid, s, p, det, _ in requests]
+        together = batched.act_batch(requests)
+        assert len(together) == len(robots)
+        for rid, a, b in zip(robots, one_by_one, together):
+            np.testing.assert_allclose(b, a, atol=1e-5, err_msg=f"{rid}: batched action differs from its own")
+    assert not np.allclose(one_by_one[0], one_by_one[1]), "two robots drew the same noise"

@@ -46,6 +46,26 @@ def test_the_pick_config_fits_the_pick_robot_and_not_the_peg_robot():
     assert "publishes 27 proprio values" in why and "cube_x" in why and "state_dim 20" in why
 
 
+def test_the_wxai_config_fits_the_widowx_and_the_franka_config_does_not():
+    """sac_peg_wxai serves the robot config/robot_wxai.yaml describes (14 proprio values, no wrench); sac_peg
+    (20 values) is refused by it with both sides named."""
+    from user_msgs.msg import RobotDescription
+
+    from user_hal.cell import proprio_names
+    from user_hal.profile import load_profile
+
+    prof = load_profile(ROOT / "config" / "robot_wxai.yaml")
+    robot = RobotDescription(robot_id="wxai_0", embodiment="wxai", proprio_names=proprio_names((), prof.robot.proprio),
+                             action_names=["dx", "dy", "dz", "droll", "dpitch", "dyaw", "gripper"])
+    wxai = load_learner_config(ROOT / "config" / "sac_peg_wxai.yaml").obs
+    assert wxai.spec().mismatch_with_robot(robot) == ""
+    tip = np.zeros(14, np.float32)
+    tip[:3] = (0.32, 0.04, 0.11)
+    assert np.allclose(wxai.normalizer()(tip)[:3], (1.0, 1.0, 1.0))
+    why = load_learner_config(ROOT / "config" / "sac_peg.yaml").obs.spec().mismatch_with_robot(robot)
+    assert "publishes 14 proprio values" in why and "state_dim 20" in why and "(wxai)" in why
+
+
 @pytest.mark.parametrize("data, key, words", [
     ({"learner": {"mode": "fast"}}, "learner.mode", "must be one of"),
     ({"replay": {"kind": "s3"}}, "replay.kind", "must be one of"),
@@ -76,3 +96,59 @@ def test_bad_values_name_file_and_key(tmp_path, data, key, words):
 def test_overrides_apply():
     cfg = load_learner_config(ROOT / "config" / "sac_peg.yaml", {"learner.mode": "sync", "learner.max_env_steps": 9})
     assert cfg.learner.mode == "sync" and cfg.learner.max_env_steps == 9
+
+
+def test_the_mixed_config_serves_both_arms_each_by_its_own_layout():
+    """sac_peg_mixed: one policy for the Franka (20 proprio values) and the WidowX (14, no wrench), each robot
+    checked against its embodiment's layout, each normalized by its own workspace, plus a one-hot."""
+    from user_msgs.msg import RobotDescription
+
+    from user_hal.cell import ACTION_NAMES, proprio_names
+    from user_hal.profile import load_profile
+
+    cfg = load_learner_config(ROOT / "config" / "sac_peg_mixed.yaml")
+    emb, spec = cfg.obs.embodiment_map(), cfg.obs.spec()
+    assert emb.embodiments == ("franka_fr3", "wxai") and emb.stored_dim == 20 and spec.state_dim == 22
+    robots = {}
+    for name in ("robot_sim", "robot_wxai"):
+        prof = load_profile(ROOT / "config" / f"{name}.yaml")
+        robots[prof.robot.embodiment] = RobotDescription(
+            robot_id=f"{prof.robot.embodiment}_0", embodiment=prof.robot.embodiment, action_names=ACTION_NAMES,
+            proprio_names=proprio_names((), prof.robot.proprio))
+        assert spec.mismatch_with_robot(robots[prof.robot.embodiment], emb) == ""
+    franka = np.zeros(20, np.float32)
+    franka[:3] = (0.55, 0.05, 0.15)
+    wxai = np.zeros(14, np.float32)
+    wxai[:3] = (0.32, 0.04, 0.11)
+    assert np.allclose(emb.observation("franka_fr3", franka)[[0, 1, 2, 20, 21]], (1, 1, 1, 1, 0))
+    assert np.allclose(emb.observation("wxai", wxai)[[0, 1, 2, 20, 21]], (1, 1, 1, 0, 1))
+    # the one-embodiment configs keep refusing the other arm; the mixed one refuses an arm it does not know
+    odd = RobotDescription(robot_id="ur5_0", embodiment="ur5", proprio_names=robots["wxai"].proprio_names,
+                           action_names=ACTION_NAMES)
+    assert "its embodiment 'ur5' is not one this policy serves (it serves franka_fr3 (20 proprio values), " \
+           "wxai (14))" in spec.mismatch_with_robot(odd, emb)
+    with pytest.raises(ValueError, match="per embodiment"):
+        cfg.obs.normalizer()
+
+
+@pytest.mark.parametrize("obs, key, words", [
+    ({"state_dim": 20}, "obs.state_dim", "not with embodiments"),
+    ({"state_scale": [1.0]}, "obs.state_scale", "not with embodiments"),
+    ({"embodiments": {"wxai": {"state_dim": 14}}}, "obs.embodiments.wxai.state_dim", "unknown key"),
+    ({"embodiments": {"wxai": {"state_offset": [0.0]}}}, "obs.embodiments.wxai.proprio", "required key is missing"),
+    ({"embodiments": {"wxai": {"proprio": ["a", "b"], "state_scale": [1.0]}}}, "obs.embodiments.wxai.state_scale",
+     "has 1 values, proprio has 2"),
+    ({"embodiments": {"wxai": {"proprio": ["a"], "state_scale": [-1.0]}}}, "obs.embodiments.wxai.state_scale",
+     "must be > 0"),
+    ({"embodiments": ["wxai"]}, "obs.embodiments", "expected a mapping"),
+])
+def test_bad_embodiments_name_file_and_key(tmp_path, obs, key, words):
+    data = {"obs": {"embodiments": {"franka_fr3": {"proprio": ["x"]}}}}
+    data["obs"].update(obs)
+    if isinstance(obs.get("embodiments"), dict):
+        data["obs"]["embodiments"] = {"franka_fr3": {"proprio": ["x"]}, **obs["embodiments"]}
+    path = tmp_path / "bad_mixed.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError) as err:
+        load_learner_config(path)
+    assert err.value.key == key and words in str(err.value), str(err.value)

@@ -101,3 +101,34 @@ def test_a_batch_carries_the_extras_an_algorithm_asks_for_and_a_checkpoint_keeps
     assert set(again.sample(8)["robot_id"]) == {"franka_1"}
     with pytest.raises(ValueError, match="extras: unknown batch keys"):
         Layout(state_dim=3, extras=("color",)).validate()
+
+
+def test_a_mixed_layout_keeps_each_body_on_the_common_row_with_its_embodiment():
+    """With several embodiments a row holds the body's raw proprio on the common row (0 where it has no
+    value) and the embodiment; a transition of a body the config does not know is refused."""
+    from user_common.embodiments import EmbodimentLayout, EmbodimentMap
+    from rclpy.serialization import serialize_message
+
+    from buffer_helpers import transition_msg
+
+    names = [f"p{i}" for i in range(STATE_DIM)]
+    emb = EmbodimentMap({"franka_fr3": EmbodimentLayout(proprio=tuple(names)),
+                         "wxai": EmbodimentLayout(proprio=tuple(names[:14]))})
+    layout = Layout(state_dim=emb.stored_dim, embodiments=emb, extras=("embodiment",))
+    rep = MemoryReplay(layout, capacity=4, checkpointed=False)
+    franka = transition_msg("franka_0", 1, 0)
+    wxai = transition_msg("wxai_0", 1, 0, embodiment="wxai")
+    wxai.obs.proprio, wxai.next_obs.proprio = wxai.obs.proprio[:14], wxai.next_obs.proprio[:14]
+    for t in (franka, wxai):
+        data = bytes(serialize_message(t))
+        assert rep.add(data, decode_transition(data))
+    batch = {k: v[: len(rep)] for k, v in rep.arrays.items()}
+    assert batch["embodiment"].tolist() == ["franka_fr3", "wxai"]
+    assert np.allclose(batch["state"][0], franka.obs.proprio)
+    assert np.allclose(batch["state"][1, :14], wxai.obs.proprio) and not batch["state"][1, 14:].any()
+    assert np.allclose(batch["next_state"][1, :14], wxai.next_obs.proprio)
+    ur5 = bytes(serialize_message(transition_msg("ur5_0", 1, 0, embodiment="ur5")))
+    with pytest.raises(LayoutMismatch, match="ur5_0: embodiment 'ur5' is not in the config"):
+        rep.add(ur5, decode_transition(ur5))
+    with pytest.raises(ValueError, match="state_dim: is 20, the embodiments' common row has 21"):
+        Layout(state_dim=20, embodiments=EmbodimentMap({"a": EmbodimentLayout(proprio=tuple(names + ["q"]))})).validate()

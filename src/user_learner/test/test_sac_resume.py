@@ -36,16 +36,18 @@ def assert_same(a: Any, b: Any, where: str = "state_dict") -> None:
         assert a == b, f"{where}: {a!r} != {b!r}"
 
 
-@pytest.mark.parametrize("spec", [STATE_SPEC, IMAGE_SPEC], ids=["state", "images"])
-def test_resume_from_checkpoint_is_bit_identical(spec, make_batch, tmp_path):
+@pytest.mark.parametrize("spec,actor", [(STATE_SPEC, "gaussian"), (IMAGE_SPEC, "gaussian"), (STATE_SPEC, "flow_g"),
+                                        (STATE_SPEC, "flow_t")], ids=["state", "images", "sac_flow-g", "sac_flow-t"])
+def test_resume_from_checkpoint_is_bit_identical(spec, actor, make_batch, tmp_path):
     batches = [make_batch(spec, 16, seed=i) for i in range(12)]
-    original = SACAgent(spec, CFG)
+    cfg = SACConfig(**{**CFG.__dict__, "actor": actor})
+    original = SACAgent(spec, cfg)
     for batch in batches[:7]:
         original.update(batch)
     save_checkpoint(checkpoint_path(tmp_path, original.num_updates), original.state_dict())
 
     _, payload = load_latest_checkpoint(tmp_path)
-    restored = SACAgent(spec, SACConfig(**{**CFG.__dict__, "seed": 99}))  # different init, overwritten by load
+    restored = SACAgent(spec, SACConfig(**{**cfg.__dict__, "seed": 99}))  # different init, overwritten by load
     restored.load_state_dict(payload)
     assert restored.num_updates == 7
     assert restored.temperature == original.temperature

@@ -3,25 +3,32 @@ from __future__ import annotations
 
 import numpy as np
 
+from user_common.embodiments import EmbodimentMap, EmbodimentMismatch
 from user_common.features import Features
 from user_hal.ros_convert import msg_to_image
-
 
 
 class ObservationMismatch(ValueError):
     """An observation does not fit the policy's Features (wrong proprio size, missing camera...)."""
 
 
-def observation_arrays(obs, spec: Features, normalize=None) -> tuple[np.ndarray, np.ndarray | None]:
+def observation_arrays(obs, spec: Features, normalize=None, embodiments: EmbodimentMap | None = None,
+                       embodiment: str = "") -> tuple[np.ndarray, np.ndarray | None]:
     """``(state, pixels)`` of a ``user_msgs/Observation``; pixels ordered as ``spec.cameras``.
 
-    ``normalize`` (e.g. ``ObsConfig.normalizer()``) maps the raw proprio to what the policy sees.
+    ``normalize`` (e.g. ``ObsConfig.normalizer()``) maps the raw proprio to what the policy sees; with
+    ``embodiments`` (several bodies, one policy) the map does, by the robot's ``embodiment``.
     """
     state = np.asarray(obs.proprio, dtype=np.float32)
-    if state.shape[0] != spec.state_dim:
+    if embodiments is not None:
+        try:
+            state = embodiments.observation(embodiment, state)
+        except EmbodimentMismatch as exc:
+            raise ObservationMismatch(f"{obs.robot_id}: {exc}") from None
+    elif state.shape[0] != spec.state_dim:
         raise ObservationMismatch(f"{obs.robot_id}: proprio has {state.shape[0]} values, policy expects "
                                   f"{spec.state_dim}")
-    if normalize is not None:
+    elif normalize is not None:
         state = normalize(state)
     if not spec.cameras:
         return state, None

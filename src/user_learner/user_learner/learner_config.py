@@ -12,6 +12,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any, Literal
 
+from user_common.embodiments import EmbodimentLayout, EmbodimentMap
 from user_common.features import Features
 from user_hal.config_schema import ConfigError, apply_overrides, load_dataclass, non_negative, positive, read_yaml
 
@@ -38,9 +39,15 @@ class StateNormalizer:
 
 @dataclasses.dataclass
 class ObsConfig:
-    """What the policy sees; must match the robots' RobotDescription (proprio length, cameras)."""
+    """What the policy sees; must match the robots' RobotDescription (proprio layout, cameras).
 
-    state_dim: int = dataclasses.field(default=20, metadata=positive())
+    One embodiment: ``state_dim`` and ``state_offset``/``state_scale``. Several (one policy, several bodies,
+    docs/embodiments.md): ``embodiments`` names each one's proprio layout and normalization instead, and the
+    policy input is derived from them.
+    """
+
+    state_dim: int | None = dataclasses.field(default=None, metadata={"check": (lambda v: v is None or v > 0,
+                                                                                 "must be > 0")})
     cameras: list[str] = dataclasses.field(default_factory=list)   # [] -> state-only policy
     image_size: tuple[int, int] = (128, 128)                       # width, height
     action_dim: int = dataclasses.field(default=7, metadata=positive())
@@ -48,8 +55,24 @@ class ObsConfig:
     # similar ranges. Empty lists mean no normalization.
     state_offset: list[float] = dataclasses.field(default_factory=list)
     state_scale: list[float] = dataclasses.field(default_factory=list)
+    # embodiment name (RobotDescription.embodiment) -> its proprio names, state_offset and state_scale
+    embodiments: dict[str, EmbodimentLayout] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.state_dim is None and not self.embodiments:
+            self.state_dim = 20   # the Franka's proprio
 
     def validate(self) -> None:
+        if self.embodiments:
+            for name in ("state_dim", "state_offset", "state_scale"):
+                if getattr(self, name):
+                    raise ValueError(f"{name}: not with embodiments (each embodiment names its proprio and "
+                                     f"normalization; the policy input is derived from them)")
+            try:
+                EmbodimentMap(self.embodiments)
+            except ValueError as exc:
+                raise ValueError(f"embodiments.{exc}") from None
+            return
         for name in ("state_offset", "state_scale"):
             v = getattr(self, name)
             if v and len(v) != self.state_dim:
@@ -57,11 +80,18 @@ class ObsConfig:
         if any(x <= 0 for x in self.state_scale):
             raise ValueError(f"state_scale: must be > 0, got {self.state_scale}")
 
+    def embodiment_map(self) -> EmbodimentMap | None:
+        """The mapping of several embodiments onto one policy input (None for a one-embodiment config)."""
+        return EmbodimentMap(self.embodiments) if self.embodiments else None
+
     def normalizer(self) -> "StateNormalizer":
+        if self.embodiments:
+            raise ValueError("obs: this config normalizes per embodiment (obs.embodiments): use embodiment_map()")
         return StateNormalizer(self.state_offset, self.state_scale)
 
     def spec(self) -> Features:
-        return Features(state_dim=self.state_dim, cameras=tuple(self.cameras), image_size=tuple(self.image_size),
+        state_dim = EmbodimentMap(self.embodiments).input_dim if self.embodiments else self.state_dim
+        return Features(state_dim=state_dim, cameras=tuple(self.cameras), image_size=tuple(self.image_size),
                        action_dim=self.action_dim)
 
 

@@ -9,6 +9,10 @@ The replay is whichever ``replay.kind`` the config names (``replay.py``): the no
 transition it receives (raw CDR bytes, stored exactly as received) unless a buffer node records them
 (``remote``), and acknowledges (``/user/transitions/ack``) what the replay reports as stored for good,
 so robots keep and resend the rest and a learner killed with SIGKILL loses nothing acknowledged.
+
+A config with several embodiments (``obs.embodiments``, docs/embodiments.md) trains one policy on all of them:
+the replay places each transition's proprio on the common row by its ``embodiment``, and every batch is
+turned into policy inputs (normalized per embodiment, plus a one-hot) before the update.
 """
 from __future__ import annotations
 
@@ -28,7 +32,7 @@ import torch
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.executors import MultiThreadedExecutor
 from rclpy.node import Node
-from user_msgs.msg import (Action, EpisodeStats, PolicyStatus, RobotDescription, RobotStatus, Transition,
+from user_msgs.msg import (Action, EpisodeStats, JobSpec, PolicyStatus, RobotDescription, RobotStatus, Transition,
                             TransitionAck)
 from user_msgs.srv import ResetRobot
 
@@ -66,6 +70,10 @@ class LearnerNode(Node):
         self.declare_parameter("max_env_steps", 0)   # 0: the config's budget
         self.declare_parameter("max_minutes", 0.0)
         self.declare_parameter("remote_buffer", False)   # true: replay.kind remote (a buffer node records)
+        # A job run by the scheduler (docs/scheduler.md): declared on /user/jobs while this learner lives.
+        self.declare_parameter("job", "")
+        self.declare_parameter("job_robots", 0)
+        self.declare_parameter("job_embodiments", [""])
         p = self.get_parameter
         path = p("config").value
         if not path:
@@ -87,11 +95,19 @@ class LearnerNode(Node):
         torch.set_num_threads(L.torch_threads)
         random.seed(seed)
         self.spec = self.cfg.obs.spec()
-        self.normalize = self.cfg.obs.normalizer()
+        # Several embodiments: the replay keeps each transition's proprio on the common row (raw units)
+        # and the embodiment of each row; batches become policy inputs in _update_once.
+        self.embodiments = self.cfg.obs.embodiment_map()
+        self.normalize = self.cfg.obs.normalizer() if self.embodiments is None else None
         algorithm = get_algorithm(self.cfg.algo_name)
+        self._extras = algorithm.batch_extras
         self.agent = algorithm.agent(self.spec, self.cfg.algo)
         run = str(p("run_name").value)
         layout = Layout(**{**dataclasses.asdict(self.spec), "extras": algorithm.batch_extras})
+        if self.embodiments is not None:
+            layout = dataclasses.replace(layout, state_dim=self.embodiments.stored_dim, embodiments=self.embodiments,
+                                         extras=tuple(dict.fromkeys((*algorithm.batch_extras, "embodiment"))))
+        self.robot_embodiments: dict[str, str] = {}   # robot id -> embodiment (descriptions, transitions)
         try:
             self.replay = open_replay(self.cfg.replay.kind, cfg=self.cfg, layout=layout, seed=seed, node=self,
                                       default_dir=Path(p("runs_dir").value) / run / "replay")
@@ -138,6 +154,8 @@ class LearnerNode(Node):
         self.pub_ack = self.create_publisher(TransitionAck, qos.TRANSITION_ACK_TOPIC, qos.DATA)
         self.create_timer(0.25, self._send_acks, callback_group=other)
         self.weights = WeightPublisher(self, policy_name=self.cfg.algo_name)
+        if p("job").value:
+            self._declare_job(other)
         self._reset_clients: dict[str, object] = {}
         self._cb_other = other
         self.progress = Progress(self.cfg, self.log_dir, self.get_logger())
@@ -198,6 +216,7 @@ class LearnerNode(Node):
         if not added:
             self.duplicates += 1   # resent after a restart; the replay acknowledges it again
             return
+        self.robot_embodiments.setdefault(t.robot_id, t.embodiment)
         self._received(t.robot_id, t.action_source, t.policy_version, t.terminated or t.truncated)
 
     def _received(self, robot_id: str, action_source: int, policy_version: int, episode_end: bool) -> None:
@@ -220,11 +239,32 @@ class LearnerNode(Node):
                 ack.header.stamp = self.get_clock().now().to_msg()
                 self.pub_ack.publish(ack)
 
+    def _declare_job(self, group) -> None:
+        p = self.get_parameter
+        if p("job_robots").value < 0:
+            raise ConfigError("<parameters>", "job_robots", f"must be >= 0, got {p('job_robots').value}")
+        embodiments = [e.strip() for x in p("job_embodiments").value for e in x.split(",") if e.strip()]
+        self.job_spec = JobSpec(job=str(p("job").value), robots=int(p("job_robots").value), embodiments=embodiments,
+                                config=str(Path(p("config").value).resolve()))
+        self.pub_job = self.create_publisher(JobSpec, qos.JOBS_TOPIC, qos.LATCHED)
+
+        def declare() -> None:
+            self.job_spec.header.stamp = self.get_clock().now().to_msg()
+            self.pub_job.publish(self.job_spec)
+
+        declare()
+        self.create_timer(1.0, declare, callback_group=group)
+
     def _on_episode(self, msg: EpisodeStats) -> None:
-        self.progress.episode(msg)
+        if msg.cut:   # not an outcome: the robot was lost mid-episode (the scheduler says so on its behalf)
+            self.get_logger().warning(f"episode {msg.episode_id} of {msg.robot_id} was cut at step {msg.steps}: the "
+                                      f"robot was lost; its transitions so far stay in the replay")
+            return
+        self.progress.episode(msg, self.robot_embodiments.get(msg.robot_id, ""))
 
     def _on_description(self, d: RobotDescription) -> None:
-        why = self.spec.mismatch_with_robot(d)
+        self.robot_embodiments[d.robot_id] = d.embodiment
+        why = self.spec.mismatch_with_robot(d, self.embodiments)
         if why and d.robot_id not in self._misfits:   # its transitions do not fit: say so once, by name
             self._misfits.add(d.robot_id)
             self.get_logger().error(f"{self.cfg.source}: obs: the policy ({self.spec.describe()}) cannot learn "
@@ -284,8 +324,13 @@ class LearnerNode(Node):
 
     def _update_once(self) -> None:
         arrays = self.replay.sample(self.cfg.algo.batch_size)   # states as the robots sent them
-        arrays["state"] = self.normalize(arrays["state"])
-        arrays["next_state"] = self.normalize(arrays["next_state"])
+        if self.embodiments is None:
+            arrays["state"] = self.normalize(arrays["state"])
+            arrays["next_state"] = self.normalize(arrays["next_state"])
+        else:
+            which = arrays["embodiment"] if "embodiment" in self._extras else arrays.pop("embodiment")
+            arrays["state"] = self.embodiments.policy_input(arrays["state"], which)
+            arrays["next_state"] = self.embodiments.policy_input(arrays["next_state"], which)
         if self._first_update_at is None:
             self._first_update_at = time.monotonic() - self._t0
         metrics = self.agent.update(batch_from_numpy(arrays))

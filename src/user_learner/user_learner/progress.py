@@ -30,6 +30,8 @@ class Progress:
         self.results: collections.deque[tuple[bool, float, int]] = collections.deque(maxlen=SUCCESS_WINDOW)
         self.episodes = 0
         self.eval_results: collections.deque[bool] = collections.deque(maxlen=SUCCESS_WINDOW)
+        # embodiment -> (episodes, the last SUCCESS_WINDOW successes): one policy, several bodies
+        self.by_embodiment: dict[str, tuple[int, collections.deque[bool]]] = {}
         self.latency: tuple[float, float] = (0.0, 0.0)
         self._last_log = time.monotonic()
         self._last = (time.monotonic(), 0, 0)  # time, env_steps, updates at the previous line
@@ -43,12 +45,21 @@ class Progress:
         except ImportError as exc:  # tensorboard is in requirements.txt; say so if it is missing
             logger.warning(f"TensorBoard logging off: {exc}")
 
-    def episode(self, msg) -> None:
+    def episode(self, msg, embodiment: str = "") -> None:
+        """One finished episode (``EpisodeStats``) of a robot of ``embodiment`` ('' if not known)."""
         self.episodes += 1
         self.results.append((bool(msg.success), float(msg.episode_return), int(msg.steps)))
         if msg.evaluation:
             self.eval_results.append(bool(msg.success))
+        if embodiment:
+            n, recent = self.by_embodiment.get(embodiment, (0, collections.deque(maxlen=SUCCESS_WINDOW)))
+            recent.append(bool(msg.success))
+            self.by_embodiment[embodiment] = (n + 1, recent)
         if self._writer is not None:
+            if embodiment:
+                n, recent = self.by_embodiment[embodiment]
+                self._writer.add_scalar(f"embodiment/{embodiment}/success", float(msg.success), n)
+                self._writer.add_scalar(f"embodiment/{embodiment}/success_rate_20", sum(recent) / len(recent), n)
             self._writer.add_scalar("episode/success", float(msg.success), self.episodes)
             self._writer.add_scalar("episode/return", float(msg.episode_return), self.episodes)
             self._writer.add_scalar("episode/steps", float(msg.steps), self.episodes)
@@ -64,6 +75,14 @@ class Progress:
 
     def success_rate(self) -> float:
         return sum(r[0] for r in self.results) / len(self.results) if self.results else 0.0
+
+    def per_embodiment(self) -> str:
+        """Success per embodiment over its last episodes, e.g. ``franka_fr3 40% (last 20), wxai 25% (last 8)``;
+        '' with fewer than two embodiments."""
+        if len(self.by_embodiment) < 2:
+            return ""
+        return ", ".join(f"{e} {100 * sum(r) / len(r):.0f}% (last {len(r)} of {n})"
+                         for e, (n, r) in sorted(self.by_embodiment.items()))
 
     def update(self, metrics: dict[str, float], step: int) -> None:
         self._metrics = metrics
@@ -85,7 +104,9 @@ class Progress:
         self._last_log = now
         mean_ret = sum(r[1] for r in self.results) / len(self.results) if self.results else 0.0
         line = (f"{_fmt_duration(stats['elapsed_s'])} | episodes {self.episodes}, success "
-                f"{100 * self.success_rate():.0f}% (last {len(self.results)}), return {mean_ret:.2f} | "
+                f"{100 * self.success_rate():.0f}% (last {len(self.results)})"
+                + (f" [{per}]" if (per := self.per_embodiment()) else "")
+                + f", return {mean_ret:.2f} | "
                 f"env steps {stats['env_steps']} ({env_rate:.1f}/s) | updates {stats['updates']} "
                 f"({upd_rate:.1f}/s) | weights v{stats['version']} (inference v{stats['inference_version']}, "
                 f"lag {stats['staleness_mean']:.1f}) | buffer {stats['buffer']}")
@@ -110,7 +131,9 @@ class Progress:
             f"summary: {stats['env_steps']} env steps, {stats['updates']} updates, {self.episodes} episodes in "
             f"{_fmt_duration(stats['elapsed_s'])} (first update after {stats['first_update_s']:.1f} s); "
             f"success over the last {len(self.results)}: "
-            f"{100 * self.success_rate():.0f}%; weights v{stats['version']}; staleness mean "
+            f"{100 * self.success_rate():.0f}%"
+            + (f"; success per embodiment: {self.per_embodiment()}" if self.per_embodiment() else "")
+            + f"; weights v{stats['version']}; staleness mean "
             f"{stats['staleness_mean']:.1f}, p99 {stats['staleness_p99']:.0f} versions; inference latency p50 "
             f"{self.latency[0]:.2f} ms, p99 {self.latency[1]:.2f} ms")
 

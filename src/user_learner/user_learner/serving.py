@@ -28,7 +28,15 @@ class PolicyServer:
         self.version = 0
         self._shadow: tuple[int, Policy] | None = None
         self._lock = threading.Lock()
-        self.generators = {rid: torch.Generator().manual_seed(robot_seed(seed, rid)) for rid in robot_ids}
+        self._seed = seed
+        self.generators: dict[str, torch.Generator] = {}
+        for rid in robot_ids:
+            self.add_robot(rid)
+
+    def add_robot(self, robot_id: str) -> None:
+        """Serve one more robot (its noise generator is kept if it was served before)."""
+        if robot_id not in self.generators:
+            self.generators[robot_id] = torch.Generator().manual_seed(robot_seed(self._seed, robot_id))
 
     def prepare(self, version: int, state_dict: dict[str, torch.Tensor]) -> None:
         """Build the next policy from new weights (any thread); ``swap`` adopts it."""
@@ -62,6 +70,20 @@ class PolicyServer:
         if self.uses_instruction:
             return self.policy.act(state, pixels, deterministic, self.generators[robot_id], instruction=instruction)
         return self.policy.act(state, pixels, deterministic, self.generators[robot_id])
+
+
+    def act_batch(self, requests: list[tuple[str, np.ndarray, np.ndarray | None, bool, str | None]]
+                  ) -> list[np.ndarray]:
+        """Actions for several robots' observations ``(robot_id, state, pixels, deterministic, instruction)``:
+        one forward pass when the policy has ``act_batch`` (and neither chunks nor instructions), else one
+        ``act`` per request. Each robot draws from its own generator either way, so a robot's actions do
+        not depend on which other robots share its pass."""
+        batched = getattr(self.policy, "act_batch", None)
+        if batched is None or len(requests) == 1 or self.uses_instruction or self.chunk_size > 1:
+            return [self.act(rid, state, pixels, det, instruction) for rid, state, pixels, det, instruction in requests]
+        states = np.stack([r[1] for r in requests])
+        pixels = None if requests[0][2] is None else np.stack([r[2] for r in requests])
+        return list(batched(states, pixels, [r[3] for r in requests], [self.generators[r[0]] for r in requests]))
 
 
 class ChunkScheduler:

@@ -6,7 +6,8 @@ from typing import Any, Sequence
 import mujoco
 import numpy as np
 
-from user_hal.backend import BackendError, RobotBackend, RobotState, register_backend
+from user_hal.backend import BackendError, RobotState, register_backend
+from user_hal.sim.base import MujocoArmBackend, wxyz, xyzw
 from user_hal.sim.osc import OperationalSpaceController
 from user_hal.sim.scene import (
     ARM_JOINTS,
@@ -29,16 +30,9 @@ URDF_JOINT_NAMES = [*ARM_JOINTS, "fr3_finger_joint1", "fr3_finger_joint2"]
 _GRIPPER_CTRL_OPEN = 255.0
 
 
-def _xyzw(wxyz: np.ndarray) -> np.ndarray:
-    return np.array([wxyz[1], wxyz[2], wxyz[3], wxyz[0]])
-
-
-def _wxyz(xyzw: np.ndarray) -> np.ndarray:
-    return np.array([xyzw[3], xyzw[0], xyzw[1], xyzw[2]], dtype=float)
-
 
 @register_backend("sim")
-class SimFrankaBackend(RobotBackend):
+class SimFrankaBackend(MujocoArmBackend):
     """Franka FR3 in MuJoCo under operational-space torque control, in one of two scenes.
 
     ``scene="peg_insertion"`` (default): the hand holds a peg over a hole block. The peg is a child
@@ -58,6 +52,7 @@ class SimFrankaBackend(RobotBackend):
     name = "sim"
     embodiment = "franka_fr3"
     simulated = True
+    render_groups = RENDER_GEOM_GROUPS
 
     def __init__(
         self,
@@ -146,10 +141,6 @@ class SimFrankaBackend(RobotBackend):
         """Number of arm joints."""
         return len(ARM_JOINTS)
 
-    def camera_names(self) -> list[str]:
-        """Cameras returned by ``render`` (none when ``render_images`` is False)."""
-        return list(self._cameras) if self._render_images else []
-
     @property
     def scene(self) -> str:
         """The scene built: ``peg_insertion`` or ``pick_place``."""
@@ -192,16 +183,6 @@ class SimFrankaBackend(RobotBackend):
     def hole_half_size(self) -> float:
         """Half side of the square hole (``peg_half_size + clearance``)."""
         return self._cfg.hole_half_size
-
-    @property
-    def model(self) -> mujoco.MjModel:
-        """The compiled MuJoCo model (after ``start``)."""
-        return self._require()[0]
-
-    @property
-    def data(self) -> mujoco.MjData:
-        """The live MuJoCo data (after ``start``)."""
-        return self._require()[1]
 
     def urdf(self) -> str:
         """fr3.urdf with mesh paths made absolute ``file://`` URIs of the installed assets."""
@@ -246,12 +227,8 @@ class SimFrankaBackend(RobotBackend):
 
     def close(self) -> None:
         """Free the renderer and the model. Safe to call repeatedly."""
-        if self._renderer is not None:
-            self._renderer.close()
-            self._renderer = None
         self._ctrl = None
-        self._data = None
-        self._model = None
+        super().close()
 
     def _reset_home(self) -> None:
         model, data = self._require()
@@ -266,12 +243,6 @@ class SimFrankaBackend(RobotBackend):
         pos, quat = self._tcp_pose()
         self._home_pose = (pos.copy(), quat.copy())
         self.set_target(pos, quat, gripper)
-
-    def home_tcp_pose(self) -> tuple[np.ndarray, np.ndarray]:
-        """TCP pose at the "home" keyframe: position (3,), quaternion (4,) x, y, z, w."""
-        self._require()
-        assert self._home_pose is not None
-        return self._home_pose[0].copy(), self._home_pose[1].copy()
 
     def reset_scene(self, rng: np.random.Generator) -> None:
         """pick_place: put the cube, at rest, at a uniform random position within ``cube_spawn_range`` of
@@ -319,7 +290,7 @@ class SimFrankaBackend(RobotBackend):
         q = np.asarray(quat, dtype=float).reshape(4)
         if not (np.all(np.isfinite(pos)) and np.all(np.isfinite(q))) or np.linalg.norm(q) < 1e-9:
             raise ValueError(f"invalid target pose {pos!r}, {q!r}")
-        self._ctrl.set_target(pos, _wxyz(q))
+        self._ctrl.set_target(pos, wxyz(q))
         self._gripper_ctrl = float(np.clip(gripper, 0.0, 1.0)) * _GRIPPER_CTRL_OPEN
 
     def advance(self, dt: float) -> None:
@@ -341,12 +312,6 @@ class SimFrankaBackend(RobotBackend):
             raise BackendError("simulation diverged (non-finite joint positions)")
 
     # ------------------------------------------------------------------ state
-    def _tcp_pose(self) -> tuple[np.ndarray, np.ndarray]:
-        _, data = self._require()
-        quat = np.zeros(4)
-        mujoco.mju_mat2Quat(quat, data.site_xmat[self._tcp])
-        return data.site_xpos[self._tcp].copy(), _xyzw(quat)
-
     def state(self) -> RobotState:
         """Read the TCP pose/twist, gripper, external wrench and joints from the simulation."""
         model, data = self._require()
@@ -372,7 +337,7 @@ class SimFrankaBackend(RobotBackend):
         if self._cube < 0:
             return {}
         _, data = self._require()
-        return {CUBE: np.concatenate([data.xpos[self._cube], _xyzw(data.xquat[self._cube])])}
+        return {CUBE: np.concatenate([data.xpos[self._cube], xyzw(data.xquat[self._cube])])}
 
     def _external_wrench(self) -> np.ndarray:
         """External force/torque on hand + fingers + peg, base frame, torque about the TCP.
@@ -413,25 +378,3 @@ class SimFrankaBackend(RobotBackend):
         mujoco.mju_cross(tmp, r, out[:3])
         out[3:] += tmp
         return out
-
-    # ------------------------------------------------------------------ cameras
-    def render(self) -> dict[str, np.ndarray]:
-        """RGB frames ``(H, W, 3)`` uint8 of the configured cameras (empty if rendering is off)."""
-        model, data = self._require()
-        if not self._render_images:
-            return {}
-        if self._renderer is None:
-            self._renderer = mujoco.Renderer(model, self._cfg.image_height, self._cfg.image_width)
-            self._render_opt = mujoco.MjvOption()
-            self._render_opt.geomgroup[:] = RENDER_GEOM_GROUPS
-        frames: dict[str, np.ndarray] = {}
-        for cam in self._cameras:
-            self._renderer.update_scene(data, camera=cam, scene_option=self._render_opt)
-            frames[cam] = self._renderer.render().copy()
-        return frames
-
-    def _require(self) -> tuple[mujoco.MjModel, mujoco.MjData]:
-        if self._model is None or self._data is None:
-            raise BackendError("sim backend not started (call start() first) or already closed")
-        return self._model, self._data
-

@@ -32,7 +32,7 @@ CUBE = "cube"
 # Collision bit masks: the arm never collides with itself (saves time, the real robot has its own
 # self-collision guard); the peg touches the environment (and the fingertip pads, via pairs); the
 # cube touches the environment, the arm and other objects.
-_ENV, _ARM, _PEG, _OBJ = 1, 2, 4, 8
+COLLIDE_ENV, COLLIDE_ARM, COLLIDE_PEG, COLLIDE_OBJ = 1, 2, 4, 8
 
 
 def franky_assets() -> pathlib.Path:
@@ -105,7 +105,7 @@ class SceneConfig:
         return self.peg_length - PEG_GRASP_DEPTH
 
 
-def _look_at_xyaxes(eye: np.ndarray, target: np.ndarray, up: np.ndarray) -> np.ndarray:
+def look_at_xyaxes(eye: np.ndarray, target: np.ndarray, up: np.ndarray) -> np.ndarray:
     """MuJoCo camera ``xyaxes`` so that a camera at ``eye`` looks at ``target`` (camera -z)."""
     fwd = target - eye
     fwd = fwd / np.linalg.norm(fwd)
@@ -130,14 +130,14 @@ def build_spec(cfg: SceneConfig) -> mujoco.MjSpec:
     _make_torque_controlled(spec)
     _set_collision_masks(spec)
     _set_render_groups(spec)
-    _add_room(spec)
+    add_room(spec)
     _add_tcp_and_sensor(spec)
     _SCENE_BUILDERS[cfg.scene](spec, cfg)
     return spec
 
 
 def _add_peg_insertion(spec: mujoco.MjSpec, cfg: SceneConfig) -> None:
-    _add_hole_block(spec, cfg)
+    add_hole_block(spec, cfg)
     _add_peg(spec, cfg)
     _add_cameras(spec, wrist_look=cfg.peg_tip_offset + 0.03, side_eye=(0.15, -0.68, 0.30),
                  side_target=(0.0, 0.0, 0.22), side_origin=cfg.hole_pos)
@@ -175,8 +175,8 @@ def _set_collision_masks(spec: mujoco.MjSpec) -> None:
     for geom in spec.geoms:
         if geom.contype == 0 and geom.conaffinity == 0:
             continue
-        geom.contype = _ARM
-        geom.conaffinity = _ENV
+        geom.contype = COLLIDE_ARM
+        geom.conaffinity = COLLIDE_ENV
 
 
 def grasp_finger_position(model: mujoco.MjModel, peg_half_size: float) -> float:
@@ -200,7 +200,7 @@ def _set_render_groups(spec: mujoco.MjSpec) -> None:
             geom.rgba = [0.92, 0.92, 0.92, 1.0]
 
 
-def _add_room(spec: mujoco.MjSpec) -> None:
+def add_room(spec: mujoco.MjSpec) -> None:
     world = spec.worldbody
     spec.add_texture(name="sky", type=mujoco.mjtTexture.mjTEXTURE_SKYBOX,
                      builtin=mujoco.mjtBuiltin.mjBUILTIN_GRADIENT, width=64, height=64,
@@ -217,10 +217,10 @@ def _add_room(spec: mujoco.MjSpec) -> None:
                     diffuse=[0.35, 0.35, 0.35], castshadow=False)
     # Table top at z = 0; the robot base stands on it at the origin.
     world.add_geom(name="table", type=mujoco.mjtGeom.mjGEOM_PLANE, size=[1.5, 1.5, 0.05],
-                   material="table", contype=_ENV, conaffinity=_ARM | _PEG)
+                   material="table", contype=COLLIDE_ENV, conaffinity=COLLIDE_ARM | COLLIDE_PEG)
 
 
-def _add_hole_block(spec: mujoco.MjSpec, cfg: SceneConfig) -> None:
+def add_hole_block(spec: mujoco.MjSpec, cfg: SceneConfig) -> None:
     hx, hy = cfg.hole_pos
     h, w, d = cfg.hole_half_size, cfg.hole_half_size + cfg.block_wall, cfg.hole_depth
     block = spec.worldbody.add_body(name="hole_block", pos=[hx, hy, 0.0])
@@ -233,7 +233,7 @@ def _add_hole_block(spec: mujoco.MjSpec, cfg: SceneConfig) -> None:
     }
     for tag, (pos, size) in walls.items():
         block.add_geom(name=f"hole_wall_{tag}", type=mujoco.mjtGeom.mjGEOM_BOX, pos=pos,
-                       size=size, material="block", contype=_ENV, conaffinity=_ARM | _PEG,
+                       size=size, material="block", contype=COLLIDE_ENV, conaffinity=COLLIDE_ARM | COLLIDE_PEG,
                        friction=[0.3, 0.005, 0.0001])
     block.add_site(name="hole_bottom", pos=[0.0, 0.0, 0.0], size=[0.003, 0, 0],
                    rgba=[0, 1, 0, 0.5], group=4)
@@ -259,7 +259,7 @@ def _add_peg(spec: mujoco.MjSpec, cfg: SceneConfig) -> None:
     s = cfg.peg_half_size
     peg.add_geom(name="peg", type=mujoco.mjtGeom.mjGEOM_BOX,
                  size=[s, s, cfg.peg_length / 2.0], material="peg", density=2700.0,
-                 contype=_PEG, conaffinity=_ENV | _ARM, friction=[0.3, 0.005, 0.0001],
+                 contype=COLLIDE_PEG, conaffinity=COLLIDE_ENV | COLLIDE_ARM, friction=[0.3, 0.005, 0.0001],
                  solref=[0.004, 1.0])
     # MuJoCo filters contacts between a body and its parent's weld group, which silences
     # finger-peg contacts (the peg is welded to the hand); explicit pairs bring them back.
@@ -287,10 +287,10 @@ def _add_bins(spec: mujoco.MjSpec, b: BinsConfig) -> None:
         body = spec.worldbody.add_body(name=name, pos=[x, y, 0.0])
         body.add_geom(name=f"{name}_floor", type=mujoco.mjtGeom.mjGEOM_BOX,
                       pos=[0.0, 0.0, b.floor_thickness / 2], size=[ix, iy, b.floor_thickness / 2],
-                      material=name, contype=_ENV, conaffinity=_ARM | _OBJ)
+                      material=name, contype=COLLIDE_ENV, conaffinity=COLLIDE_ARM | COLLIDE_OBJ)
         for tag, (pos, size) in walls.items():
             body.add_geom(name=f"{name}_wall_{tag}", type=mujoco.mjtGeom.mjGEOM_BOX, pos=pos, size=size,
-                          material=name, contype=_ENV, conaffinity=_ARM | _OBJ)
+                          material=name, contype=COLLIDE_ENV, conaffinity=COLLIDE_ARM | COLLIDE_OBJ)
 
 
 def _add_cube(spec: mujoco.MjSpec, b: BinsConfig) -> None:
@@ -302,7 +302,7 @@ def _add_cube(spec: mujoco.MjSpec, b: BinsConfig) -> None:
     cube.add_freejoint(name=CUBE)
     # Rubber-like grip: high sliding and some torsional friction so the pads hold it without spinning.
     cube.add_geom(name=CUBE, type=mujoco.mjtGeom.mjGEOM_BOX, size=[s, s, s], mass=b.cube_mass,
-                  material="cube", contype=_OBJ, conaffinity=_ENV | _ARM | _OBJ, condim=4,
+                  material="cube", contype=COLLIDE_OBJ, conaffinity=COLLIDE_ENV | COLLIDE_ARM | COLLIDE_OBJ, condim=4,
                   friction=[1.0, 0.01, 0.0001])
     # fr3.xml's "home" keyframe knows only the arm and the fingers: add the cube's pose.
     key = spec.key("home")
@@ -324,13 +324,13 @@ def _add_cameras(spec: mujoco.MjSpec, wrist_look: float, side_eye: tuple[float, 
     eye = np.array([0.09, 0.0, 0.02])
     target = np.array([0.0, 0.0, TCP_OFFSET + wrist_look])
     spec.body("hand").add_camera(name="wrist", pos=eye, fovy=75.0,
-                                 xyaxes=_look_at_xyaxes(eye, target, np.array([1.0, 0.0, 0.0])))
+                                 xyaxes=look_at_xyaxes(eye, target, np.array([1.0, 0.0, 0.0])))
     # Side camera fixed in the world, looking across the task area.
     origin = np.array([side_origin[0], side_origin[1], 0.0])
     eye = origin + np.asarray(side_eye)
     target = origin + np.asarray(side_target)
     spec.worldbody.add_camera(name="side", pos=eye, fovy=50.0,
-                              xyaxes=_look_at_xyaxes(eye, target, np.array([0.0, 0.0, 1.0])))
+                              xyaxes=look_at_xyaxes(eye, target, np.array([0.0, 0.0, 1.0])))
 
 
 _SCENE_BUILDERS = {"peg_insertion": _add_peg_insertion, "pick_place": _add_pick_place}

@@ -31,13 +31,9 @@ VOCAB = 257   # bytes + padding
 
 
 @dataclasses.dataclass
-class VLAModelConfig:
-    """Architecture; the defaults make a model of about 29 M parameters."""
+class VLAArchitecture:
+    """The architecture's sizes; the defaults make a model of about 29 M parameters (with two cameras)."""
 
-    state_dim: int = 27
-    action_dim: int = 7
-    cameras: tuple[str, ...] = ()
-    image_size: tuple[int, int] = (128, 128)   # width, height
     chunk_size: int = 8                        # H, actions per call
     d_model: int = 512
     layers: int = 8
@@ -50,9 +46,18 @@ class VLAModelConfig:
     head_heads: int = 4
     flow_steps: int = 5                        # Euler steps when acting
 
+
+@dataclasses.dataclass
+class VLAModelConfig(VLAArchitecture):
+    """Everything a model is built from: the architecture plus the observation and action layout."""
+
+    state_dim: int = 27
+    action_dim: int = 7
+    cameras: tuple[str, ...] = ()
+    image_size: tuple[int, int] = (128, 128)   # width, height
+
     def validate(self) -> None:
-        for name in ("state_dim", "action_dim", "chunk_size", "d_model", "layers", "heads", "mlp_ratio",
-                     "patch_size", "text_tokens", "head_dim", "head_layers", "head_heads", "flow_steps"):
+        for name in ("state_dim", "action_dim", *(f.name for f in dataclasses.fields(VLAArchitecture))):
             if int(getattr(self, name)) <= 0:
                 raise ValueError(f"{name}: must be > 0, got {getattr(self, name)!r}")
         if self.d_model % self.heads or self.head_dim % self.head_heads:

@@ -23,10 +23,23 @@ from ..sac.agent import (SACConfig, SACPolicy, _build_policy_nets, _numpy_rng_st
 from ...batch import check_batch
 from ...networks import random_shift
 
-__all__ = ["HGDAggerAgent", "HGDAggerConfig", "ALGORITHM", "expert_log_likelihood"]
+__all__ = ["HGDAggerAgent", "HGDAggerConfig", "ALGORITHM", "ExpertSources", "expert_log_likelihood"]
 
 STATE_DICT_VERSION = 1
 SOURCE_HUMAN, SOURCE_SCRIPTED = 1, 2          # user_msgs/Action.SOURCE_*
+
+
+class ExpertSources:
+    """The action sources that are labels (a config's ``expert_sources``): ``labels(source)`` is True
+    where a batch's ``action_source`` (or ``chunk_source``) names one of them."""
+
+    def __init__(self, sources: tuple[int, ...], device: torch.device | str = "cpu") -> None:
+        if not sources:
+            raise ValueError("expert_sources: name at least one action source")
+        self.sources = torch.tensor(sources, dtype=torch.float32, device=device)
+
+    def labels(self, source: torch.Tensor) -> torch.Tensor:
+        return torch.isin(source.to(torch.float32), self.sources)   # sources arrive as float32 in a batch
 
 
 @dataclasses.dataclass
@@ -41,8 +54,7 @@ class HGDAggerConfig(SACConfig):
         super().validate()
         if self.actor != "gaussian":
             raise ValueError(f"actor: hg_dagger clones with the tanh-Gaussian actor, got {self.actor!r}")
-        if not self.expert_sources:
-            raise ValueError("expert_sources: name at least one action source")
+        ExpertSources(self.expert_sources)
         if not 0.0 < self.action_clip < 1.0:
             raise ValueError(f"action_clip: must be in (0, 1), got {self.action_clip!r}")
 
@@ -72,7 +84,7 @@ class HGDAggerAgent:
             self.conv.to(self.device)
         self.actor.to(self.device)
         self.opt = torch.optim.Adam(params, lr=cfg.actor_lr, foreach=True)
-        self.sources = torch.tensor(cfg.expert_sources, dtype=torch.float32, device=self.device)
+        self.experts = ExpertSources(cfg.expert_sources, self.device)
         self.generator = torch.Generator(self.device).manual_seed(cfg.seed)
         self.num_updates = 0
         self.labels_seen = 0
@@ -81,7 +93,7 @@ class HGDAggerAgent:
         """One step of behaviour cloning on the batch's expert rows (a batch without any: no step)."""
         check_batch(batch, self.spec)
         b = {k: v.to(self.device) for k, v in batch.items()}
-        labelled = torch.isin(b["action_source"].to(torch.float32), self.sources)   # float32 in a batch
+        labelled = self.experts.labels(b["action_source"])
         n = int(labelled.sum())
         self.num_updates += 1
         metrics = {"expert_fraction": n / len(labelled), "num_updates": float(self.num_updates)}

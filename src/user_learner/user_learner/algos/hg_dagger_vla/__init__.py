@@ -31,18 +31,20 @@ from user_common.features import Features
 
 from .. import Algorithm, AlgoConfig, register
 from ...batch import check_batch
-from ...vla.model import LoRALinear, VLAModel, VLAModelConfig, add_lora, load_model, tokenize
+from ..hg_dagger import SOURCE_HUMAN, SOURCE_SCRIPTED, ExpertSources
+from ...vla.model import LoRALinear, VLAArchitecture, VLAModel, VLAModelConfig, add_lora, load_model, tokenize
 
 __all__ = ["HGDAggerVLAConfig", "HGDAggerVLAAgent", "VLAPolicy", "build_model", "ALGORITHM"]
 
 STATE_DICT_VERSION = 1
-SOURCE_HUMAN, SOURCE_SCRIPTED = 1, 2          # user_msgs/Action.SOURCE_*
-ARCH_FIELDS = ("chunk_size", "d_model", "layers", "heads", "mlp_ratio", "patch_size", "text_tokens", "head_dim",
-               "head_layers", "head_heads", "flow_steps")
+ARCH_FIELDS = tuple(f.name for f in dataclasses.fields(VLAArchitecture))
 
 
 @dataclasses.dataclass
-class HGDAggerVLAConfig(AlgoConfig):
+class HGDAggerVLAConfig(AlgoConfig, VLAArchitecture):
+    """The architecture fields (``VLAArchitecture``) build the model without ``pretrained``; with it the
+    file's own architecture is used, and ``chunk_size`` must agree."""
+
     batch_size: int = 32
     pretrained: str = ""           # directory with model.safetensors + config.json ("" = from the seed)
     finetune: Literal["all", "head", "lora"] = "all"
@@ -53,18 +55,6 @@ class HGDAggerVLAConfig(AlgoConfig):
     grad_clip: float = 1.0         # global gradient norm; 0 = none
     instruction: str = ""          # the task's instruction, used for every training row
     expert_sources: tuple[int, ...] = (SOURCE_HUMAN, SOURCE_SCRIPTED)
-    # Architecture (VLAModelConfig) without ``pretrained``; with it the file's own, and chunk_size must agree.
-    chunk_size: int = 8
-    d_model: int = 512
-    layers: int = 8
-    heads: int = 8
-    mlp_ratio: int = 4
-    patch_size: int = 16
-    text_tokens: int = 48
-    head_dim: int = 256
-    head_layers: int = 3
-    head_heads: int = 4
-    flow_steps: int = 5
 
     def validate(self) -> None:
         super().validate()
@@ -77,8 +67,7 @@ class HGDAggerVLAConfig(AlgoConfig):
             raise ValueError(f"lora_rank: must be > 0, got {self.lora_rank!r}")
         if self.lr <= 0:
             raise ValueError(f"lr: must be > 0, got {self.lr!r}")
-        if not self.expert_sources:
-            raise ValueError("expert_sources: name at least one action source")
+        ExpertSources(self.expert_sources)
 
     def model_config(self, spec: Features) -> VLAModelConfig:
         return VLAModelConfig(state_dim=spec.state_dim, action_dim=spec.action_dim, cameras=tuple(spec.cameras),
@@ -127,7 +116,7 @@ class HGDAggerVLAAgent:
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.opt = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.tokens = tokenize(cfg.instruction, self.model.c.text_tokens).to(self.device)
-        self.sources = torch.tensor(cfg.expert_sources, dtype=torch.float32, device=self.device)
+        self.experts = ExpertSources(cfg.expert_sources, self.device)
         self.generator = torch.Generator(self.device).manual_seed(cfg.seed)
         self.num_updates = 0
         self.labels_seen = 0
@@ -147,7 +136,7 @@ class HGDAggerVLAAgent:
             raise ValueError(f"batch['action_chunk']: expected [B, {h}, {self.spec.action_dim}], "
                              f"got {list(batch['action_chunk'].shape)}")
         b = {k: v.to(self.device) for k, v in batch.items() if isinstance(v, torch.Tensor)}
-        labelled = torch.isin(b["action_source"].to(torch.float32), self.sources)
+        labelled = self.experts.labels(b["action_source"])
         n = int(labelled.sum())
         self.num_updates += 1
         metrics = {"expert_fraction": n / len(labelled), "num_updates": float(self.num_updates)}
@@ -155,8 +144,7 @@ class HGDAggerVLAAgent:
             return {**metrics, "bc_loss": float("nan")}
         mask = b["chunk_mask"][labelled]
         if "chunk_source" in b:   # the target stops where the expert let go
-            mask = mask * torch.cumprod(torch.isin(b["chunk_source"][labelled].to(torch.float32),
-                                                   self.sources).to(torch.float32), dim=1)
+            mask = mask * torch.cumprod(self.experts.labels(b["chunk_source"][labelled]).to(torch.float32), dim=1)
         pixels = b["pixels"][labelled] if self.spec.cameras else None
         tokens = self.tokens.expand(n, -1)
         self.model.train()

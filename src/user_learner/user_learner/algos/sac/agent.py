@@ -395,3 +395,25 @@ class SACPolicy:
         with torch.inference_mode():
             return _policy_action(self.conv, self.actor, self.spec, state, pixels, deterministic,
                                   generator, self.device)
+
+    def act_batch(self, states: np.ndarray, pixels: np.ndarray | None, deterministic: list[bool],
+                  generators: list[torch.Generator]) -> np.ndarray:
+        """Actions ``[B, A]`` for B observations (states ``[B, D]``, pixels ``[B, n, H, W, 3]`` or None) in one
+        forward pass; row i draws its noise from ``generators[i]`` exactly as ``act`` would."""
+        if not isinstance(self.actor, Actor):   # a flow actor draws noise inside its rollout: one at a time
+            return np.stack([self.act(states[i], None if pixels is None else pixels[i], deterministic[i],
+                                      generators[i]) for i in range(len(states))])
+        st = torch.from_numpy(np.asarray(states, dtype=np.float32)).to(self.device)
+        if st.ndim != 2 or st.shape[1] != self.spec.state_dim:
+            raise ValueError(f"act_batch: states must be [B, {self.spec.state_dim}], got {list(st.shape)}")
+        with torch.inference_mode():
+            feats = None
+            if self.conv is not None:
+                feats = self.conv(torch.from_numpy(np.ascontiguousarray(pixels)).to(self.device))
+            mean, log_std = self.actor(feats, st)
+            eps = torch.stack([torch.zeros(mean.shape[1:], dtype=mean.dtype, device=mean.device) if det
+                               else torch.randn((1, *mean.shape[1:]), generator=g, dtype=mean.dtype,
+                                                device=mean.device)[0]
+                               for det, g in zip(deterministic, generators)])
+            keep = torch.tensor([0.0 if det else 1.0 for det in deterministic], device=mean.device)[:, None]
+            return torch.tanh(mean + keep * log_std.exp() * eps).to("cpu", torch.float32).numpy()
