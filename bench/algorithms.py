@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Benchmark: sample efficiency of the registered algorithms on simulated peg insertion.
 
-Each (algorithm, seed) run drives the real robot cell (``user_hal.cell.RobotCell`` on the MuJoCo FR3,
+Each (algorithm, seed) run drives the real robot cell (``user_hal.core.cell.RobotCell`` on the MuJoCo FR3,
 randomized starts, the robot's own resets and speed limits) in this process with exactly ``--utd``
 updates per environment step, so the figures count environment steps and do not depend on how fast
 the CPU is; the policy acts with weights reloaded from the agent every ``--publish-every`` updates,
@@ -35,8 +35,8 @@ VARIANTS = {"sac_flow_t": {"algo.actor": "flow_t"}}     # rows that change a shi
 
 
 def make_cell(seed: int, reward: str = "sparse"):
-    from user_hal.backend import make_backend
-    from user_hal.cell import RobotCell
+    from user_hal.backends.base import make_backend
+    from user_hal.core.cell import RobotCell
     from user_hal.profile import load_profile
 
     prof = load_profile(ROOT / "config" / "robot_sim.yaml", {"robot.cameras": [], "task.reward": reward})
@@ -71,7 +71,7 @@ def run_episode(cell, act, seed: int, store, judge=None) -> tuple[bool, int]:
 
     ``judge(cell, step_result) -> (reward, success)`` replaces the rule's reward and end (a learned reward,
     bench/reward.py; success ends the episode); the episode's success is then the rule's at its last step."""
-    from user_hal.cell import proprio_vector
+    from user_hal.core.cell import proprio_vector
 
     state = cell.reset(seed=seed)
     obs = proprio_vector(state)
@@ -90,7 +90,7 @@ def run_episode(cell, act, seed: int, store, judge=None) -> tuple[bool, int]:
 
 
 def record_demos(episodes: int, seed: int, state_dim: int, action_dim: int, make=None, judge=None) -> Ring:
-    from user_hal.scripted_policy import make_expert
+    from user_hal.tasks.experts import make_expert
 
     prof, cell = (make or make_cell)(seed + 10_000)
     expert = make_expert(prof, seed=seed)

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Benchmark: HG-DAgger from a weak behaviour-cloned start, on the simulated FR3.
 
-Each (task, seed) run drives the real robot cell (``user_hal.cell.RobotCell``, MuJoCo, the robot's own
+Each (task, seed) run drives the real robot cell (``user_hal.core.cell.RobotCell``, MuJoCo, the robot's own
 resets and speed limits) in this process:
 1. ``--demos`` episodes of the scripted expert, then ``--bc-updates`` behaviour-cloning updates: the weak
    start. ``--policy mlp``: HG-DAgger's learner with the state policy of ``config/hg_dagger_<task>.yaml``;
@@ -46,8 +46,8 @@ CONFIGS = {"peg": "hg_dagger_peg", "pick": "hg_dagger_pick"}
 
 def make_cell(task: str, seed: int):
     """The task's simulated cell, state only (no cameras rendered)."""
-    from user_hal.backend import make_backend
-    from user_hal.cell import RobotCell
+    from user_hal.backends.base import make_backend
+    from user_hal.core.cell import RobotCell
     from user_hal.profile import load_profile
 
     prof = load_profile(ROOT / "config" / f"{PROFILES[task]}.yaml", {"robot.cameras": [], "task.reward": "sparse"})
@@ -71,8 +71,8 @@ class Human:
 
     def __init__(self, prof, seed: int, stuck_steps: int, gain: float, gate: str = "stuck",
                  corridor: float = 0.5, hold: int = 10) -> None:
-        from user_hal.scripted_policy import HumanSchedule, make_expert
-        from user_hal.teleop import TeleopConfig
+        from user_hal.tasks.experts import HumanSchedule, make_expert
+        from user_hal.devices.teleop import TeleopConfig
 
         self.expert = make_expert(prof, seed=seed)
         self.schedule = HumanSchedule([(0, None)], 1, stuck_steps)
@@ -102,7 +102,7 @@ class Human:
             active = step < self._until
         if not active:
             return None
-        from user_hal.teleop import InputSample, Teleop, device_axes_for_action
+        from user_hal.devices.teleop import InputSample, Teleop, device_axes_for_action
 
         teleop = Teleop(self.mapping, clock=lambda: 0.0)
         teleop.update(InputSample(axes=tuple(device_axes_for_action(self.gain * expert, self.mapping)),
@@ -169,7 +169,7 @@ class Expert:
     """The scripted expert as a policy (the demonstrations)."""
 
     def __init__(self, prof, seed: int) -> None:
-        from user_hal.scripted_policy import make_expert
+        from user_hal.tasks.experts import make_expert
 
         self.act = make_expert(prof, seed=seed).act
 

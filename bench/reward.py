@@ -42,8 +42,8 @@ CAMERAS = ("wrist", "side")
 def make_camera_cell(seed: int, reward_source: str = "classifier", image_size: tuple[int, int] | None = None):
     """The simulated cell of config/robot_sim.yaml rendering its cameras; with ``classifier`` the rule's
     success ends nothing (the classifier decides)."""
-    from user_hal.backend import make_backend
-    from user_hal.cell import RobotCell
+    from user_hal.backends.base import make_backend
+    from user_hal.core.cell import RobotCell
     from user_hal.profile import load_profile
 
     changes = {"task.reward": "sparse", "task.reward_source": reward_source}
@@ -65,8 +65,8 @@ def frames_of(cell, cameras) -> np.ndarray:
 
 def record(episodes: int, seed: int, extra_after_success: int = 10, log=print, image_size=None):
     """Labelled frames of ``episodes`` scripted episodes (see the module doc); returns ``Frames``."""
-    from user_hal.cell import proprio_vector
-    from user_hal.scripted_policy import make_expert
+    from user_hal.core.cell import proprio_vector
+    from user_hal.tasks.experts import make_expert
     from user_learner.reward import frames_from_arrays
 
     prof, cell = make_camera_cell(seed + 20_000, image_size=image_size)

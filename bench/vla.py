@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Benchmark: behaviour-cloning pretraining of the VLA-like chunk policy on simulated pick-and-place.
 
-Records ``--demos`` episodes of the scripted expert in the real robot cell (``user_hal.cell.RobotCell`` on
+Records ``--demos`` episodes of the scripted expert in the real robot cell (``user_hal.core.cell.RobotCell`` on
 the MuJoCo FR3, randomized starts, in this process), BC-pretrains the policy of ``config/vla_pick.yaml``
 (``finetune: all``, architecture overridable with ``--set``) for ``--steps`` updates, then runs
 ``--eval`` episodes acting in chunks (the first ``--execute`` actions of every chunk, then a new chunk) and
@@ -32,8 +32,8 @@ SMALL = {"algo.d_model": 128, "algo.layers": 2, "algo.heads": 4, "algo.head_dim"
 
 
 def make_pick_cell(seed: int, cameras: Sequence[str] = ()):
-    from user_hal.backend import make_backend
-    from user_hal.cell import RobotCell
+    from user_hal.backends.base import make_backend
+    from user_hal.core.cell import RobotCell
     from user_hal.profile import load_profile
 
     prof = load_profile(ROOT / "config" / "robot_sim_pick.yaml", {"robot.cameras": list(cameras)})
@@ -52,7 +52,7 @@ def _pixels(cell, cameras: Sequence[str]) -> np.ndarray | None:
 
 def record_demos(episodes: int, seed: int, cameras: Sequence[str] = ()) -> list:
     """``episodes`` scripted-expert episodes (``user_learner.vla.pretrain.Episode``; successful or not)."""
-    from user_hal.scripted_policy import make_expert
+    from user_hal.tasks.experts import make_expert
     from user_learner.vla.pretrain import Episode
 
     prof, cell = make_pick_cell(seed + 10_000, cameras)

@@ -26,10 +26,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--noise", type=float, nargs="+", default=[0.0, 0.2], help="action noise std (action units)")
     args = ap.parse_args(argv)
 
-    from user_hal.backend import make_backend
-    from user_hal.cell import RobotCell
+    from user_hal.backends.base import make_backend
+    from user_hal.core.cell import RobotCell
     from user_hal.profile import load_profile
-    from user_hal.scripted_policy import make_expert
+    from user_hal.tasks.experts import make_expert
 
     prof = load_profile(args.profile, {"robot.realtime_factor": 0.0})
     cell = RobotCell(prof, make_backend(prof.robot.backend, **prof.backend_options, render_images=False))

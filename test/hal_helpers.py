@@ -49,11 +49,10 @@ def learning_config_dir(tmp_path: Path, profile: dict | None = None, **learner) 
     return d
 
 
-def node_cmd(executable: str, params: dict, node_name: str | None = None) -> list[str]:
-    """Command line of an installed node executable with ``-p name:=value`` parameters."""
+def node_cmd(executable: str, params: dict, node_name: str | None = None, pkg: str = "user_hal") -> list[str]:
+    """Command line of an installed node executable of ``pkg`` with ``-p name:=value`` parameters."""
     from ament_index_python.packages import get_package_prefix
 
-    pkg = "user_hal"
     exe = Path(get_package_prefix(pkg)) / "lib" / pkg / executable
     cmd = [str(exe), "--ros-args"]
     if node_name:

@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 
-from user_hal.cameras import DEFAULT_TOPIC, CameraError, TopicCamera
+from user_hal.devices.cameras import DEFAULT_TOPIC, CameraError, TopicCamera
 
 PUBLISHER = textwrap.dedent('''
     """Publish deterministic 640x480 frames at a fixed rate, like realsense2_camera's colour stream."""

@@ -10,8 +10,8 @@ from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from user_msgs.msg import Action, Observation, RobotStatus, Transition
 
 from hal_helpers import Collect, node_cmd, profile_with
-from user_hal.cell import ACTION_NAMES, ActionError
-from user_hal.chunks import ChunkQueue, PendingChunk, check_chunk, ensemble
+from user_hal.core.cell import ACTION_NAMES, ActionError
+from user_hal.core.chunks import ChunkQueue, PendingChunk, check_chunk, ensemble
 
 RELIABLE = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
 DATA = QoSProfile(depth=500, reliability=ReliabilityPolicy.RELIABLE)

@@ -21,9 +21,9 @@ from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from user_msgs.msg import Action, EpisodeStats, Observation, RobotStatus, Transition
 
 from hal_helpers import ROOT, Collect, node_cmd, set_dotted
-from user_hal.backend import BackendError, make_backend
-from user_hal.franka_ros2_backend import FrankaRos2Backend, load_franka_actions
-from user_hal.geometry import quat_from_rotvec, quat_mul
+from user_hal.backends.base import BackendError, make_backend
+from user_hal.backends.franka_ros2 import FrankaRos2Backend, load_franka_actions
+from user_hal.core.geometry import quat_from_rotvec, quat_mul
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -44,11 +44,8 @@ HOME_Q = [0.0, -0.785398, 0.0, -2.356194, 0.0, 1.570796, 0.785398]
 
 
 def standin_cmd(**params) -> list[str]:
-    """The installed ``franka_ros2_standin`` executable, or the module if the build predates it."""
-    cmd = node_cmd("franka_ros2_standin", {"rate_hz": 200.0, **params})
-    if not Path(cmd[0]).exists():
-        cmd = [sys.executable, "-m", "user_hal.franka_ros2_standin", *cmd[1:]]
-    return cmd
+    """The installed ``franka_ros2_standin`` executable (test-support package ``user_testing``)."""
+    return node_cmd("franka_ros2_standin", {"rate_hz": 200.0, **params}, pkg="user_testing")
 
 
 def start_standin(procs, **params):

@@ -172,8 +172,8 @@ def _angle(a: np.ndarray, b: np.ndarray) -> float:
 
 # ------------------------------------------------------------------------------ (a) the backend
 def test_backend_tracks_ee_delta_targets_moves_the_gripper_and_resets(sim, tmp_path):
-    from user_hal.backend import make_backend
-    from user_hal.cell import RobotCell
+    from user_hal.backends.base import make_backend
+    from user_hal.core.cell import RobotCell
     from user_hal.profile import load_profile
 
     profile = load_profile(franky_profile(tmp_path, sim.ip, **{"task.gripper": "policy",
@@ -240,7 +240,7 @@ def test_backend_tracks_ee_delta_targets_moves_the_gripper_and_resets(sim, tmp_p
 
 # -------------------------------------------------------------------- (b) faults and recovery
 def test_fault_is_recovered_and_automatic_recovery_is_bounded(sim, tmp_path):
-    from user_hal.backend import BackendError, make_backend
+    from user_hal.backends.base import BackendError, make_backend
     from user_hal.profile import load_profile
 
     profile = load_profile(franky_profile(tmp_path, sim.ip, **{
@@ -290,7 +290,7 @@ def test_fault_is_recovered_and_automatic_recovery_is_bounded(sim, tmp_path):
 
 
 def test_connection_and_option_errors_name_what_is_wrong(tmp_path):
-    from user_hal.backend import BackendError, make_backend
+    from user_hal.backends.base import BackendError, make_backend
 
     with pytest.raises(TypeError, match="backend_options.ip"):
         make_backend("franky")

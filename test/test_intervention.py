@@ -135,7 +135,7 @@ def test_the_simulated_human_with_a_corridor_steps_in_as_soon_as_the_policy_leav
     within a few steps once the policy's actions leave the corridor around the expert's (HG-DAgger's
     early correction), instead of waiting for 20 steps without progress."""
     from user_hal.profile import load_profile
-    from user_hal.scripted_policy import make_expert
+    from user_hal.tasks.experts import make_expert
 
     expert = make_expert(load_profile(profile_with(tmp_path, "expert.yaml", **{"robot.cameras": []})))
     LEAVE = 15

@@ -37,9 +37,9 @@ def call(node, srv_type, name, request, timeout=15.0):
 
 # -- velocity limits ------------------------------------------------------------------------------
 def test_cell_limits_target_speed_for_actions_and_resets():
-    from user_hal.backend import make_backend
-    from user_hal.cell import RobotCell
-    from user_hal.geometry import quat_conj, quat_mul, quat_to_rotvec
+    from user_hal.backends.base import make_backend
+    from user_hal.core.cell import RobotCell
+    from user_hal.core.geometry import quat_conj, quat_mul, quat_to_rotvec
     from user_hal.profile import load_profile
 
     prof = load_profile(SIM_PROFILE, {"robot.cameras": [], "robot.max_tcp_speed": 0.1,
@@ -191,9 +191,9 @@ def test_a_backend_fault_is_recovered_and_the_episode_continues(procs, ros_node,
     episodes = Collect(ros_node, EpisodeStats, "/user/episodes")
     trans = Collect(ros_node, Transition, "/user/transitions", DATA)
     obs = Collect(ros_node, Observation, "/franka_0/observation")
-    robot = procs.start("robot", node_cmd("robot_node", {
+    robot = procs.start("robot", node_cmd("faulty_robot_node", {
         "robot_id": "franka_0", "profile": str(prof), "realtime_factor": 0.0, "max_episodes": 1,
-        "fault_injection": "step:3,6"}))
+        "fault_injection": "step:3,6"}, pkg="user_testing"))
     obs.wait(lambda m: m, 60, "the robot holding (this test sees its topics) before the policy starts")
     episodes.wait_matched(30)
     trans.wait_matched(30)
@@ -215,8 +215,9 @@ def test_after_max_recoveries_the_robot_stops_in_error(procs, ros_node, tmp_path
     prof = profile_with(tmp_path, **{"robot.cameras": [], "robot.max_recoveries": 2})
     beats = Collect(ros_node, RobotStatus, "/user/robots/heartbeat", LATCHED)
     obs = Collect(ros_node, Observation, "/franka_0/observation")
-    robot = procs.start("robot", node_cmd("robot_node", {
-        "robot_id": "franka_0", "profile": str(prof), "realtime_factor": 0.0, "fault_injection": "step:4,5,6"}))
+    robot = procs.start("robot", node_cmd("faulty_robot_node", {
+        "robot_id": "franka_0", "profile": str(prof), "realtime_factor": 0.0, "fault_injection": "step:4,5,6"},
+        pkg="user_testing"))
     obs.wait(lambda m: m, 60, "the robot holding (this test sees its topics) before the policy starts")
     procs.start("policy", node_cmd("scripted_policy", {"robot_id": "franka_0", "profile": str(prof)}))
     b = beats.wait(lambda m: m and m[-1].state == RobotStatus.STATE_ERROR, 60, "ERROR in the heartbeat")
@@ -234,8 +235,8 @@ def test_after_max_recoveries_the_robot_stops_in_error(procs, ros_node, tmp_path
 
 def test_bad_fault_injection_parameter_is_one_clear_error(procs, tmp_path):
     prof = profile_with(tmp_path, **{"robot.cameras": []})
-    robot = procs.start("robot", node_cmd("robot_node", {
-        "robot_id": "franka_0", "profile": str(prof), "fault_injection": "at 5"}))
+    robot = procs.start("robot", node_cmd("faulty_robot_node", {
+        "robot_id": "franka_0", "profile": str(prof), "fault_injection": "at 5"}, pkg="user_testing"))
     assert robot.popen.wait(timeout=30) == 2
     out = robot.output()
     assert "fault_injection" in out and "expected 'step:N[,N...]'" in out and "Traceback" not in out, out[-2000:]

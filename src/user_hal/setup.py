@@ -26,7 +26,6 @@ setup(
             "registry_node = user_hal.registry_node:main",
             "scripted_policy = user_hal.scripted_policy_node:main",
             "teleop_node = user_hal.teleop_node:main",
-            "franka_ros2_standin = user_hal.franka_ros2_standin:main",
         ],
     },
 )

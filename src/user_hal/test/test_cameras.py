@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from sensor_msgs.msg import Image
 
-from user_hal import cameras
-from user_hal.cameras import (CameraError, CameraRig, RealSenseCamera, TopicCamera, _area_axis, area_resize,
+from user_hal.devices import cameras
+from user_hal.devices.cameras import (CameraError, CameraRig, RealSenseCamera, TopicCamera, _area_axis, area_resize,
                               centre_square, check_crop, crop_and_resize, image_msg_to_rgb, make_camera_sources,
                               realsense_serials)
 from user_hal.config_schema import ConfigError
@@ -443,7 +443,7 @@ def test_rig_errors_name_the_camera():
 
 
 def test_rig_with_the_simulated_backend():
-    from user_hal.sim.franka_sim import SimFrankaBackend
+    from user_hal.backends.sim.franka_sim import SimFrankaBackend
 
     sim = SimFrankaBackend(cameras=("wrist",), image_width=128, image_height=128)
     sim.start()

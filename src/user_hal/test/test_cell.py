@@ -5,11 +5,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from user_hal.backend import make_backend
-from user_hal.cell import ActionError, RobotCell, proprio_vector
-from user_hal.geometry import quat_conj, quat_mul, quat_to_euler
+from user_hal.backends.base import make_backend
+from user_hal.core.cell import ActionError, RobotCell, proprio_vector
+from user_hal.core.geometry import quat_conj, quat_mul, quat_to_euler
 from user_hal.profile import load_profile
-from user_hal.scripted_policy import ScriptedInsertion
+from user_hal.tasks.experts import ScriptedInsertion
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -144,7 +144,7 @@ def test_scripted_expert_succeeds_in_at_least_9_of_10_randomized_episodes():
 def test_a_reset_waits_for_a_lagging_arm_and_goes_on_without_one_that_does_not_follow(cell):
     """The reset's target never runs far ahead of the measured TCP (a late state stream, an arm slowed
     by contact): it waits, for at most FOLLOW_TIMEOUT_PERIODS per step, then goes on as before."""
-    from user_hal.cell import FOLLOW_PERIODS, FOLLOW_TIMEOUT_PERIODS
+    from user_hal.core.cell import FOLLOW_PERIODS, FOLLOW_TIMEOUT_PERIODS
 
     real = cell.backend.set_target
     dropped = []

@@ -698,16 +698,17 @@ def test_the_controller_drives_a_real_simulated_cell_through_the_cell_runner():
     import threading
     from pathlib import Path
 
-    from user_hal.backend import make_backend
-    from user_hal.cell import RobotCell
+    from user_hal.backends.base import make_backend
+    from user_hal.core.cell import RobotCell
     from user_hal.cell_runner import CellRunner
     from user_hal.profile import load_profile
-    from user_hal.scripted_policy import make_expert
+    from user_hal.tasks.experts import make_expert
+    from user_testing.faults import inject_step_faults
 
     prof = load_profile(Path(__file__).resolve().parents[3] / "config" / "robot_sim.yaml",
                         {"robot.cameras": [], "robot.realtime_factor": 0.0})
     cell = RobotCell(prof, make_backend("sim", **dict(prof.backend_options, cameras=(), render_images=False)), seed=0)
-    cell.fault_steps = {3}
+    inject_step_faults(cell, {3})
     expert = make_expert(prof)
     ctrl = EpisodeController(EpisodeConfig.from_profile(prof, "r0", max_episodes=1))
     clock = [0.0]

@@ -1,7 +1,7 @@
 """The robot's outbox: held until every consumer acknowledges, resent when due, bounded in bytes."""
 import pytest
 
-from user_hal.outbox import Outbox
+from user_hal.core.outbox import Outbox
 
 
 def test_entries_are_released_only_when_every_consumer_acked():

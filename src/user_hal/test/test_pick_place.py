@@ -7,15 +7,15 @@ import numpy as np
 import pytest
 import yaml
 
-from user_hal.backend import RobotState, make_backend
-from user_hal.cell import RobotCell, proprio_names, state_from_proprio
+from user_hal.backends.base import RobotState, make_backend
+from user_hal.core.cell import RobotCell, proprio_names, state_from_proprio
 from user_hal.config_schema import ConfigError
-from user_hal.geometry import quat_to_rotvec
+from user_hal.core.geometry import quat_to_rotvec
 from user_hal.profile import load_profile
-from user_hal.scripted_policy import ScriptedInsertion, ScriptedPickPlace, make_expert
-from user_hal.sim.franka_sim import SimFrankaBackend
-from user_hal.sim.scene import RENDER_GEOM_GROUPS
-from user_hal.task import PickPlace, make_task
+from user_hal.tasks.experts import ScriptedInsertion, ScriptedPickPlace, make_expert
+from user_hal.backends.sim.franka_sim import SimFrankaBackend
+from user_hal.backends.sim.scene import RENDER_GEOM_GROUPS
+from user_hal.tasks.rules import PickPlace, make_task
 
 ROOT = Path(__file__).resolve().parents[3]
 PICK_PROFILE = ROOT / "config" / "robot_sim_pick.yaml"

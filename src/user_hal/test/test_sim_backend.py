@@ -5,8 +5,8 @@ import mujoco
 import numpy as np
 import pytest
 
-from user_hal.backend import RobotState, make_backend
-from user_hal.sim.franka_sim import SimFrankaBackend
+from user_hal.backends.base import RobotState, make_backend
+from user_hal.backends.sim.franka_sim import SimFrankaBackend
 
 
 def _quat_angle(qa: np.ndarray, qb: np.ndarray) -> float:

@@ -9,7 +9,7 @@ import types
 import numpy as np
 import pytest
 
-from user_hal.teleop import (InputSample, KeyboardSource, SpaceMouseSource, Teleop, TeleopConfig, TeleopError,
+from user_hal.devices.teleop import (InputSample, KeyboardSource, SpaceMouseSource, Teleop, TeleopConfig, TeleopError,
                              apply_deadband, device_axes_for_action, joy_sample)
 
 
@@ -209,7 +209,7 @@ def test_teleop_node_without_a_device_exits_with_one_line():
 
 # -- the scripted human's schedule ------------------------------------------------------------------
 def test_step_ranges_parse_and_reject_garbage():
-    from user_hal.scripted_policy import parse_step_ranges
+    from user_hal.tasks.experts import parse_step_ranges
 
     assert parse_step_ranges("5-19, 40-,7") == [(5, 19), (40, None), (7, 7)]
     for bad in ("", "a-3", "9-2", "-4"):
@@ -218,7 +218,7 @@ def test_step_ranges_parse_and_reject_garbage():
 
 
 def test_the_scripted_human_takes_over_every_nth_episode_in_its_steps():
-    from user_hal.scripted_policy import HumanSchedule
+    from user_hal.tasks.experts import HumanSchedule
 
     h = HumanSchedule([(2, 3), (6, None)], every_n=2)
     on = {ep: [s for s in range(9) if h.active(ep, s, 0.1)] for ep in (100, 200, 300)}
@@ -226,7 +226,7 @@ def test_the_scripted_human_takes_over_every_nth_episode_in_its_steps():
 
 
 def test_the_scripted_human_takes_over_when_the_policy_is_stuck():
-    from user_hal.scripted_policy import HumanSchedule
+    from user_hal.tasks.experts import HumanSchedule
 
     h = HumanSchedule([(0, None)], stuck_steps=4)
     progress = [0.10, 0.09, 0.08, 0.07]           # the policy gets closer: no takeover

@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 import yaml
 
-from user_hal.backend import make_backend
-from user_hal.cell import PROPRIO_NAMES, RobotCell, proprio_names, state_from_proprio
+from user_hal.backends.base import make_backend
+from user_hal.core.cell import PROPRIO_NAMES, RobotCell, proprio_names, state_from_proprio
 from user_hal.config_schema import ConfigError
-from user_hal.geometry import quat_conj, quat_from_euler, quat_mul, quat_to_rotvec
+from user_hal.core.geometry import quat_conj, quat_from_euler, quat_mul, quat_to_rotvec
 from user_hal.profile import load_profile
-from user_hal.scripted_policy import make_expert
-from user_hal.sim.ik import DampedLeastSquaresIK
-from user_hal.sim.wxai_scene import ARM_JOINTS, wxai_assets
-from user_hal.sim.wxai_sim import SimWidowXAIBackend
+from user_hal.tasks.experts import make_expert
+from user_hal.backends.sim.ik import DampedLeastSquaresIK
+from user_hal.backends.sim.wxai_scene import ARM_JOINTS, wxai_assets
+from user_hal.backends.sim.wxai_sim import SimWidowXAIBackend
 
 ROOT = pathlib.Path(__file__).resolve().parents[3]
 WXAI_PROFILE = ROOT / "config" / "robot_wxai.yaml"

@@ -10,8 +10,8 @@ import threading
 import time
 from typing import Any, Callable
 
-from .backend import BackendError
-from .cell import RobotCell
+from .backends.base import BackendError
+from .core.cell import RobotCell
 from .core import episode as ep
 
 

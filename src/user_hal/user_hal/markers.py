@@ -8,7 +8,7 @@ import numpy as np
 from geometry_msgs.msg import Point
 from visualization_msgs.msg import Marker, MarkerArray
 
-from .backend import RobotState
+from .backends.base import RobotState
 
 
 def _marker(mid: int, ns: str, kind: int, frame: str, stamp, rgba: tuple[float, float, float, float]) -> Marker:

@@ -147,7 +147,7 @@ class RobotSection:
     intervention_hold_s: float = dataclasses.field(default=0.5, metadata=non_negative())
     # Backend faults (BackendError) recovered with backend.recover() per episode before the robot stops.
     max_recoveries: int = dataclasses.field(default=3, metadata=non_negative())
-    # Action chunks (Action.chunk_length > 1, see user_hal.chunks): the step's action comes from the newest
+    # Action chunks (Action.chunk_length > 1, see user_hal.core.chunks): the step's action comes from the newest
     # chunk covering it ("none") or from all of them, weighted exp(-rate * i), i = 0 the oldest ("exp").
     chunk_ensemble: Literal["none", "exp"] = "none"
     chunk_ensemble_rate: float = dataclasses.field(default=0.01, metadata=non_negative())
@@ -178,7 +178,7 @@ class RobotProfile:
     task: TaskConfig = dataclasses.field(default_factory=TaskConfig)
     backend_options: dict[str, Any] = dataclasses.field(default_factory=dict)
     # Cameras that are separate devices (RealSense by serial, or an image topic), by camera name;
-    # see user_hal.cameras.make_camera_sources. The backend renders the others (simulation).
+    # see user_hal.devices.cameras.make_camera_sources. The backend renders the others (simulation).
     camera_sources: dict[str, Any] = dataclasses.field(default_factory=dict)
     source: str = "<defaults>"
 
@@ -198,7 +198,7 @@ def load_profile(path: str | Path, overrides: dict[str, Any] | None = None) -> R
     """Load and validate a robot profile; ``overrides`` are dotted keys, e.g. ``robot.backend``."""
     prof = load_config_file(RobotProfile, path, overrides)
     if prof.camera_sources:   # checked now (nothing is opened), so a bad key fails at load time
-        from .cameras import make_camera_sources
+        from .devices.cameras import make_camera_sources
 
         make_camera_sources(prof.camera_sources, tuple(prof.robot.image_size), prof.source)
     return prof

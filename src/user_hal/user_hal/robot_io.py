@@ -10,9 +10,9 @@ from sensor_msgs.msg import JointState
 from user_msgs.msg import CameraSpec, EpisodeStats, Observation, RobotDescription, RobotStatus, Transition
 from visualization_msgs.msg import MarkerArray
 
-from .backend import make_backend
-from .cameras import CameraRig, make_camera_sources
-from .cell import ACTION_NAMES, RobotCell
+from .backends.base import make_backend
+from .devices.cameras import CameraRig, make_camera_sources
+from .core.cell import ACTION_NAMES, RobotCell
 from .config_schema import ConfigError
 from .markers import cell_markers
 from .ros_convert import image_to_msg

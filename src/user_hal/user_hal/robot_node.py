@@ -26,12 +26,11 @@ from user_msgs.msg import (Action, EpisodeStats, Observation, RewardLabel, Robot
 from user_msgs.srv import ResetRobot
 
 from . import qos
-from .cell import parse_fault_injection
 from .cell_runner import CellRunner
 from .config_schema import ConfigError
 from .core import episode as ep
 from .node_main import run_node
-from .outbox import Outbox
+from .core.outbox import Outbox
 from .profile import load_profile
 from .robot_io import (describe_robot, episode_stats_msg, make_cell, observation_msgs, profile_overrides,
                        status_msg, transition_bytes, transition_msg)
@@ -42,7 +41,7 @@ from .topics import ESTOP_RELEASE_SERVICE, ESTOP_SERVICE, ESTOP_TOPIC
 PARAMETERS = (("robot_id", "franka_0"), ("profile", ""), ("backend", ""), ("realtime_factor", -1.0),
               ("max_episodes", 0), ("seed", 0), ("frame_prefix", ""), ("ack_consumers", [""]),
               ("outbox_max_mb", 1024), ("wait_for_reset", False), ("reward", "profile"), ("reward_source", "profile"),
-              ("reward_when", "profile"), ("terminate_on_success", "profile"), ("fault_injection", ""))
+              ("reward_when", "profile"), ("terminate_on_success", "profile"))
 
 
 class _Waiter:
@@ -56,6 +55,9 @@ class _Waiter:
 class RobotNode(Node):
     """ROS shell around ``RobotCell`` and ``EpisodeController``."""
 
+    #: builds ``(cell, cameras)`` from the profile; a subclass may wrap the cell (test support does)
+    make_cell = staticmethod(make_cell)
+
     def __init__(self) -> None:
         super().__init__("robot")
         for name, default in PARAMETERS:
@@ -63,20 +65,13 @@ class RobotNode(Node):
         params = {name: self.get_parameter(name).value for name, _ in PARAMETERS}
         self.robot_id: str = params["robot_id"]
         self.profile = load_profile(*profile_overrides(params))
-        try:
-            fault_steps = parse_fault_injection(str(params["fault_injection"]))
-        except ValueError as exc:
-            raise ConfigError("<parameters>", "fault_injection", str(exc)) from None
         self.frame_prefix: str = params["frame_prefix"]
         consumers = [c for c in params["ack_consumers"] if c]
         self.outbox = Outbox(consumers, params["outbox_max_mb"] << 20) if consumers else None
         self._outbox_lock = threading.Lock()
         rc = self.profile.robot
         self.rf = rc.realtime_factor
-        self.cell, self.cameras = make_cell(self.profile, self.robot_id, params["seed"])
-        self.cell.fault_steps = fault_steps
-        if fault_steps:
-            self.get_logger().warning(f"fault injection (test hook) at step calls {sorted(fault_steps)}")
+        self.cell, self.cameras = self.make_cell(self.profile, self.robot_id, params["seed"])
         self.period = self.cell.period
         self.ctrl = ep.EpisodeController(ep.EpisodeConfig.from_profile(
             self.profile, self.robot_id, max_episodes=params["max_episodes"], wait_for_reset=params["wait_for_reset"]))
@@ -322,7 +317,7 @@ class RobotNode(Node):
         return o
 
 
-def _spin(node: RobotNode) -> int:
+def spin_until_finished(node: RobotNode) -> int:
     node.start()
     # Three threads: the reset and label services block theirs until the control thread answers.
     executor = MultiThreadedExecutor(num_threads=3)
@@ -337,7 +332,7 @@ def _spin(node: RobotNode) -> int:
 
 
 def main(args: list[str] | None = None) -> None:
-    sys.exit(run_node(RobotNode, "robot_node", _spin, args))
+    sys.exit(run_node(RobotNode, "robot_node", spin_until_finished, args))
 
 
 if __name__ == "__main__":

@@ -39,8 +39,8 @@ from . import qos
 from .config_schema import ConfigError
 from .node_main import run_node
 from .profile import load_profile
-from .scripted_policy import HumanSchedule, make_expert, parse_step_ranges
-from .teleop import TeleopConfig, device_axes_for_action
+from .tasks.experts import HumanSchedule, make_expert, parse_step_ranges
+from .devices.teleop import TeleopConfig, device_axes_for_action
 
 
 class ScriptedPolicyNode(Node):

@@ -2,7 +2,7 @@
 
 One node per robot (parameter ``robot_id``). It subscribes ``/<id>/observation`` and, only while
 the human intervenes (input above the deadband within the last ``hold_s`` seconds, see
-``user_hal.teleop``), answers each observation on ``/<id>/action`` with the human's action
+``user_hal.devices.teleop``), answers each observation on ``/<id>/action`` with the human's action
 (``source = SOURCE_HUMAN``), and answers the current observation again when newer input arrives
 before the robot's tick (at most every 20 ms). The robot node lets human actions win over the policy's and flags
 their transitions ``intervened``. Outside interventions it publishes nothing and the policy acts.
@@ -42,7 +42,7 @@ from user_msgs.msg import Action, Observation
 from . import qos
 from .config_schema import ConfigError
 from .node_main import run_node
-from .teleop import (KeyboardSource, SpaceMouseSource, Teleop, TeleopConfig, TeleopError, describe_keys,
+from .devices.teleop import (KeyboardSource, SpaceMouseSource, Teleop, TeleopConfig, TeleopError, describe_keys,
                      joy_sample)
 
 #: Joy input: best effort matches every publisher (spacenav_node's and reliable ones alike)

@@ -28,9 +28,9 @@ def test_the_pick_config_fits_the_pick_robot_and_not_the_peg_robot():
     peg configs are refused by it with both sides named."""
     from user_msgs.msg import RobotDescription
 
-    from user_hal.cell import proprio_names
+    from user_hal.core.cell import proprio_names
     from user_hal.profile import load_profile
-    from user_hal.task import make_task
+    from user_hal.tasks.rules import make_task
 
     prof = load_profile(ROOT / "config" / "robot_sim_pick.yaml")
     robot = RobotDescription(robot_id="franka_0", embodiment="franka_fr3",
@@ -51,7 +51,7 @@ def test_the_wxai_config_fits_the_widowx_and_the_franka_config_does_not():
     (20 values) is refused by it with both sides named."""
     from user_msgs.msg import RobotDescription
 
-    from user_hal.cell import proprio_names
+    from user_hal.core.cell import proprio_names
     from user_hal.profile import load_profile
 
     prof = load_profile(ROOT / "config" / "robot_wxai.yaml")
@@ -103,7 +103,7 @@ def test_the_mixed_config_serves_both_arms_each_by_its_own_layout():
     checked against its embodiment's layout, each normalized by its own workspace, plus a one-hot."""
     from user_msgs.msg import RobotDescription
 
-    from user_hal.cell import ACTION_NAMES, proprio_names
+    from user_hal.core.cell import ACTION_NAMES, proprio_names
     from user_hal.profile import load_profile
 
     cfg = load_learner_config(ROOT / "config" / "sac_peg_mixed.yaml")

@@ -15,7 +15,7 @@ A policy with ``chunk_size`` H > 1 returns an action chunk ``[H, A]``: the node 
 robot needs one (``serving.ChunkScheduler``: the first step of an episode, every ``replan_every`` steps,
 and again for a step the robot re-publishes because it held) and answers with one Action carrying the
 chunk (``chunk_length`` H, H rows for steps ``step .. step+H-1``) and the policy version; the robot runs
-it step by step (``user_hal.chunks``). A policy with ``uses_instruction`` gets the robot's
+it step by step (``user_hal.core.chunks``). A policy with ``uses_instruction`` gets the robot's
 ``RobotDescription.instruction`` as ``act(..., instruction=text)``.
 With several embodiments in the config (``obs.embodiments``) each robot's observation is mapped by the
 embodiment its RobotDescription names (docs/embodiments.md); a robot the config does not accept is refused.

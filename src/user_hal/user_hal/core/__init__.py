@@ -1,1 +1,5 @@
-"""Pure cores of the HAL: plain Python, no ROS, no threads, no clock (time comes in with events)."""
+"""Pure cores of the HAL: plain Python, no ROS, no threads, no clock (time comes in with events).
+
+``episode`` (the episode controller), ``cell`` (control-step semantics and safety limits), ``chunks``
+(action chunks), ``outbox`` (unacknowledged transitions), ``geometry`` (quaternions).
+"""

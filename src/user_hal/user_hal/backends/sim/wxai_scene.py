@@ -14,7 +14,7 @@ import pathlib
 import mujoco
 import numpy as np
 
-from user_hal.sim.scene import (COLLIDE_ARM, COLLIDE_ENV, COLLIDE_PEG, SceneConfig, add_hole_block, add_room,
+from user_hal.backends.sim.scene import (COLLIDE_ARM, COLLIDE_ENV, COLLIDE_PEG, SceneConfig, add_hole_block, add_room,
                                 look_at_xyaxes)
 
 ARM_JOINTS = tuple(f"joint_{i}" for i in range(6))

@@ -1,7 +1,7 @@
 """MuJoCo-simulated Trossen WidowX AI (the "wxai_sim" backend): 6 joints and a parallel gripper, peg insertion.
 
 The TCP target becomes joint targets of the model's position actuators through damped-least-squares inverse
-kinematics (``user_hal.sim.ik``); the joint command moves toward them no faster than ``max_joint_speed``.
+kinematics (``user_hal.backends.sim.ik``); the joint command moves toward them no faster than ``max_joint_speed``.
 Design notes and measured numbers: ``docs/wxai.md``.
 """
 from __future__ import annotations
@@ -12,10 +12,10 @@ from typing import Any, Sequence
 import mujoco
 import numpy as np
 
-from user_hal.backend import BackendError, RobotState, register_backend
-from user_hal.sim.base import MujocoArmBackend, wxyz
-from user_hal.sim.ik import DampedLeastSquaresIK
-from user_hal.sim.wxai_scene import (ARM_JOINTS, CAMERA_NAMES, DOWN_WXYZ, FINGER_JOINTS, FINGER_TRAVEL,
+from user_hal.backends.base import BackendError, RobotState, register_backend
+from user_hal.backends.sim.base import MujocoArmBackend, wxyz
+from user_hal.backends.sim.ik import DampedLeastSquaresIK
+from user_hal.backends.sim.wxai_scene import (ARM_JOINTS, CAMERA_NAMES, DOWN_WXYZ, FINGER_JOINTS, FINGER_TRAVEL,
                                      GRIPPER_ACTUATOR, IK_SEED, RENDER_GEOM_GROUPS, build_wxai_spec,
                                      grasp_finger_position, wxai_peg_config)
 

@@ -52,8 +52,8 @@ from rclpy.executors import SingleThreadedExecutor
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import JointState
 
-from .backend import BackendError, RobotBackend, RobotState, register_backend
-from .geometry import quat_conj, quat_mul, quat_normalize, quat_to_rotvec, rotate
+from .base import BackendError, RobotBackend, RobotState, register_backend
+from ..core.geometry import quat_conj, quat_mul, quat_normalize, quat_to_rotvec, rotate
 
 #: franka_ros2 names (FR3 without arm prefix)
 DEFAULT_ARM_JOINTS = tuple(f"fr3_joint{i}" for i in range(1, 8))

@@ -11,9 +11,9 @@ from typing import Callable, ClassVar, Protocol
 
 import numpy as np
 
-from .backend import RobotState
-from .geometry import rotate
-from .profile import TaskConfig
+from ..backends.base import RobotState
+from ..core.geometry import rotate
+from ..profile import TaskConfig
 
 
 @dataclasses.dataclass

@@ -48,15 +48,15 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .backend import BackendError, RobotBackend, RobotState, register_backend
-from .geometry import quat_from_euler, quat_normalize
+from .base import BackendError, RobotBackend, RobotState, register_backend
+from ..core.geometry import quat_from_euler, quat_normalize
 
 try:
     import franky
 except ImportError as _exc:  # pragma: no cover - depends on what is installed
     raise ImportError(f"the franky backend needs the franky-control package ({_exc})") from _exc
 
-log = logging.getLogger("user_hal.franky_backend")
+log = logging.getLogger("user_hal.backends.franky")
 
 ARM_JOINTS = [f"fr3_joint{i}" for i in range(1, 8)]
 #: names reported by ``joint_names`` (those of fr3.urdf, so robot_state_publisher matches them)

@@ -15,10 +15,7 @@ Resets: a task that hands the gripper to the policy may also ask a reset to open
 the cube drops); at the end of the motion the backend rearranges the task's loose objects
 (``RobotBackend.reset_scene``), from the same seeded generator as the start pose.
 
-Fault injection (test hook): ``RobotCell.fault_steps`` holds numbers of ``step`` calls (1-based,
-counted since ``start``) at which ``step`` raises ``BackendError`` before touching the backend, as a
-lost connection or a reflex would. ``parse_fault_injection`` reads the robot node's
-``fault_injection`` parameter. Never set on a real robot.
+Fault injection for tests wraps ``step`` from outside (``user_testing.faults``); nothing here knows of it.
 """
 from __future__ import annotations
 
@@ -29,12 +26,12 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .backend import BackendError, RobotBackend, RobotState
-from .config_schema import ConfigError
+from ..backends.base import BackendError, RobotBackend, RobotState
+from ..config_schema import ConfigError
 from .geometry import (quat_conj, quat_from_euler, quat_from_rotvec, quat_mul, quat_normalize, quat_to_euler,
                        quat_to_rotvec)
-from .profile import ProprioGroup, RobotProfile
-from .task import Task, TaskOutcome, make_task
+from ..profile import ProprioGroup, RobotProfile
+from ..tasks.rules import Task, TaskOutcome, make_task
 
 ACTION_NAMES = ["dx", "dy", "dz", "droll", "dpitch", "dyaw", "gripper"]
 #: proprio values by group (``robot.proprio`` of the profile picks and orders the groups)
@@ -118,24 +115,6 @@ def state_from_proprio(proprio: np.ndarray, objects: Sequence[str] = (),
                       time=0.0, objects=poses)
 
 
-def parse_fault_injection(spec: str) -> set[int]:
-    """``"step:5,6,7"`` -> {5, 6, 7}; ``""`` -> no faults. Raises ValueError saying what is expected."""
-    spec = spec.strip()
-    if not spec:
-        return set()
-    kind, sep, rest = spec.partition(":")
-    expected = "expected 'step:N[,N...]' (step() calls, 1-based, at which the backend faults), e.g. 'step:5,6'"
-    if not sep or kind.strip() != "step":
-        raise ValueError(f"{spec!r}: {expected}")
-    try:
-        steps = {int(x) for x in rest.split(",") if x.strip()}
-    except ValueError:
-        raise ValueError(f"{spec!r}: {expected}") from None
-    if not steps or min(steps) < 1:
-        raise ValueError(f"{spec!r}: {expected}")
-    return steps
-
-
 def check_action(values: np.ndarray, expected_len: int) -> np.ndarray:
     """Validate a raw action; returns it clipped to [-1, 1] as float64 or raises ActionError."""
     a = np.asarray(values, dtype=np.float64)
@@ -172,8 +151,6 @@ class RobotCell:
         self.gripper = 0.0
         self.step_count = 0
         self.started = False
-        self.step_calls = 0                 # step() calls since start (fault injection counts these)
-        self.fault_steps: set[int] = set()  # test hook: step() calls that raise BackendError
         self.max_step = self.cfg.max_tcp_speed * self.period            # metres per period
         self.max_turn = self.cfg.max_tcp_angular_speed * self.period    # radians per period
 
@@ -286,12 +263,7 @@ class RobotCell:
         observation shows the arm after it followed this action (see ``robot.inference_budget_s``).
         """
         commanded = check_action(action, len(ACTION_NAMES))
-        a = commanded
-        self.step_calls += 1
-        if self.step_calls in self.fault_steps:
-            self.fault_steps.discard(self.step_calls)
-            raise BackendError(f"injected fault at step call {self.step_calls} (fault_injection test hook)")
-        a = a.copy()
+        a = commanded.copy()
         delta = a[:6] * self.scale[:6]
         # Velocity limit, translation: scale the whole translation down, keeping its direction.
         dist = float(np.linalg.norm(delta[:3]))

@@ -1,7 +1,7 @@
 """The hardware abstraction: one small interface that every robot backend implements.
 
 A backend drives one physical (or simulated) arm through a Cartesian impedance target. It knows
-nothing about episodes, rewards, ROS or learning: the robot cell (``user_hal.cell``) turns policy
+nothing about episodes, rewards, ROS or learning: the robot cell (``user_hal.core.cell``) turns policy
 actions into targets, and the robot node (``user_hal.robot_node``) wraps the cell in ROS.
 
 Conventions used by every backend:
@@ -138,8 +138,8 @@ def make_backend(name: str, **kwargs: Any) -> RobotBackend:
 
 
 #: registry name -> module that registers it (imported on first use)
-BUILTIN_BACKENDS = {"sim": "user_hal.sim.franka_sim", "wxai_sim": "user_hal.sim.wxai_sim",
-                    "franky": "user_hal.franky_backend", "franka_ros2": "user_hal.franka_ros2_backend"}
+BUILTIN_BACKENDS = {"sim": "user_hal.backends.sim.franka_sim", "wxai_sim": "user_hal.backends.sim.wxai_sim",
+                    "franky": "user_hal.backends.franky", "franka_ros2": "user_hal.backends.franka_ros2"}
 
 
 def _load_builtin_backends() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import mujoco
 import numpy as np
 
-from user_hal.backend import BackendError, RobotBackend
+from user_hal.backends.base import BackendError, RobotBackend
 
 
 def xyzw(wxyz: np.ndarray) -> np.ndarray:

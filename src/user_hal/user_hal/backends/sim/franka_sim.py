@@ -6,10 +6,10 @@ from typing import Any, Sequence
 import mujoco
 import numpy as np
 
-from user_hal.backend import BackendError, RobotState, register_backend
-from user_hal.sim.base import MujocoArmBackend, wxyz, xyzw
-from user_hal.sim.osc import OperationalSpaceController
-from user_hal.sim.scene import (
+from user_hal.backends.base import BackendError, RobotState, register_backend
+from user_hal.backends.sim.base import MujocoArmBackend, wxyz, xyzw
+from user_hal.backends.sim.osc import OperationalSpaceController
+from user_hal.backends.sim.scene import (
     ARM_JOINTS,
     CAMERA_NAMES,
     CUBE,
@@ -43,7 +43,7 @@ class SimFrankaBackend(MujocoArmBackend):
     ``state().objects["cube"]`` is its pose and ``reset_scene`` puts it at a random pose in the source
     bin. ``target_pos`` is then the centre of the target bin's floor.
     ``stiffness`` is the Cartesian stiffness (x, y, z in N/m; rx, ry, rz in Nm/rad) of an
-    operational-space impedance controller running at every physics step (``user_hal.sim.osc``).
+    operational-space impedance controller running at every physics step (``user_hal.backends.sim.osc``).
     """
 
     #: low-pass time constant (s) of the wrench fed back to the controller

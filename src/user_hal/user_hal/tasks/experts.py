@@ -11,11 +11,11 @@ from typing import Callable, Protocol
 
 import numpy as np
 
-from .backend import RobotState
-from .cell import ACTION_NAMES, state_from_proprio
-from .geometry import quat_conj, quat_from_rotvec, quat_mul, quat_normalize, quat_to_rotvec, rotate
-from .profile import RobotProfile
-from .task import TaskOutcome, make_task
+from ..backends.base import RobotState
+from ..core.cell import ACTION_NAMES, state_from_proprio
+from ..core.geometry import quat_conj, quat_from_rotvec, quat_mul, quat_normalize, quat_to_rotvec, rotate
+from ..profile import RobotProfile
+from .rules import TaskOutcome, make_task
 
 HOVER = 0.02        # peg tip height above the hole opening while aligning, metres
 FR3_MAX_WIDTH = 0.08  # fully open gripper, metres between the fingers

@@ -1,0 +1,1 @@
+"""Tasks: rule rewards and success (``rules``) and the scripted experts that solve them (``experts``)."""
