@@ -136,7 +136,7 @@ def run(name: str, seed: int, args, make=None, judge=None) -> dict:
 
     def store(**row) -> None:
         online.add(**row)
-        if online.n < max(args.start_steps, cfg.learner.min_buffer):
+        if online.n < max(args.start_steps, cfg.learner.min_buffer if args.min_buffer is None else args.min_buffer):
             return
         for _ in range(args.utd):
             arrays = online.sample(cfg.algo.batch_size if demos is None else half, rng)
@@ -272,6 +272,8 @@ def main() -> int:
     ap.add_argument("--max-env-steps", type=int, default=12_000)
     ap.add_argument("--utd", type=int, default=2, help="updates per environment step (fixed)")
     ap.add_argument("--start-steps", type=int, default=500, help="random actions before the policy acts")
+    ap.add_argument("--min-buffer", type=int, help="transitions before the first update (default: the config's "
+                    "learner.min_buffer)")
     ap.add_argument("--publish-every", type=int, default=50, help="updates between weight reloads of the policy")
     ap.add_argument("--demos", type=int, default=20, help="scripted demonstration episodes (RLPD)")
     ap.add_argument("--reward", default="sparse", choices=["sparse", "dense"],

@@ -47,7 +47,7 @@ def small(cfg_dir: Path, name: str, demo_dir: Path | None) -> None:
         data["algo"].update(batch_size=32, d_model=32, layers=1, heads=2, head_dim=32, head_layers=1, head_heads=2)
     else:
         data["algo"].update(batch_size=64, hidden_dims=[64, 64])
-    data["learner"].update(min_buffer=100, publish_every_updates=20, checkpoint_every_updates=100,
+    data["learner"].update(min_buffer=60, publish_every_updates=20, checkpoint_every_updates=100,
                            log_every_s=2.0, max_utd=1.0)
     if demo_dir is not None:
         data["replay"]["demo_dir"] = str(demo_dir)
@@ -84,7 +84,7 @@ def test_the_algorithm_trains_through_the_graph_and_resumes(procs, ros_node, tmp
     args = [str(cfg / "franka_sac.yaml"), f"config:={config}", "run_name:=t", "realtime_factor:=0"]
     if algo == "hg_dagger":   # the scripted human takes over when the policy is stuck
         args += ["teleop:=joy", "sim_human:=true"]
-    first = procs.start("first", userctl_cmd("launch", *args, "max_env_steps:=250"))
+    first = procs.start("first", userctl_cmd("launch", *args, "max_env_steps:=200"))
     assert first.popen.wait(timeout=240) == 0, first.output()[-3000:]
     out = first.output()
     assert f"learner (async): {algo}," in out, out[-3000:]
@@ -109,7 +109,7 @@ def test_the_algorithm_trains_through_the_graph_and_resumes(procs, ros_node, tmp
     bag = TransitionStore(tmp_path / "runs/t/replay", writable=False)
     held = len(bag)   # the robot outruns the first budget until the run stops (a chunk policy by far)
     bag.close()
-    second = procs.start("second", userctl_cmd("launch", *args, f"max_env_steps:={held + 100}"))
+    second = procs.start("second", userctl_cmd("launch", *args, f"max_env_steps:={held + 60}"))
     assert second.popen.wait(timeout=240) == 0, second.output()[-3000:]
     out2 = second.output()
     assert re.search(r"resumed from \S*runs/t/checkpoints/ckpt_\d+\.pt", out2), out2[-3000:]

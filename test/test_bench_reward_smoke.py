@@ -12,8 +12,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_bench_reward_prints_the_tables_and_checks(tmp_path):
-    out = subprocess.run([sys.executable, str(ROOT / "bench" / "reward.py"), "--episodes", "6", "--steps", "30",
-                          "--image-size", "64", "--rl", "--max-env-steps", "150", "--start-steps", "100",
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "reward.py"), "--episodes", "4", "--steps", "15",
+                          "--image-size", "64", "--rl", "--max-env-steps", "80", "--start-steps", "50",
                           "--demos", "1", "--model-out", str(tmp_path / "model"),
                           "--png", str(tmp_path / "curves.png"), "--json", str(tmp_path / "res.json")],
                          cwd=ROOT, capture_output=True, text=True, timeout=600)
@@ -26,7 +26,7 @@ def test_bench_reward_prints_the_tables_and_checks(tmp_path):
         assert any(line[:4] in ("PASS", "MISS", "N/A ") and check in line for line in lines), check
     res = json.loads((tmp_path / "res.json").read_text())
     assert {r["algo"] for r in res["results"]} == {"rlpd_rule", "rlpd_learned"}
-    assert all(r["env_steps"] >= 150 and r["updates"] > 0 for r in res["results"]), res["results"]
+    assert all(r["env_steps"] >= 80 and r["updates"] > 0 for r in res["results"]), res["results"]
     learned = next(r for r in res["results"] if r["algo"] == "rlpd_learned")
     assert learned["classifier_ms"] > 0, "the learned run judged its steps with the classifier"
     assert (tmp_path / "model" / "reward_model.json").is_file() and (tmp_path / "curves.png").stat().st_size > 1000

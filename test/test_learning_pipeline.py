@@ -126,30 +126,15 @@ def test_a_config_that_does_not_fit_the_robot_is_refused_naming_both_sides(procs
     assert "the policy takes state_dim 19" in out
 
 
-def test_sync_run_alternates_collection_and_training(procs, ros_node, in_tmp):
-    cfg = config_dir(in_tmp)
-    episodes = Collect(ros_node, EpisodeStats, "/user/episodes")
-    transitions = Collect(ros_node, Transition, "/user/transitions")
-    run = launch(procs, in_tmp, cfg, "realtime_factor:=0", "sync:=true", "max_env_steps:=240")
-    assert run.popen.wait(timeout=240) == 0, run.output()[-3000:]
-    assert "learner (sync)" in run.output()
-    # In sync mode every episode runs with one policy version, newer than the previous episode's once
-    # training has started.
-    by_episode: dict[int, set[int]] = {}
-    for t in transitions.msgs:
-        by_episode.setdefault(t.episode_id, set()).add(t.policy_version)
-    assert all(len(v) == 1 for v in by_episode.values()), f"versions changed within an episode: {by_episode}"
-    seq = [next(iter(by_episode[e])) for e in sorted(by_episode)]
-    assert seq == sorted(seq) and seq[-1] > seq[0], f"versions per episode: {seq}"
-    assert len(episodes.msgs) >= 4
-
-
-def test_sync_run_goes_on_after_the_learner_dies_while_a_robot_waits_for_its_reset(procs, ros_node, in_tmp):
-    """The episode end the dead learner had queued is gone; the new learner sees the waiting robot."""
+def test_sync_run_alternates_and_goes_on_after_the_learner_dies_while_a_robot_waits_for_its_reset(
+        procs, ros_node, in_tmp):
+    """Sync mode: every episode runs with one policy version, newer than the previous one's once training
+    started. The episode end the dead learner had queued is gone; the new learner sees the waiting robot."""
     cfg = config_dir(in_tmp, sync_updates_per_episode=800, min_buffer=30)   # seconds of training per episode
     beats = Collect(ros_node, RobotStatus, "/user/robots/heartbeat", LATCHED)
     episodes = Collect(ros_node, EpisodeStats, "/user/episodes")
-    run = launch(procs, in_tmp, cfg, "realtime_factor:=0", "sync:=true", "max_env_steps:=150", "respawn_delay:=1.0")
+    transitions = Collect(ros_node, Transition, "/user/transitions")
+    run = launch(procs, in_tmp, cfg, "realtime_factor:=0", "sync:=true", "max_env_steps:=120", "respawn_delay:=1.0")
     episodes.wait(lambda m: len(m) >= 2, 120, "2 episodes")
     # Killed once everything is acknowledged: no resent episode end can tell the new learner.
     beats.wait(lambda m: m and m[-1].state == RobotStatus.STATE_IDLE and m[-1].unacked_transitions == 0, 60,
@@ -160,9 +145,16 @@ def test_sync_run_goes_on_after_the_learner_dies_while_a_robot_waits_for_its_res
                "a heartbeat after the kill")
     assert beats.msgs[-1].state == RobotStatus.STATE_IDLE, "the kill must catch the robot waiting for its reset"
     n = len(episodes.msgs)
+    by_episode: dict[int, set[int]] = {}
+    for t in transitions.msgs:
+        by_episode.setdefault(t.episode_id, set()).add(t.policy_version)
+    assert all(len(v) == 1 for v in by_episode.values()), f"versions changed within an episode: {by_episode}"
+    seq = [next(iter(by_episode[e.episode_id])) for e in episodes.msgs[:n]]
+    assert seq == sorted(seq) and seq[-1] > seq[0], f"versions per episode: {seq}"
     run.wait_for(r"node user/learner crashed \(signal SIGKILL\); respawning", 10)
-    episodes.wait(lambda m: len(m) >= n + 2, 90, "episodes after the learner's restart")
+    episodes.wait(lambda m: len(m) >= n + 1, 90, "an episode after the learner's restart")
     assert run.popen.wait(timeout=240) == 0, run.output()[-3000:]
+    assert "learner (sync)" in run.output()
 
 
 def test_kill_learner_robots_keep_going_no_transition_lost_and_resume(procs, ros_node, in_tmp):
@@ -171,7 +163,7 @@ def test_kill_learner_robots_keep_going_no_transition_lost_and_resume(procs, ros
     episodes = Collect(ros_node, EpisodeStats, "/user/episodes")
     beats = Collect(ros_node, RobotStatus, "/user/robots/heartbeat", LATCHED)
     acks = Collect(ros_node, TransitionAck, "/user/transitions/ack")
-    run = launch(procs, in_tmp, cfg, "realtime_factor:=0", "max_env_steps:=900", "respawn_delay:=4.0")
+    run = launch(procs, in_tmp, cfg, "realtime_factor:=0", "max_env_steps:=600", "respawn_delay:=3.0")
     ckpt_dir = in_tmp / "runs/test/checkpoints"
     end = time.monotonic() + 120
     while not list(ckpt_dir.glob("ckpt_*.pt")) and time.monotonic() < end:
@@ -194,7 +186,7 @@ def test_kill_learner_robots_keep_going_no_transition_lost_and_resume(procs, ros
         held = max(b.unacked_transitions for b in beats.msgs if b.header.stamp.sec >= 0)
     assert held > 0, "robots must hold the transitions the dead learner did not acknowledge"
     run.wait_for(r"resumed from .*ckpt_\d+\.pt", 60)
-    assert time.monotonic() - killed_at >= 4.0
+    assert time.monotonic() - killed_at >= 3.0
     assert run.popen.wait(timeout=240) == 0, run.output()[-3000:]
     # The learner's replay bag (runs/<run>/replay) holds every transition the robot produced up to the
     # newest one stored: the ones in flight at the kill were resent and stored after the restart.
@@ -212,7 +204,7 @@ def test_kill_learner_robots_keep_going_no_transition_lost_and_resume(procs, ros
         missing = sorted(k for k in produced if k <= last and k not in stored)
         assert not missing, f"{len(missing)} transitions of {rid} lost: {missing[:5]}"
     total = sum(len(s) for s in stored_by_robot.values())
-    assert total >= 900, f"the run's budget was 900 new transitions, the bag holds {total}"
+    assert total >= 600, f"the run's budget was 600 new transitions, the bag holds {total}"
     # Every file, the one the kill cut and the learner repaired included, reads in full with rosbags and
     # Foxglove's indexed reader, and holds what was acknowledged before the kill.
     read = assert_every_reader_sees_the_store(in_tmp / "runs/test/replay")

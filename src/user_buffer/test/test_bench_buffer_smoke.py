@@ -26,8 +26,8 @@ CHECKS = ("sim images: bytes per transition", "(b) zstd >= 80% of (b) uncompress
 def test_bench_buffer_prints_the_table(tmp_path: Path) -> None:
     pytest.importorskip("torchrl")
     t0 = time.monotonic()
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--gb", "0.05", "--seconds", "1", "--dir", str(tmp_path),
-                           "--sim-transitions", "40", "--size-transitions", "200", "--reads", "20",
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--gb", "0.05", "--seconds", "0.5", "--dir", str(tmp_path),
+                           "--sim-transitions", "20", "--size-transitions", "200", "--reads", "20",
                            "--json", str(tmp_path / "res.json")],
                           cwd=ROOT, capture_output=True, text=True, timeout=240)
     took = time.monotonic() - t0
