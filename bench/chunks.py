@@ -53,7 +53,7 @@ def run_one(name: str, latency_s: float, seconds: float, workdir: Path, cameras:
     from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
     from user_msgs.msg import Action, Observation, RobotStatus, Transition
 
-    from user_hal import qos
+    from user_common import qos
     from user_learner.serving import ChunkScheduler
 
     h, replan, ensemble = CONFIGS[name]

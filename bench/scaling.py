@@ -61,7 +61,7 @@ class Probe(Listener):
     """Counts transitions and episodes and keeps heartbeats and inference statuses, stamped on arrival."""
 
     def __init__(self) -> None:
-        from user_hal import qos
+        from user_common import qos
         from user_msgs.msg import EpisodeStats, PolicyStatus, RobotStatus, Transition
 
         super().__init__("bench_scaling")

@@ -44,7 +44,7 @@ def main() -> int:
     isolate_ros()
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
-    from user_hal import qos
+    from user_common import qos
     from user_msgs.msg import Bindings
 
     from ament_index_python.packages import get_package_prefix

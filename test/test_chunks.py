@@ -88,7 +88,7 @@ def test_check_chunk_rejects_the_whole_chunk_naming_the_bad_entry():
     ("robot.chunk_ensemble_rate", float("inf"), "robot.chunk_ensemble_rate: must be finite, got inf"),
 ])
 def test_bad_chunk_profile_keys_are_one_line_errors(tmp_path, key, value, words):
-    from user_hal.config_schema import ConfigError
+    from user_common.config_schema import ConfigError
     from user_hal.profile import load_profile
 
     with pytest.raises(ConfigError, match=re.escape(words)):

@@ -8,7 +8,7 @@ from user_msgs.msg import (Action, CameraSpec, EpisodeStats, Observation, Policy
                            RobotStatus, Transition)
 from user_msgs.srv import ListRobots, ResetRobot
 
-from user_hal.ros_convert import image_to_msg, msg_to_image
+from user_common.ros_convert import image_to_msg, msg_to_image
 
 
 def _observation(rng, step=3) -> Observation:

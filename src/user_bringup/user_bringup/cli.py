@@ -16,8 +16,8 @@ import time
 from typing import Any, NoReturn, Sequence
 
 from user_bringup.graph import Graph, GraphError, load_graph, parse_overrides, select_nodes
-from user_hal.registry import STATE_NAMES
-from user_hal.topics import BINDINGS_TOPIC, LIST_ROBOTS_SERVICE
+from user_common.registry import STATE_NAMES
+from user_common.topics import BINDINGS_TOPIC, LIST_ROBOTS_SERVICE
 
 
 
@@ -313,7 +313,7 @@ class _RegistryClient:
         rclpy.init(args=[], context=self._context, signal_handler_options=SignalHandlerOptions.NO)
         self._node = rclpy.create_node(f"userctl_{os.getpid()}", context=self._context)
         self._client = self._node.create_client(ListRobots, LIST_ROBOTS_SERVICE)
-        from user_hal import qos
+        from user_common import qos
         from user_msgs.msg import Bindings
 
         self.bindings: Any = None   # the scheduler's latched user_msgs/Bindings, if one answered

@@ -21,8 +21,8 @@ import time
 from dataclasses import dataclass
 from typing import IO
 
-from user_hal.registry import STATE_ERROR, STATE_LOST, STATE_NAMES
-from user_hal.topics import (ESTOP_MESSAGE, ESTOP_RELEASE_SERVICE, ESTOP_SERVICE, HEARTBEAT_TOPIC,
+from user_common.registry import STATE_ERROR, STATE_LOST, STATE_NAMES
+from user_common.topics import (ESTOP_MESSAGE, ESTOP_RELEASE_SERVICE, ESTOP_SERVICE, HEARTBEAT_TOPIC,
                              LIST_ROBOTS_SERVICE)
 
 #: a heartbeat older than this (by its stamp) means the robot node is gone: it is not waited for
@@ -68,7 +68,7 @@ class _EstopClient:
         from rclpy.executors import SingleThreadedExecutor
         from rclpy.signals import SignalHandlerOptions
         from std_srvs.srv import Trigger
-        from user_hal.qos import ANNOUNCEMENTS_IN
+        from user_common.qos import ANNOUNCEMENTS_IN
         from user_msgs.msg import RobotStatus
         from user_msgs.srv import ListRobots
 

@@ -26,12 +26,12 @@ from typing import IO, Any, Callable
 import yaml
 
 from user_bringup.graph import Graph, NodeSpec
-from user_hal.topics import DESCRIPTION_TOPIC, EPISODES_TOPIC
+from user_common.topics import DESCRIPTION_TOPIC, EPISODES_TOPIC
 
 LAUNCHER_TAG = "userctl"
 EPISODE_TAG = "episode"
 SUCCESS_WINDOW = 20
-EXIT_BAD_INPUT = 2   # what user_hal.node_main.run_node returns for a configuration error
+EXIT_BAD_INPUT = 2   # what user_common.node_main.run_node returns for a configuration error
 
 
 class LaunchError(Exception):

@@ -492,7 +492,7 @@ def prefixed_topics(prefix: str, robot_id: str, cameras: Sequence[str]) -> tuple
     """The observation topic and camera topics (by camera) a replay publishes on; validates the names."""
     from rclpy.exceptions import InvalidTopicNameException
     from rclpy.validate_full_topic_name import validate_full_topic_name
-    from user_hal.topics import camera_topic, robot_topic
+    from user_common.topics import camera_topic, robot_topic
 
     obs = prefix + robot_topic(robot_id, "observation")
     cams = {c: prefix + camera_topic(robot_id, c) for c in cameras}
@@ -521,7 +521,7 @@ class _ReplayPublisher:
         import rclpy
         from rclpy.signals import SignalHandlerOptions
         from sensor_msgs.msg import Image
-        from user_hal import qos
+        from user_common import qos
         from user_msgs.msg import Observation
 
         self._image_type, self._qos = Image, qos

@@ -46,9 +46,9 @@ from rclpy.node import Node
 from user_msgs.msg import Transition, TransitionAck
 from user_msgs.srv import SampleBatch
 
-from user_hal import qos
-from user_hal.config_schema import ConfigError
-from user_hal.node_main import run_node
+from user_common import qos
+from user_common.config_schema import ConfigError
+from user_common.node_main import run_node
 
 from .codec import DecodeError, transition_key
 from .replay import SampleSource

@@ -17,7 +17,7 @@ from user_hal.devices import cameras
 from user_hal.devices.cameras import (CameraError, CameraRig, RealSenseCamera, TopicCamera, _area_axis, area_resize,
                               centre_square, check_crop, crop_and_resize, image_msg_to_rgb, make_camera_sources,
                               realsense_serials)
-from user_hal.config_schema import ConfigError
+from user_common.config_schema import ConfigError
 
 RNG = np.random.default_rng(7)
 

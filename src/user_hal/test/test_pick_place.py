@@ -9,7 +9,7 @@ import yaml
 
 from user_hal.backends.base import RobotState, make_backend
 from user_hal.core.cell import RobotCell, proprio_names, state_from_proprio
-from user_hal.config_schema import ConfigError
+from user_common.config_schema import ConfigError
 from user_hal.core.geometry import quat_to_rotvec
 from user_hal.profile import load_profile
 from user_hal.tasks.experts import ScriptedInsertion, ScriptedPickPlace, make_expert

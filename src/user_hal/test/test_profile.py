@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from user_hal.config_schema import ConfigError
+from user_common.config_schema import ConfigError
 from user_hal.profile import load_profile
 
 ROOT = Path(__file__).resolve().parents[3]

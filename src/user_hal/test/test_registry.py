@@ -7,8 +7,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from user_hal import registry as reg
-from user_hal.registry import Change, RobotRegistry
+from user_common import registry as reg
+from user_common.registry import Change, RobotRegistry
 
 
 def description(robot_id: str, embodiment: str = "franka_fr3") -> SimpleNamespace:

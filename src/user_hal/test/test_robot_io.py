@@ -1,7 +1,7 @@
 """The robot node's parameters become profile overrides; a bad one is one error naming it."""
 import pytest
 
-from user_hal.config_schema import ConfigError
+from user_common.config_schema import ConfigError
 from user_hal.robot_io import profile_overrides
 
 DEFAULTS = {"profile": "robot.yaml", "backend": "", "realtime_factor": -1.0, "reward": "profile",

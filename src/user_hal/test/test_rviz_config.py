@@ -3,7 +3,7 @@ from pathlib import Path
 
 import yaml
 
-from user_hal import qos
+from user_common import qos
 
 RVIZ = Path(__file__).resolve().parents[1] / "rviz" / "franka.rviz"
 

@@ -11,7 +11,7 @@ import yaml
 
 from user_hal.backends.base import make_backend
 from user_hal.core.cell import PROPRIO_NAMES, RobotCell, proprio_names, state_from_proprio
-from user_hal.config_schema import ConfigError
+from user_common.config_schema import ConfigError
 from user_hal.core.geometry import quat_conj, quat_from_euler, quat_mul, quat_to_rotvec
 from user_hal.profile import load_profile
 from user_hal.tasks.experts import make_expert

@@ -12,7 +12,7 @@ import math
 from pathlib import Path
 from typing import Any, Literal
 
-from .config_schema import load_config_file, non_negative, positive
+from user_common.config_schema import load_config_file, non_negative, positive
 
 Vec2 = tuple[float, float]
 Vec3 = tuple[float, float, float]

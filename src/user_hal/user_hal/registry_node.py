@@ -1,4 +1,4 @@
-"""ROS 2 shell around :class:`user_hal.registry.RobotRegistry`.
+"""ROS 2 shell around :class:`user_common.registry.RobotRegistry`.
 
 Listens to robot descriptions and heartbeats and serves ``/user/list_robots``. A robot whose
 heartbeat is older than the ``heartbeat_timeout_s`` parameter is reported with state LOST; a robot
@@ -15,10 +15,10 @@ from rclpy.node import Node
 from user_msgs.msg import RobotDescription, RobotStatus
 from user_msgs.srv import ListRobots
 
-from user_hal.node_main import run_node
-from user_hal.registry import Change, RobotRegistry
+from user_common.node_main import run_node
+from user_common.registry import Change, RobotRegistry
 
-from user_hal.qos import ANNOUNCEMENTS_IN, DESCRIPTION_TOPIC, HEARTBEAT_TOPIC, LIST_ROBOTS_SERVICE
+from user_common.qos import ANNOUNCEMENTS_IN, DESCRIPTION_TOPIC, HEARTBEAT_TOPIC, LIST_ROBOTS_SERVICE
 
 
 class RegistryNode(Node):

@@ -13,10 +13,10 @@ from visualization_msgs.msg import MarkerArray
 from .backends.base import make_backend
 from .devices.cameras import CameraRig, make_camera_sources
 from .core.cell import ACTION_NAMES, RobotCell
-from .config_schema import ConfigError
+from user_common.config_schema import ConfigError
 from .markers import cell_markers
-from .ros_convert import image_to_msg
-from .topics import camera_topic
+from user_common.ros_convert import image_to_msg
+from user_common.topics import camera_topic
 
 
 def profile_overrides(params: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:

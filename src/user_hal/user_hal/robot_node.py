@@ -25,16 +25,16 @@ from user_msgs.msg import (Action, EpisodeStats, Observation, RewardLabel, Robot
                            Transition, TransitionAck)
 from user_msgs.srv import ResetRobot
 
-from . import qos
+from user_common import qos
 from .cell_runner import CellRunner
-from .config_schema import ConfigError
+from user_common.config_schema import ConfigError
 from .core import episode as ep
-from .node_main import run_node
+from user_common.node_main import run_node
 from .core.outbox import Outbox
 from .profile import load_profile
 from .robot_io import (describe_robot, episode_stats_msg, make_cell, observation_msgs, profile_overrides,
                        status_msg, transition_bytes, transition_msg)
-from .topics import ESTOP_RELEASE_SERVICE, ESTOP_SERVICE, ESTOP_TOPIC
+from user_common.topics import ESTOP_RELEASE_SERVICE, ESTOP_SERVICE, ESTOP_TOPIC
 
 
 #: the node's parameters and their defaults (docs/robot_node.md)

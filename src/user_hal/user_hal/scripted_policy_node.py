@@ -35,9 +35,9 @@ from rclpy.node import Node
 from sensor_msgs.msg import Joy
 from user_msgs.msg import Action, Observation
 
-from . import qos
-from .config_schema import ConfigError
-from .node_main import run_node
+from user_common import qos
+from user_common.config_schema import ConfigError
+from user_common.node_main import run_node
 from .profile import load_profile
 from .tasks.experts import HumanSchedule, make_expert, parse_step_ranges
 from .devices.teleop import TeleopConfig, device_axes_for_action

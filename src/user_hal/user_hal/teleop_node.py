@@ -39,9 +39,9 @@ from sensor_msgs.msg import Joy
 from std_srvs.srv import SetBool
 from user_msgs.msg import Action, Observation
 
-from . import qos
-from .config_schema import ConfigError
-from .node_main import run_node
+from user_common import qos
+from user_common.config_schema import ConfigError
+from user_common.node_main import run_node
 from .devices.teleop import (KeyboardSource, SpaceMouseSource, Teleop, TeleopConfig, TeleopError, describe_keys,
                      joy_sample)
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import yaml
 
-from user_hal.config_schema import ConfigError
+from user_common.config_schema import ConfigError
 from user_learner.learner_config import load_learner_config
 
 ROOT = Path(__file__).resolve().parents[3]

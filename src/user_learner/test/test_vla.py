@@ -211,7 +211,7 @@ ROOT = __import__("pathlib").Path(__file__).resolve().parents[3]
 def test_the_shipped_configs_load_and_a_memory_replay_samples_their_chunks():
     from user_buffer.replay import Layout
     from user_hal.core.cell import proprio_names
-    from user_hal.config_schema import ConfigError
+    from user_common.config_schema import ConfigError
     from user_hal.profile import load_profile
     from user_hal.tasks.rules import make_task
     from user_learner.learner_config import load_learner_config

@@ -5,7 +5,7 @@ import numpy as np
 
 from user_common.embodiments import EmbodimentMap, EmbodimentMismatch
 from user_common.features import Features
-from user_hal.ros_convert import msg_to_image
+from user_common.ros_convert import msg_to_image
 
 
 class ObservationMismatch(ValueError):

@@ -43,9 +43,9 @@ import torch
 from rclpy.node import Node
 from user_msgs.msg import Action, Bindings, InferenceCapacity, Observation, PolicyStatus, RobotDescription
 
-from user_hal import qos
-from user_hal.config_schema import ConfigError
-from user_hal.node_main import run_node
+from user_common import qos
+from user_common.config_schema import ConfigError
+from user_common.node_main import run_node
 
 from .algos import get_algorithm
 from .convert import ObservationMismatch, observation_arrays

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from user_common.embodiments import EmbodimentLayout, EmbodimentMap
 from user_common.features import Features
-from user_hal.config_schema import ConfigError, apply_overrides, load_dataclass, non_negative, positive, read_yaml
+from user_common.config_schema import ConfigError, apply_overrides, load_dataclass, non_negative, positive, read_yaml
 
 from .algos import AlgoConfig, UnknownAlgorithm, get_algorithm
 

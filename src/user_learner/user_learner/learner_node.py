@@ -39,9 +39,9 @@ from user_msgs.srv import ResetRobot
 from user_buffer.codec import DecodeError, decode_transition
 from user_buffer.replay import Layout, LayoutMismatch
 from user_buffer.store import BagLocked
-from user_hal import qos
-from user_hal.config_schema import ConfigError
-from user_hal.node_main import run_node
+from user_common import qos
+from user_common.config_schema import ConfigError
+from user_common.node_main import run_node
 
 from .batch import batch_from_numpy
 from .algos import get_algorithm

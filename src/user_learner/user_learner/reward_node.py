@@ -19,10 +19,10 @@ import torch
 from rclpy.node import Node
 from user_msgs.msg import Observation, RewardLabel, Transition
 
-from user_hal import qos
-from user_hal.config_schema import ConfigError
-from user_hal.node_main import run_node
-from user_hal.ros_convert import msg_to_image
+from user_common import qos
+from user_common.config_schema import ConfigError
+from user_common.node_main import run_node
+from user_common.ros_convert import msg_to_image
 
 from .reward import RewardDataError, RewardModel
 

@@ -16,10 +16,10 @@ from rclpy.node import Node
 from user_msgs.msg import (Bindings, EpisodeStats, InferenceCapacity, JobSpec, RobotBinding, RobotDescription,
                             RobotStatus)
 
-from user_hal import qos
-from user_hal.config_schema import ConfigError
-from user_hal.node_main import run_node
-from user_hal.registry import RobotRegistry
+from user_common import qos
+from user_common.config_schema import ConfigError
+from user_common.node_main import run_node
+from user_common.registry import RobotRegistry
 
 from .learner_config import load_learner_config
 from .scheduler import Decision, Job, Pool, Robot, Server

@@ -9,9 +9,9 @@ from __future__ import annotations
 import sys
 
 from user_hal.backends.base import BackendError
-from user_hal.config_schema import ConfigError
+from user_common.config_schema import ConfigError
 from user_hal.core.cell import ACTION_NAMES, RobotCell, check_action
-from user_hal.node_main import run_node
+from user_common.node_main import run_node
 from user_hal.robot_io import make_cell
 from user_hal.robot_node import RobotNode, spin_until_finished
 

@@ -41,10 +41,10 @@ from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import JointState
 
-from user_hal.config_schema import ConfigError
+from user_common.config_schema import ConfigError
 from user_hal.backends.franka_ros2 import DEFAULT_ARM_JOINTS, DEFAULT_FINGER_JOINTS, load_franka_actions
 from user_hal.core.geometry import quat_normalize
-from user_hal.node_main import run_node
+from user_common.node_main import run_node
 
 #: franka_robot_state_broadcaster's convenience topics: QoS(1).best_effort()
 BROADCASTER_QOS = QoSProfile(depth=1, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.BEST_EFFORT,

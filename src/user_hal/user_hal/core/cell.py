@@ -27,7 +27,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..backends.base import BackendError, RobotBackend, RobotState
-from ..config_schema import ConfigError
+from user_common.config_schema import ConfigError
 from .geometry import (quat_conj, quat_from_euler, quat_from_rotvec, quat_mul, quat_normalize, quat_to_euler,
                        quat_to_rotvec)
 from ..profile import ProprioGroup, RobotProfile

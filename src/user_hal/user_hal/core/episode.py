@@ -19,7 +19,7 @@ import numpy as np
 
 from .cell import ACTION_NAMES, ActionError, check_action
 from .chunks import ENSEMBLE_MODES, ChunkQueue, PendingChunk, check_chunk
-from ..topics import ESTOP_MESSAGE, ESTOP_RELEASE_SERVICE
+from user_common.topics import ESTOP_MESSAGE, ESTOP_RELEASE_SERVICE
 
 # The values of user_msgs' constants (Action.SOURCE_*, Transition.REWARD_*, RobotStatus.STATE_*); a test
 # checks that they agree with the messages.

@@ -37,7 +37,7 @@ from typing import Any, Callable, Literal, Mapping, Optional, Sequence
 
 import numpy as np
 
-from ..config_schema import ConfigError, load_dataclass, positive
+from user_common.config_schema import ConfigError, load_dataclass, positive
 
 #: The colour image topic of ``ros2 launch realsense2_camera rs_launch.py`` (namespace and name "camera").
 DEFAULT_TOPIC = "/camera/camera/color/image_raw"
