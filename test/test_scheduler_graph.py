@@ -1,7 +1,9 @@
 """Robots as compute through real processes (docs/scheduler.md): a job run by the scheduler (graph sched_sac)
 binds a robot node started after the job began, its transitions reach the learner without restarting
 learner or inference, a robot killed with SIGKILL is released while the job goes on, and `userctl robots`
-shows each robot's job and inference server, why an idle robot is idle, and what a job waits for."""
+shows each robot's job and inference server, why an idle robot is idle, and what a job waits for. Two jobs on
+one ROS domain keep their data apart under their namespaces, and a job whose learner is killed cuts the running
+episodes of its robots while the other job goes on."""
 from __future__ import annotations
 
 import re
@@ -11,7 +13,7 @@ import time
 
 import pytest
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
-from user_msgs.msg import Action, Bindings, RobotDescription, Transition, TransitionAck
+from user_msgs.msg import Action, Bindings, EpisodeStats, RobotDescription, Transition, TransitionAck
 
 from hal_helpers import Collect, learning_config_dir, node_cmd, profile_with, userctl_cmd
 
@@ -21,6 +23,7 @@ LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability
 ANNOUNCEMENTS = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE,
                            durability=DurabilityPolicy.TRANSIENT_LOCAL)
 SERVER = "peg/inference_0"
+NS = "/user/jobs/peg"   # sched_sac's topic_ns for job peg
 
 
 def binding(msgs, robot_id):
@@ -64,8 +67,8 @@ def test_a_robot_started_later_is_bound_and_trains_and_a_killed_robot_is_release
     described = {}
     Collect(ros_node, RobotDescription, "/user/robots/description", qos=ANNOUNCEMENTS,
             on_msg=lambda d: described.setdefault(d.robot_id, time.monotonic()))
-    transitions = Collect(ros_node, Transition, "/user/transitions")
-    acks = Collect(ros_node, TransitionAck, "/user/transitions/ack")
+    transitions = Collect(ros_node, Transition, f"{NS}/transitions")
+    acks = Collect(ros_node, TransitionAck, f"{NS}/transitions/ack")
     run = procs.start("userctl", userctl_cmd("launch", str(cfg / "sched_sac.yaml"), "robots:=1", "respawn_delay:=0",
                                              "heartbeat_timeout_s:=2.0", "realtime_factor:=2"))
     bindings.wait(lambda m: getattr(binding(m, "franka_0"), "server", "") == SERVER, 60, "franka_0 bound")
@@ -75,10 +78,11 @@ def test_a_robot_started_later_is_bound_and_trains_and_a_killed_robot_is_release
                            **{"robot.max_episode_steps": 5000})
     late = procs.start("franka_7", node_cmd("robot_node", {
         "robot_id": "franka_7", "profile": str(profile), "backend": "sim", "realtime_factor": 2.0,
-        "ack_consumers": "[learner]"}))
+        "ack_consumers": "[learner]", "follow_bindings": True}))
     b = bindings.wait(lambda m: getattr(binding(m, "franka_7"), "server", ""), 60, "franka_7 bound")
     bound_at = time.monotonic()
-    assert (binding([b], "franka_7").job, binding([b], "franka_7").server) == ("peg", SERVER)
+    assert (binding([b], "franka_7").job, binding([b], "franka_7").server, binding([b], "franka_7").topic_ns) == (
+        "peg", SERVER, NS)
     end = time.monotonic() + 10
     while "franka_7" not in described and time.monotonic() < end:   # the test's own copy may come later
         time.sleep(0.05)
@@ -135,8 +139,8 @@ def test_killing_the_scheduler_or_an_inference_server_midrun_recovers_when_it_re
     monkeypatch.chdir(tmp_path)
     cfg = learning_config_dir(tmp_path)
     bindings = Collect(ros_node, Bindings, "/user/scheduler/bindings", qos=LATCHED)
-    transitions = Collect(ros_node, Transition, "/user/transitions")
-    acks = Collect(ros_node, TransitionAck, "/user/transitions/ack")
+    transitions = Collect(ros_node, Transition, f"{NS}/transitions")
+    acks = Collect(ros_node, TransitionAck, f"{NS}/transitions/ack")
     run = procs.start("userctl", userctl_cmd("launch", str(cfg / "sched_sac.yaml"), "robots:=1", "respawn_delay:=1",
                                              "heartbeat_timeout_s:=2.0", "realtime_factor:=2"))
     bindings.wait(lambda m: getattr(binding(m, "franka_0"), "server", "") == SERVER, 60, "franka_0 bound")
@@ -195,3 +199,74 @@ def test_a_robot_the_config_does_not_fit_stays_idle_and_a_job_short_of_robots_sa
     assert server is not None and server[3:] == ["READY", "-", "0 of 4 robots", "-", "peg", "-"], table
     assert "serving wxai_0" not in run.output()
     assert run.stop() in (0, 130)
+
+
+def test_two_jobs_on_one_domain_keep_their_data_apart_and_a_killed_learner_cuts_its_robots_episodes(
+        procs, ros_node, tmp_path, monkeypatch):
+    """Jobs a and b (a learner and an inference server each, one robot wanted each) and two robots that follow
+    the bindings, at realtime_factor 0 (no training: min_buffer is never reached, so the CPU goes to the data)."""
+    monkeypatch.chdir(tmp_path)
+    cfg = learning_config_dir(tmp_path, min_buffer=10**7)
+    profile = profile_with(tmp_path, "robot_long.yaml", base=cfg / "robot_sim.yaml",
+                           **{"robot.max_episode_steps": 100000})
+    config = str(cfg / "sac_peg.yaml")
+    bindings = Collect(ros_node, Bindings, "/user/scheduler/bindings", qos=LATCHED)
+    shared = Collect(ros_node, Transition, "/user/transitions")
+    trans = {j: Collect(ros_node, Transition, f"/user/jobs/{j}/transitions") for j in "ab"}
+    acks = {j: Collect(ros_node, TransitionAck, f"/user/jobs/{j}/transitions/ack") for j in "ab"}
+    episodes = {j: Collect(ros_node, EpisodeStats, f"/user/jobs/{j}/episodes") for j in "ab"}
+    procs.start("scheduler", node_cmd("scheduler_node", {"heartbeat_timeout_s": 2.0}, pkg="user_learner"))
+    learners = {}
+    for j in "ab":
+        ns = f"/user/jobs/{j}"
+        learners[j] = procs.start(f"learner_{j}", node_cmd("learner_node", {
+            "config": config, "run_name": f"job_{j}", "job": j, "job_robots": 1, "topic_ns": ns},
+            node_name=f"learner_{j}", pkg="user_learner"))
+        procs.start(f"inference_{j}", node_cmd("inference_node", {
+            "config": config, "scheduled": True, "job": j, "server_id": f"{j}/inference_0", "max_robots": 2,
+            "topic_ns": ns}, node_name=f"inference_{j}", pkg="user_learner"))
+    for rid in ("franka_0", "franka_1"):
+        procs.start(rid, node_cmd("robot_node", {
+            "robot_id": rid, "profile": str(profile), "backend": "sim", "realtime_factor": 0.0,
+            "ack_consumers": "[learner]", "follow_bindings": True}))
+
+    def split(m):
+        jobs = {r: getattr(binding(m, r), "job", "") for r in ("franka_0", "franka_1")}
+        return set(jobs.values()) == {"a", "b"}
+
+    b = bindings.wait(split, 60, "one robot bound to each job")
+    robot = {binding([b], r).job: r for r in ("franka_0", "franka_1")}
+    for j in "ab":
+        assert binding([b], robot[j]).topic_ns == f"/user/jobs/{j}" and binding([b], robot[j]).server == f"{j}/inference_0"
+    for j in "ab":
+        trans[j].wait(lambda m: sum(t.action_source == Action.SOURCE_POLICY for t in m) >= 20, 40,
+                      f"policy transitions of job {j}")
+        acks[j].wait(lambda m: any(a.steps for a in m), 30, f"learner_{j} acknowledging transitions")
+    for j in "ab":
+        assert {t.robot_id for t in trans[j].msgs} == {robot[j]}, f"job {j} saw another job's robot"
+        assert {a.robot_id for a in acks[j].msgs if a.steps} == {robot[j]}, f"learner_{j} stored another job's data"
+    assert not shared.msgs, "a robot following its binding published on the shared /user/transitions"
+
+    # job a's learner dies: after the heartbeat timeout its robot's binding goes, and the robot cuts its episode
+    learners["a"].kill(signal.SIGKILL)
+    learners["a"].popen.wait(timeout=10)
+    episodes["a"].wait(lambda m: any(e.cut and e.robot_id == robot["a"] for e in m), 20,
+                       f"{robot['a']} cutting its episode")
+    cut = next(e for e in episodes["a"].msgs if e.cut)
+    with trans["a"].lock:   # (unacknowledged transitions are resent: one per step)
+        steps = {t.step: t for t in trans["a"].msgs if t.episode_id == cut.episode_id}
+        seen = {t.episode_id for t in trans["a"].msgs}
+    last = steps[max(steps)]
+    assert (last.step + 1, last.action_source, last.truncated, last.terminated) == (
+        cut.steps, Action.SOURCE_HOLD, True, False), "the cut episode ends with a truncated hold step"
+    assert [t.step for t in steps.values() if t.truncated] == [last.step] and not cut.success
+    assert binding(bindings.msgs, robot["a"]).server == "" and binding(bindings.msgs, robot["a"]).topic_ns == ""
+    with trans["b"].lock:
+        before = len(trans["b"].msgs)
+    trans["b"].wait(lambda m: sum(t.robot_id == robot["b"] for t in m[before:]) >= 20, 30,
+                    "job b to go on after job a's learner was killed")
+    assert binding(bindings.msgs, robot["b"]).server == "b/inference_0"
+    assert not any(e.cut for e in episodes["b"].msgs), "job b's robot was cut"
+    with trans["a"].lock:
+        assert {t.episode_id for t in trans["a"].msgs} == seen, "the unbound robot started another episode"
+    assert not shared.msgs

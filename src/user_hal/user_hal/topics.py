@@ -38,14 +38,15 @@ JOB_TOPICS = (TRANSITIONS_TOPIC, TRANSITION_ACK_TOPIC, EPISODES_TOPIC, WEIGHTS_T
 _NS_RE = re.compile(r"^(/[A-Za-z_][A-Za-z0-9_]*)+$")
 
 
-def check_topic_ns(topic_ns: str, param: str = "topic_ns") -> str:
-    """``topic_ns`` if it is "" or an absolute ROS namespace such as ``/user/jobs/peg``; else ValueError
-    naming ``param``."""
+def check_topic_ns(topic_ns: str, param: str = "topic_ns", source: str = "<parameters>") -> str:
+    """``topic_ns`` if it is "" or an absolute ROS namespace such as ``/user/jobs/peg``; else a ConfigError
+    (a ValueError) naming ``source`` and ``param``."""
     if topic_ns == "" or _NS_RE.match(topic_ns):
         return topic_ns
-    raise ValueError(f"{param}: {topic_ns!r} is not a ROS namespace: expected '' (the shared /user topics) or "
-                     f"'/'-separated names of letters, digits and '_' (not starting with a digit), e.g. "
-                     f"/user/jobs/peg")
+    from .config_schema import ConfigError
+    raise ConfigError(source, param, f"{topic_ns!r} is not a ROS namespace: expected '' (the shared /user topics) "
+                                     f"or an absolute namespace of names made of letters, digits and '_' (not "
+                                     f"starting with a digit), e.g. /user/jobs/peg")
 
 
 def job_topic(topic: str, topic_ns: str = "") -> str:
