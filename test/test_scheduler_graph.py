@@ -237,7 +237,8 @@ def test_two_jobs_on_one_domain_keep_their_data_apart_and_a_killed_learner_cuts_
     b = bindings.wait(split, 60, "one robot bound to each job")
     robot = {binding([b], r).job: r for r in ("franka_0", "franka_1")}
     for j in "ab":
-        assert binding([b], robot[j]).topic_ns == f"/user/jobs/{j}" and binding([b], robot[j]).server == f"{j}/inference_0"
+        rb = binding([b], robot[j])
+        assert (rb.topic_ns, rb.server) == (f"/user/jobs/{j}", f"{j}/inference_0")
     for j in "ab":
         trans[j].wait(lambda m: sum(t.action_source == Action.SOURCE_POLICY for t in m) >= 20, 40,
                       f"policy transitions of job {j}")
@@ -270,3 +271,27 @@ def test_two_jobs_on_one_domain_keep_their_data_apart_and_a_killed_learner_cuts_
     with trans["a"].lock:
         assert {t.episode_id for t in trans["a"].msgs} == seen, "the unbound robot started another episode"
     assert not shared.msgs
+
+
+def test_a_bad_topic_ns_stops_the_learner_the_inference_server_and_the_buffer_with_one_error_naming_it(
+        ros_env, tmp_path):
+    cfg = str(learning_config_dir(tmp_path) / "sac_peg.yaml")
+    runs = {
+        "learner": node_cmd("learner_node", {"config": cfg, "job": "peg", "topic_ns": "jobs/peg",
+                                             "runs_dir": str(tmp_path / "runs")}, pkg="user_learner"),
+        "inference": node_cmd("inference_node", {"config": cfg, "scheduled": True, "job": "peg",
+                                                 "topic_ns": "/user/jobs/2peg"}, pkg="user_learner"),
+        "buffer": node_cmd("buffer_node", {"bag_dir": str(tmp_path / "bag"), "topic_ns": "/user/jobs/p-g"},
+                           pkg="user_buffer"),
+    }
+    started = {k: subprocess.Popen(c, env=ros_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+               for k, c in runs.items()}
+    bad = {"learner": "jobs/peg", "inference": "/user/jobs/2peg", "buffer": "/user/jobs/p-g"}
+    for name, p in started.items():
+        out, _ = p.communicate(timeout=60)
+        assert p.returncode == 2, out[-2000:]
+        lines = [ln for ln in out.splitlines() if "config error" in ln]
+        assert len(lines) == 1 and lines[0].endswith(
+            f"config error: <parameters>: topic_ns: '{bad[name]}' is not a ROS namespace: expected '' (the shared "
+            f"/user topics) or an absolute namespace of names made of letters, digits and '_' (not starting with a "
+            f"digit), e.g. /user/jobs/peg"), out[-2000:]

@@ -816,7 +816,8 @@ def test_a_binding_lost_and_regained_at_once_still_cuts_the_episode_then_resets(
     ep = r.ctrl.episode_id
     r.feed(BindingLost(r.t, "scheduler moved it"))
     r.feed(Bound(r.t, "peg"))
-    assert r.logs("info")[-1] == "bound to job peg: its cut episode ends first, then a fresh episode starts after a reset"
+    assert r.logs("info")[-1] == ("bound to job peg: its cut episode ends first, then a fresh episode starts after "
+                                  "a reset")
     r.run(0.1)
     assert cut_rows(r, ep)[-1][1:] == (SOURCE_HOLD, True, False) and r.episodes[0].cut
     assert len(r.of(Reset)) == 2 and r.ctrl.episode_id == ep + 1 and r.ctrl.status().state == STATE_RUNNING

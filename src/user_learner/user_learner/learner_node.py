@@ -144,8 +144,8 @@ class LearnerNode(Node):
         data_cb = MutuallyExclusiveCallbackGroup()
         other = ReentrantCallbackGroup()
         if self.replay.records:   # raw CDR bytes: stored exactly as received, decoded without rclpy objects
-            self.create_subscription(Transition, job_topic(qos.TRANSITIONS_TOPIC, self.topic_ns), self._on_transition,
-                                     qos.TRANSITIONS_IN, callback_group=data_cb, raw=True)
+            self.create_subscription(Transition, job_topic(qos.TRANSITIONS_TOPIC, self.topic_ns),
+                                     self._on_transition, qos.TRANSITIONS_IN, callback_group=data_cb, raw=True)
         self.create_subscription(EpisodeStats, job_topic(qos.EPISODES_TOPIC, self.topic_ns), self._on_episode,
                                  qos.DATA, callback_group=other)
         self.create_subscription(PolicyStatus, job_topic(qos.POLICY_STATUS_TOPIC, self.topic_ns),
