@@ -869,6 +869,22 @@ def test_requests_pending_when_the_binding_goes_are_answered_and_repeats_are_ign
     assert len(r.of(Reset)) == 2
 
 
+def test_a_binding_lost_during_the_first_step_cuts_after_that_step_is_recorded():
+    r = Rig(follow_bindings=True)
+    r.feed(Bound(r.t, "peg"))
+    r.started()
+    r.send()
+    (step,) = r.ctrl.handle(Tick(r.t + 0.1))
+    assert isinstance(step, Step)
+    r.ctrl.handle(BindingLost(r.t + 0.12, "gone"))
+    out = r.ctrl.handle(StepDone(r.t + 0.15, ("obs", 1001, 1), 0.0, False, False, False, act()))
+    assert [type(e) for e in out] == [PublishTransition] and not out[0].record.truncated
+    r.t += 0.15
+    r.run(0.2)
+    assert [(t.step, t.action_source, t.truncated) for t in r.transitions] == [(1, SOURCE_HOLD, True)]
+    assert r.episodes[0].cut and r.episodes[0].steps == 2
+
+
 def test_a_fault_in_the_cut_step_is_recovered_and_the_cut_step_redone():
     r = Rig(follow_bindings=True)
     r.feed(Bound(r.t, "peg"))

@@ -836,8 +836,9 @@ class EpisodeController:
         self._queue.clear()
         self._drop_requests(out, "the robot lost its binding")
         t = self._tally
-        running = (t is not None and not t.finished and t.steps > 0 and self._reset_due is None
-                   and not self._awaiting_reset and self._final is None and self._busy != "reset")
+        running = (t is not None and not t.finished and (t.steps > 0 or self._busy == "step")
+                   and self._reset_due is None and not self._awaiting_reset and self._final is None
+                   and self._busy != "reset")
         if running:
             self._cut = self.episode_id
             self._next_tick = min(self._next_tick, ev.now + self.cfg.tick_period)
