@@ -261,7 +261,8 @@ def test_two_jobs_on_one_domain_keep_their_data_apart_and_a_killed_learner_cuts_
     assert (last.step + 1, last.action_source, last.truncated, last.terminated) == (
         cut.steps, Action.SOURCE_HOLD, True, False), "the cut episode ends with a truncated hold step"
     assert [t.step for t in steps.values() if t.truncated] == [last.step] and not cut.success
-    assert binding(bindings.msgs, robot["a"]).server == "" and binding(bindings.msgs, robot["a"]).topic_ns == ""
+    idle = bindings.wait(lambda m: getattr(binding(m, robot["a"]), "server", None) == "", 5, f"{robot['a']} idle")
+    assert binding([idle], robot["a"]).topic_ns == "" and "job b has its 1 robot" in binding([idle], robot["a"]).reason
     with trans["b"].lock:
         before = len(trans["b"].msgs)
     trans["b"].wait(lambda m: sum(t.robot_id == robot["b"] for t in m[before:]) >= 20, 30,
