@@ -259,6 +259,8 @@ def test_two_jobs_on_one_domain_keep_their_data_apart_and_a_killed_learner_cuts_
     episodes["a"].wait(lambda m: any(e.cut and e.robot_id == robot["a"] for e in m), 20,
                        f"{robot['a']} cutting its episode")
     cut = next(e for e in episodes["a"].msgs if e.cut)
+    trans["a"].wait(lambda m: any(t.episode_id == cut.episode_id and t.truncated for t in m), 10,
+                    "the cut step's transition")   # (another topic than the statistics: it may come second)
     with trans["a"].lock:   # (unacknowledged transitions are resent: one entry per step)
         steps = {t.step: t for t in trans["a"].msgs if t.episode_id == cut.episode_id}
     last = steps[max(steps)]
