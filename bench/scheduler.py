@@ -105,7 +105,8 @@ def main() -> int:
             t0 = time.monotonic()
             p = subprocess.Popen([str(robot_exe), "--ros-args", "-p", f"robot_id:={rid}", "-p",
                                   f"profile:={cfg / 'robot_sim.yaml'}", "-p", "backend:=sim", "-p",
-                                  f"realtime_factor:={a.realtime_factor!r}", "-p", "ack_consumers:=[learner]"],
+                                  f"realtime_factor:={a.realtime_factor!r}", "-p", "ack_consumers:=[learner]",
+                                  "-p", "follow_bindings:=true"],
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
             ok = wait(lambda: rid in bound, 60)
             rows.append([rid, bound[rid] - t0 if ok else float("nan"), p])

@@ -26,7 +26,7 @@ from typing import IO, Any, Callable
 import yaml
 
 from user_bringup.graph import Graph, NodeSpec
-from user_common.topics import DESCRIPTION_TOPIC, EPISODES_TOPIC
+from user_common.topics import DESCRIPTION_TOPIC, EPISODES_TOPIC, job_topic
 
 LAUNCHER_TAG = "userctl"
 EPISODE_TAG = "episode"
@@ -136,9 +136,9 @@ class EpisodeMonitor:
     """Subscribe to ``/user/episodes`` in a background thread with its own rclpy context."""
 
     def __init__(self, on_episode: Callable[[Any], None],
-                 on_description: Callable[[Any], None] | None = None) -> None:
-        """Create the node; ``on_episode`` is called with each EpisodeStats message, ``on_description``
-        with each RobotDescription."""
+                 on_description: Callable[[Any], None] | None = None, episodes_topic: str = EPISODES_TOPIC) -> None:
+        """Create the node; ``on_episode`` is called with each EpisodeStats message (of ``episodes_topic``: a job's
+        own under its namespace), ``on_description`` with each RobotDescription."""
         import rclpy
         from rclpy.executors import SingleThreadedExecutor
         from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
@@ -157,7 +157,7 @@ class EpisodeMonitor:
             reliability=ReliabilityPolicy.RELIABLE,
             durability=DurabilityPolicy.VOLATILE,
         )
-        self._node.create_subscription(EpisodeStats, EPISODES_TOPIC, on_episode, qos)
+        self._node.create_subscription(EpisodeStats, episodes_topic, on_episode, qos)
         if on_description is not None:   # transient-local: descriptions published before we joined arrive too
             latched = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE,
                                  durability=DurabilityPolicy.TRANSIENT_LOCAL)
@@ -368,6 +368,8 @@ class Launcher:
         child.proc.stdout.close()
 
     def _on_episode(self, msg: Any) -> None:
+        if getattr(msg, "cut", False):   # not an outcome (a lost robot or binding)
+            return
         line = self.tally.add(
             msg.robot_id,
             int(msg.episode_id),
@@ -409,7 +411,11 @@ class Launcher:
                 self.log_dir.mkdir(parents=True, exist_ok=True)
                 self._own_log = open(self.log_dir / "userctl.log", "w", encoding="utf-8")
             if self.monitor_episodes:
-                monitor = EpisodeMonitor(self._on_episode, self._on_description)
+                try:   # a graph whose job has its own namespace (sched_sac: topic_ns) reports its episodes there
+                    topic = job_topic(EPISODES_TOPIC, str(self.graph.args.get("topic_ns", "")))
+                except ValueError:
+                    topic = EPISODES_TOPIC   # the job's learner refuses the bad namespace, naming the parameter
+                monitor = EpisodeMonitor(self._on_episode, self._on_description, topic)
                 monitor.start()
             self.say(
                 f"graph {self.graph.path} with "

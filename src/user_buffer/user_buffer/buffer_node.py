@@ -23,7 +23,8 @@ robots resend whatever was not acknowledged.
 Parameters: ``bag_dir`` (required), ``demo_dir`` (optional, opened read-only), ``consumer``,
 ``sync_every_s`` (1.0), ``split_mb`` (512: start a new MCAP file past this size), ``chunk_mb`` (0.125),
 ``compression`` ("zstd", "lz4" or "none"), ``status_every_s`` (5.0), ``max_response_mb`` (256: refuse batches
-larger than this), ``seed`` (0).
+larger than this), ``seed`` (0), ``topic_ns`` ("": the shared ``/user`` names; a job's namespace, e.g.
+``/user/jobs/peg``: its transitions, acks and sample service live under it).
 """
 from __future__ import annotations
 
@@ -49,6 +50,7 @@ from user_msgs.srv import SampleBatch
 from user_common import qos
 from user_common.config_schema import ConfigError
 from user_common.node_main import run_node
+from user_common.topics import check_topic_ns, job_topic
 
 from .codec import DecodeError, transition_key
 from .replay import SampleSource
@@ -83,7 +85,11 @@ class BufferNode(Node):
         self.declare_parameter("status_every_s", 5.0, any_number)
         self.declare_parameter("max_response_mb", 256, any_number)
         self.declare_parameter("seed", 0)
+        self.declare_parameter("topic_ns", "")   # its job's namespace ("" = the shared /user topics)
         p = self.get_parameter
+        ns = check_topic_ns(str(p("topic_ns").value))
+        self.transitions_topic = job_topic(qos.TRANSITIONS_TOPIC, ns)
+        self.sample_service = job_topic(SAMPLE_SERVICE, ns)
         bag_dir = str(p("bag_dir").value or "")
         if not bag_dir:
             raise ConfigError(_PARAMS, "bag_dir", "no bag directory given (parameter 'bag_dir')")
@@ -138,18 +144,18 @@ class BufferNode(Node):
         data_cb = MutuallyExclusiveCallbackGroup()
         sample_cb = MutuallyExclusiveCallbackGroup()
         timer_cb = MutuallyExclusiveCallbackGroup()
-        self.pub_ack = self.create_publisher(TransitionAck, qos.TRANSITION_ACK_TOPIC, qos.DATA)
-        self.create_subscription(Transition, qos.TRANSITIONS_TOPIC, self._on_transition, qos.TRANSITIONS_IN,
+        self.pub_ack = self.create_publisher(TransitionAck, job_topic(qos.TRANSITION_ACK_TOPIC, ns), qos.DATA)
+        self.create_subscription(Transition, self.transitions_topic, self._on_transition, qos.TRANSITIONS_IN,
                                  raw=True, callback_group=data_cb)
-        self.create_service(SampleBatch, SAMPLE_SERVICE, self._on_sample, callback_group=sample_cb)
+        self.create_service(SampleBatch, self.sample_service, self._on_sample, callback_group=sample_cb)
         self.create_timer(min(0.1, self.sync_every_s), self._sync_if_due, callback_group=timer_cb)
         self.create_timer(0.25, self._send_acks, callback_group=timer_cb)
         self.create_timer(self.status_every_s, self._status, callback_group=timer_cb)
         demo = (f", demos {self.demos.dir} ({len(self.demos)} transitions)" if self.demos is not None else "")
         self.get_logger().info(
             f"buffer node: bag {self.store.dir} ({len(self.store)} transitions of {len(self.store.robots)} "
-            f"robots, {len(self.store.files)} files){demo}; recording {qos.TRANSITIONS_TOPIC} as consumer "
-            f"'{self.consumer}', serving {SAMPLE_SERVICE}")
+            f"robots, {len(self.store.files)} files){demo}; recording {self.transitions_topic} as consumer "
+            f"'{self.consumer}', serving {self.sample_service}")
 
     # -- setup helpers ----------------------------------------------------------------------------------
     def _number(self, name: str, positive: bool = False) -> float:
@@ -312,7 +318,7 @@ class BufferNode(Node):
         self.refused += 1
         resp.success, resp.message = False, message
         resp.sizes, resp.data = array.array("I"), array.array("B")
-        self.get_logger().warning(f"{SAMPLE_SERVICE}: refused: {message}", throttle_duration_sec=5.0)
+        self.get_logger().warning(f"{self.sample_service}: refused: {message}", throttle_duration_sec=5.0)
         return resp
 
     def _sources_for(self, robot_ids: list[str], embodiments: list[str]) -> tuple[SampleSource, SampleSource | None]:

@@ -10,7 +10,8 @@ import pytest
 
 from user_hal.core.episode import (
     REWARD_CLASSIFIER, REWARD_HUMAN, REWARD_RULE, SOURCE_HOLD, SOURCE_HUMAN, SOURCE_POLICY, STATE_ERROR, STATE_IDLE,
-    STATE_RESETTING, STATE_RUNNING, ActionArrived, BackendFault, EpisodeConfig, EpisodeController, EstopChanged,
+    STATE_RESETTING, STATE_RUNNING, ActionArrived, BackendFault, BindingLost, Bound, EpisodeConfig, EpisodeController,
+    EstopChanged,
     FinishEpisode, Heartbeat, Hold, HoldDone, LabelRequested, Log, PublishTransition, Recover, RecoverDone, Reply,
     Reset, ResetAborted, ResetDone, ResetRequested, RewardVerdict, Shutdown, Step, StepDone, Tick, achieved_hz)
 
@@ -682,6 +683,224 @@ def test_classifier_end_mode_holds_the_last_transition_for_its_verdict(when):
         2, success, success, not success, float(success))
     assert r.episodes[0].success == success
     assert any("no reward verdict on episode" in ln for ln in r.logs("warning")) == (when == "never")
+
+
+# -- bindings (follow_bindings) -------------------------------------------------------------------------
+def cut_rows(r, episode_id):
+    """(step, source, truncated, terminated) of an episode's transitions."""
+    return [(t.step, t.action_source, t.truncated, t.terminated) for t in r.transitions if t.episode_id == episode_id]
+
+
+def test_following_bindings_the_robot_waits_unbound_then_a_binding_starts_an_episode():
+    r = Rig(follow_bindings=True)
+    r.run(2.0)
+    assert not r.of(Reset) and not r.obs and all(not h.observe for h in r.of(Hold)), "unbound: no episode"
+    st = r.ctrl.status()
+    assert (st.state, st.message) == (STATE_IDLE, "no binding: waiting for the scheduler to bind it")
+    r.feed(ResetRequested(r.t, "R"))
+    r.feed(LabelRequested(r.t, "L", True))
+    assert r.replies("R")[0].message.startswith("reset refused: the robot has no binding (waiting for the scheduler")
+    assert r.replies("L")[0].message == "label success refused: the robot lost its binding"
+    r.send(act(0.5), episode=0, step=0)         # an action for nothing: dropped, no complaint
+    r.feed(Bound(r.t, "peg"))
+    assert r.ctrl.wake_at == r.t
+    r.run(0.0)
+    assert r.of(Reset) == [Reset(-1, False)] and r.ctrl.status().state == STATE_RUNNING and r.ctrl.job == "peg"
+    assert r.logs("info")[-1] == "bound to job peg: a fresh episode starts after a reset"
+    r.answer_every_observation()
+    r.run(0.3)
+    assert [t.step for t in r.transitions] == [0, 1, 2] and r.ctrl.status().rejected == 0
+
+
+@pytest.mark.parametrize("rf", [1.0, 0.0])
+def test_a_lost_binding_ends_the_running_episode_with_a_truncated_hold_step_and_a_cut_summary(rf):
+    r = Rig(realtime_factor=rf, follow_bindings=True)
+    r.feed(Bound(r.t, "peg"))
+    r.started()
+    for _ in range(3):
+        r.send(act(0.4), version=3)
+        r.run(0.1)
+    ep, n = r.ctrl.episode_id, r.ctrl.step_index
+    assert n == 3
+    r.feed(BindingLost(r.t, "job peg is gone"))
+    r.send(act(0.4), version=3)                 # the old server's late answer: dropped
+    assert r.logs("warning")[-1] == ("binding lost (job peg is gone): episode 0 is cut: its next step is its last "
+                                     "(truncated); holding until bound again")
+    if not rf:
+        assert r.ctrl.wake_at == r.t, "the cut step does not wait for the watchdog"
+    r.run(0.1)
+    rows = cut_rows(r, ep)
+    assert len(rows) == n + 1 and rows[-1] == (n, SOURCE_HOLD, True, False), rows
+    assert all(row[1:] == (SOURCE_POLICY, False, False) for row in rows[:-1]), "the policy's actions after the loss " \
+        "are dropped"
+    assert r.of(Step)[-1].values is None, "the cut step runs the hold action"
+    (summary,) = r.episodes
+    assert summary.cut and summary.steps == n + 1 and not summary.success and summary.episode_id == ep
+    assert [ln for ln in r.logs("info") if ln.startswith("episode 0:")][0].endswith("(cut: the binding was lost)")
+    n_obs, n_resets = len(r.obs), len(r.of(Reset))
+    r.run(3.0)
+    assert len(r.obs) == n_obs and len(r.of(Reset)) == n_resets, "unbound: it holds, nothing observed, no reset"
+    st = r.ctrl.status()
+    assert (st.state, st.message) == (STATE_IDLE, "no binding: job peg is gone")
+    r.feed(Bound(r.t, "peg"))
+    r.run(0.0)
+    assert len(r.of(Reset)) == n_resets + 1 and r.ctrl.episode_id != ep and r.ctrl.status().state == STATE_RUNNING
+    r.send()
+    r.run(0.1)
+    assert r.ctrl.step_index == 1 and not any(t.truncated for t in r.transitions if t.episode_id != ep)
+    r.feed(BindingLost(r.t, "again"))
+    r.run(0.2)
+    assert [e.index for e in r.episodes] == [0, 1] and r.episodes[1].cut
+
+
+def test_a_binding_lost_while_a_reset_runs_discards_that_episode_and_a_new_binding_resets_again():
+    r = Rig(follow_bindings=True)
+    r.feed(Bound(r.t, "peg"))
+    (reset,) = r.ctrl.handle(Tick(r.t))          # the reset motion is under way ...
+    assert isinstance(reset, Reset)
+    r.feed(BindingLost(r.t, "released"))         # ... when the binding goes
+    assert r.logs("warning")[-1] == "binding lost (released): no episode to cut; holding until bound again"
+    r.feed(ResetDone(r.t + 0.5, 2000, ("obs", 2000, 0, 0)))
+    r.t += 0.5
+    r.run(2.0)
+    assert not r.of(Step) and not r.episodes, "nothing steps in the episode that began unbound"
+    assert r.ctrl.status().state == STATE_IDLE
+    r.feed(Bound(r.t, "other"))
+    r.run(0.0)
+    assert len(r.of(Reset)) == 1 and r.ctrl.episode_id == 1001, "a fresh episode after a reset"
+    r.send()
+    r.run(0.1)
+    assert [(t.episode_id, t.step, t.truncated) for t in r.transitions] == [(1001, 0, False)]
+
+
+def test_a_binding_lost_and_regained_during_a_reset_keeps_the_fresh_episode():
+    r = Rig(follow_bindings=True)
+    r.feed(Bound(r.t, "peg"))
+    r.ctrl.handle(Tick(r.t))
+    r.feed(BindingLost(r.t, "released"))
+    r.feed(Bound(r.t, "peg"))
+    r.feed(ResetDone(r.t + 0.5, 2000, ("obs", 2000, 0, 0)))
+    r.t += 0.5
+    r.send()
+    r.run(0.1)
+    assert not r.of(Reset) and [(t.episode_id, t.step) for t in r.transitions] == [(2000, 0)]
+
+
+def test_a_binding_lost_during_an_estop_cuts_the_episode_after_the_release():
+    r = Rig(follow_bindings=True)
+    r.feed(Bound(r.t, "peg"))
+    r.started()
+    r.answer_every_observation()
+    r.run(0.3)
+    ep, n = r.ctrl.episode_id, r.ctrl.step_index
+    r.feed(EstopChanged(r.t, True, "svc"))
+    r.feed(BindingLost(r.t, "job gone"))
+    n_eff = len(r.effects)
+    r.run(1.0)
+    assert not r.of(Step, n_eff) and not r.episodes, "nothing steps during the e-stop"
+    assert r.ctrl.status().message == "e-stop", "the e-stop shows first"
+    r.feed(EstopChanged(r.t, False, "svc"))
+    r.run(0.1)
+    assert cut_rows(r, ep)[-1] == (n, SOURCE_HOLD, True, False) and r.episodes[0].cut
+    n_resets = len(r.of(Reset))
+    r.run(1.0)
+    assert len(r.of(Reset)) == n_resets and r.ctrl.status().message == "no binding: job gone"
+
+
+def test_a_binding_lost_and_regained_at_once_still_cuts_the_episode_then_resets():
+    r = Rig(follow_bindings=True)
+    r.feed(Bound(r.t, "peg"))
+    r.started()
+    r.answer_every_observation()
+    r.run(0.3)
+    ep = r.ctrl.episode_id
+    r.feed(BindingLost(r.t, "scheduler moved it"))
+    r.feed(Bound(r.t, "peg"))
+    assert r.logs("info")[-1] == ("bound to job peg: its cut episode ends first, then a fresh episode starts after "
+                                  "a reset")
+    r.run(0.1)
+    assert cut_rows(r, ep)[-1][1:] == (SOURCE_HOLD, True, False) and r.episodes[0].cut
+    assert len(r.of(Reset)) == 2 and r.ctrl.episode_id == ep + 1 and r.ctrl.status().state == STATE_RUNNING
+    r.run(0.3)
+    rows = cut_rows(r, ep + 1)
+    assert len(rows) >= 2 and all(row[1:] == (SOURCE_POLICY, False, False) for row in rows)
+
+
+def test_a_binding_lost_with_no_episode_running_cuts_nothing():
+    r = Rig(max_steps=3, wait_for_reset=True, follow_bindings=True)
+    r.feed(Bound(r.t, "peg"))
+    r.started()
+    r.feed(BindingLost(r.t, "x"))               # right after the reset: no step yet, nothing to cut
+    r.run(1.0)
+    assert not r.of(Step) and not r.episodes
+    r.feed(Bound(r.t, "peg"))
+    r.answer_every_observation()
+    r.run(0.5)                                   # a fresh episode (after a reset) runs to its step limit
+    assert len(r.of(Reset)) == 2 and len(r.episodes) == 1 and not r.episodes[0].cut
+    assert r.ctrl.status().state == STATE_IDLE, "wait_for_reset: idle after the episode"
+    n = len(r.effects)
+    r.feed(BindingLost(r.t, "y"))
+    r.run(1.0)
+    assert not r.of(Step, n) and not r.of(FinishEpisode, n) and not r.of(Reset, n)
+    assert r.logs("warning")[-1] == "binding lost (y): no episode to cut; holding until bound again"
+    r.feed(Bound(r.t, "peg"))
+    r.run(0.0)
+    assert r.of(Reset, n), "bound again: a fresh episode after a reset"
+
+
+def test_requests_pending_when_the_binding_goes_are_answered_and_repeats_are_ignored():
+    r = Rig(follow_bindings=True)
+    r.feed(Bound(r.t, "peg"))
+    r.started()
+    r.send()
+    r.run(0.1)
+    r.feed(LabelRequested(r.t, "L", True))
+    r.feed(ResetRequested(r.t, "R"))
+    r.feed(BindingLost(r.t, "gone"))
+    r.feed(BindingLost(r.t, "gone"))
+    assert r.replies("L")[0].message == "label success not applied: the robot lost its binding"
+    assert r.replies("R")[0].message == "the robot lost its binding"
+    assert len([ln for ln in r.logs("warning") if ln.startswith("binding lost")]) == 1
+    r.run(0.1)
+    assert r.transitions[-1].truncated and not r.transitions[-1].success, "the label did not apply; the cut did"
+    r.feed(Bound(r.t, "peg"))
+    r.feed(Bound(r.t, "peg"))
+    r.run(0.0)
+    assert len(r.of(Reset)) == 2
+
+
+def test_a_binding_lost_during_the_first_step_cuts_after_that_step_is_recorded():
+    r = Rig(follow_bindings=True)
+    r.feed(Bound(r.t, "peg"))
+    r.started()
+    r.send()
+    (step,) = r.ctrl.handle(Tick(r.t + 0.1))
+    assert isinstance(step, Step)
+    r.ctrl.handle(BindingLost(r.t + 0.12, "gone"))
+    out = r.ctrl.handle(StepDone(r.t + 0.15, ("obs", 1001, 1), 0.0, False, False, False, act()))
+    assert [type(e) for e in out] == [PublishTransition] and not out[0].record.truncated
+    r.t += 0.15
+    r.run(0.2)
+    assert [(t.step, t.action_source, t.truncated) for t in r.transitions] == [(1, SOURCE_HOLD, True)]
+    assert r.episodes[0].cut and r.episodes[0].steps == 2
+
+
+def test_a_fault_in_the_cut_step_is_recovered_and_the_cut_step_redone():
+    r = Rig(follow_bindings=True)
+    r.feed(Bound(r.t, "peg"))
+    r.started()
+    r.send()
+    r.run(0.1)
+    r.fail = ["step"]
+    r.feed(BindingLost(r.t, "gone"))
+    r.run(0.5)
+    assert r.of(Recover) and [(t.step, t.truncated) for t in r.transitions] == [(0, False), (1, True)]
+    assert r.episodes[0].cut
+
+
+def test_without_follow_bindings_a_robot_is_bound_from_the_start():
+    r = Rig().started()
+    assert r.ctrl.bound and r.ctrl.status().message == ""
 
 
 # -- heartbeat rate --------------------------------------------------------------------------------------

@@ -37,3 +37,12 @@ def test_overflow_drops_the_oldest_and_counts_it():
 def test_needs_a_consumer():
     with pytest.raises(ValueError):
         Outbox([], max_bytes=1)
+
+
+def test_due_with_a_filter_resends_only_what_it_accepts_and_keeps_the_rest_due():
+    """The robot node keeps (namespace, transition) and resends an entry only on its own job's namespace."""
+    box = Outbox(["learner"], max_bytes=10_000, resend_after=1.0)
+    box.add((1, 0), ("/user/jobs/a", "t0"), 10, now=0.0)
+    box.add((2, 0), ("/user/jobs/b", "t1"), 10, now=0.0)
+    assert box.due(now=5.0, limit=10, where=lambda m: m[0] == "/user/jobs/b") == [("/user/jobs/b", "t1")]
+    assert box.due(now=5.0, limit=10) == [("/user/jobs/a", "t0")], "the skipped entry is still due"

@@ -150,4 +150,5 @@ def episode_stats_msg(s, robot_id: str, stamp) -> EpisodeStats:
     e.steps, e.episode_return, e.success, e.evaluation = s.steps, float(s.ret), s.success, s.evaluation
     e.duration_s = float(s.duration_s)
     e.intervention_steps, e.held_steps, e.policy_version = s.interventions, s.held, s.policy_version
+    e.cut = bool(s.cut)
     return e

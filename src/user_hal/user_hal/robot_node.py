@@ -2,7 +2,8 @@
 
 A thin shell around ``user_hal.core.episode.EpisodeController``: ROS callbacks turn messages into events,
 one control thread feeds them (and ticks) to the controller and carries out its effects on the cell.
-Topics, services, parameters and the threading: docs/robot_node.md.
+Topics, services, parameters and the threading: docs/robot_node.md. With ``follow_bindings`` the robot works
+for the job the scheduler binds it to and publishes its data under that job's namespace (docs/scheduler.md).
 """
 from __future__ import annotations
 
@@ -21,8 +22,8 @@ from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Bool, String
 from std_srvs.srv import SetBool, Trigger
 from visualization_msgs.msg import MarkerArray
-from user_msgs.msg import (Action, EpisodeStats, Observation, RewardLabel, RobotDescription, RobotStatus,
-                           Transition, TransitionAck)
+from user_msgs.msg import (Action, Bindings, EpisodeStats, Observation, RewardLabel, RobotDescription,
+                           RobotStatus, Transition, TransitionAck)
 from user_msgs.srv import ResetRobot
 
 from user_common import qos
@@ -34,14 +35,14 @@ from .core.outbox import Outbox
 from .profile import load_profile
 from .robot_io import (describe_robot, episode_stats_msg, make_cell, observation_msgs, profile_overrides,
                        status_msg, transition_bytes, transition_msg)
-from user_common.topics import ESTOP_RELEASE_SERVICE, ESTOP_SERVICE, ESTOP_TOPIC
+from user_common.topics import ESTOP_RELEASE_SERVICE, ESTOP_SERVICE, ESTOP_TOPIC, check_topic_ns, job_topic
 
 
 #: the node's parameters and their defaults (docs/robot_node.md)
 PARAMETERS = (("robot_id", "franka_0"), ("profile", ""), ("backend", ""), ("realtime_factor", -1.0),
               ("max_episodes", 0), ("seed", 0), ("frame_prefix", ""), ("ack_consumers", [""]),
               ("outbox_max_mb", 1024), ("wait_for_reset", False), ("reward", "profile"), ("reward_source", "profile"),
-              ("reward_when", "profile"), ("terminate_on_success", "profile"))
+              ("reward_when", "profile"), ("terminate_on_success", "profile"), ("follow_bindings", False))
 
 
 class _Waiter:
@@ -50,6 +51,13 @@ class _Waiter:
     def __init__(self) -> None:
         self.done = threading.Event()
         self.reply: ep.Reply | None = None
+
+
+class _Binding:
+    """The robot's job as the scheduler's latest Bindings say (``ns`` None: unbound, ``why`` says why)."""
+
+    def __init__(self, job: str = "", ns: str | None = None, why: str = "") -> None:
+        self.job, self.ns, self.why = job, ns, why
 
 
 class RobotNode(Node):
@@ -73,8 +81,10 @@ class RobotNode(Node):
         self.rf = rc.realtime_factor
         self.cell, self.cameras = self.make_cell(self.profile, self.robot_id, params["seed"])
         self.period = self.cell.period
+        self.follow = bool(params["follow_bindings"])
         self.ctrl = ep.EpisodeController(ep.EpisodeConfig.from_profile(
-            self.profile, self.robot_id, max_episodes=params["max_episodes"], wait_for_reset=params["wait_for_reset"]))
+            self.profile, self.robot_id, max_episodes=params["max_episodes"], wait_for_reset=params["wait_for_reset"],
+            follow_bindings=self.follow))
 
         # Only the control thread touches ctrl, cell and cameras; callbacks post events to the inbox.
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
@@ -97,8 +107,13 @@ class RobotNode(Node):
         self.pub_desc = pub(RobotDescription, qos.DESCRIPTION_TOPIC, qos.LATCHED)
         self.pub_beat = pub(RobotStatus, qos.HEARTBEAT_TOPIC, qos.LATCHED)
         self.pub_obs = pub(Observation, qos.robot_topic(rid, "observation"), qos.CONTROL)
-        self.pub_trans = pub(Transition, qos.TRANSITIONS_TOPIC, qos.DATA)
-        self.pub_ep = pub(EpisodeStats, qos.EPISODES_TOPIC, qos.DATA)
+        # Per job namespace ("" = the shared /user topics): transitions and episode publishers, the ack
+        # subscription. Created by executor callbacks (init, bindings), read by the control thread.
+        self._cb = cb
+        self._planes: dict[str, tuple] = {}
+        self._planes_lock = threading.Lock()
+        self._binding = _Binding() if self.follow else _Binding(ns="")   # the control thread's view
+        self._episode_ns = "" if not self.follow else None   # where the running episode's data goes
         self.pub_joints = pub(JointState, qos.robot_topic(rid, "joint_states"), qos.SENSOR)
         self.pub_urdf = pub(String, qos.robot_topic(rid, "robot_description"), qos.LATCHED)
         self.pub_markers = pub(MarkerArray, qos.robot_topic(rid, "markers"), qos.SENSOR)
@@ -114,8 +129,11 @@ class RobotNode(Node):
         self.create_service(Trigger, ESTOP_RELEASE_SERVICE, self._on_estop_release, callback_group=cb)
         sub(Bool, ESTOP_TOPIC, self._on_estop_topic, qos.LATCHED, callback_group=cb)
         self.create_timer(1.0 / rc.heartbeat_hz, self._heartbeat, callback_group=cb)
+        if self.follow:
+            sub(Bindings, qos.BINDINGS_TOPIC, self._on_bindings, qos.LATCHED, callback_group=cb)
+        else:
+            self._plane("")
         if self.outbox is not None:
-            sub(TransitionAck, qos.TRANSITION_ACK_TOPIC, self._on_ack, qos.DATA, callback_group=cb)
             self.create_timer(0.5, self._resend, callback_group=cb)
         self._thread = threading.Thread(target=self._control_main, name=f"{rid}-control", daemon=True)
 
@@ -199,19 +217,52 @@ class RobotNode(Node):
     def _on_estop_topic(self, msg: Bool) -> None:
         self._set_estop(bool(msg.data), f"topic {ESTOP_TOPIC}")
 
+    def _plane(self, ns: str) -> tuple:
+        """(transitions publisher, episodes publisher) of job namespace ``ns``, made on first use."""
+        with self._planes_lock:
+            plane = self._planes.get(ns)
+            if plane is None:
+                plane = (self.create_publisher(Transition, job_topic(qos.TRANSITIONS_TOPIC, ns), qos.DATA),
+                         self.create_publisher(EpisodeStats, job_topic(qos.EPISODES_TOPIC, ns), qos.DATA))
+                if self.outbox is not None:
+                    self.create_subscription(TransitionAck, job_topic(qos.TRANSITION_ACK_TOPIC, ns), self._on_ack,
+                                             qos.DATA, callback_group=self._cb)
+                self._planes[ns] = plane
+            return plane
+
+    def _on_bindings(self, msg: Bindings) -> None:
+        """The scheduler's latest decision about this robot becomes a binding event for the control thread."""
+        b = next((b for b in msg.robots if b.robot_id == self.robot_id), None)
+        if b is None:
+            self._inbox.put(_Binding(why="not listed by the scheduler"))
+        elif not b.server:
+            self._inbox.put(_Binding(why=b.reason or "idle"))
+        else:
+            try:
+                ns = check_topic_ns(b.topic_ns, f"job {b.job}: topic_ns", qos.BINDINGS_TOPIC)
+            except ValueError as exc:
+                self.get_logger().error(f"{exc}; treating the robot as unbound", throttle_duration_sec=5.0)
+                self._inbox.put(_Binding(why=str(exc)))
+                return
+            self._plane(ns)
+            self._inbox.put(_Binding(b.job, ns))
+
     def _on_ack(self, msg: TransitionAck) -> None:
         if msg.robot_id == self.robot_id:
             with self._outbox_lock:
                 self.outbox.ack(msg.consumer, zip(msg.episode_ids, msg.steps))
 
     def _resend(self) -> None:
-        """Resend transitions nobody acknowledged, once a consumer is on the topic again."""
-        if self.pub_trans.get_subscription_count() == 0:
+        """Resend transitions nobody acknowledged, each on the namespace it was first published on, once a
+        consumer is on that topic again."""
+        with self._planes_lock:
+            live = {ns: pubs[0] for ns, pubs in self._planes.items() if pubs[0].get_subscription_count() > 0}
+        if not live:
             return
         with self._outbox_lock:
-            due = self.outbox.due(time.monotonic(), limit=100)
-        for t in due:
-            self.pub_trans.publish(t)
+            due = self.outbox.due(time.monotonic(), limit=100, where=lambda entry: entry[0] in live)
+        for ns, t in due:
+            live[ns].publish(t)
 
     def _heartbeat(self) -> None:
         st = self._status
@@ -262,7 +313,19 @@ class RobotNode(Node):
                 event = ep.Tick(time.monotonic())
             if event is None:
                 break
-            self._feed(event)
+            if isinstance(event, _Binding):
+                self._rebind(event)
+            else:
+                self._feed(event)
+
+    def _rebind(self, new: _Binding) -> None:
+        """Turn a change of the robot's job (or namespace) into BindingLost / Bound for the controller."""
+        old, self._binding = self._binding, new
+        if old.ns is not None and (new.ns is None or (new.job, new.ns) != (old.job, old.ns)):
+            self._feed(ep.BindingLost(time.monotonic(), new.why or f"moved to job {new.job}"))
+        if new.ns is not None and (old.ns is None or (new.job, new.ns) != (old.job, old.ns)):
+            self.get_logger().info(f"bound to job {new.job}: data on {job_topic(qos.TRANSITIONS_TOPIC, new.ns)}")
+            self._feed(ep.Bound(time.monotonic(), new.job))
 
     def _feed(self, event) -> None:
         """Hand one event to the controller and carry out its effects; a backend's outcome goes straight back."""
@@ -276,16 +339,20 @@ class RobotNode(Node):
                     events.append(outcome)
 
     def _apply(self, e):
+        if isinstance(e, ep.Reset):   # the episode it starts publishes under the job the robot is bound to now
+            self._episode_ns = self._binding.ns
         if isinstance(e, CellRunner.EFFECTS):
             return self.runner.run(e)
         if isinstance(e, ep.PublishTransition):
+            ns = self._episode_ns if self._episode_ns is not None else ""
             t = transition_msg(e.record, self.robot_id, self.profile.robot.embodiment)
-            self.pub_trans.publish(t)
-            if self.outbox is not None:
+            self._plane(ns)[0].publish(t)
+            if self.outbox is not None:   # an entry remembers its namespace: resent there, whatever comes next
                 with self._outbox_lock:
-                    self.outbox.add((t.episode_id, t.step), t, transition_bytes(t), time.monotonic())
+                    self.outbox.add((t.episode_id, t.step), (ns, t), transition_bytes(t), time.monotonic())
         elif isinstance(e, ep.FinishEpisode):
-            self.pub_ep.publish(episode_stats_msg(e.summary, self.robot_id, self.get_clock().now().to_msg()))
+            ns = self._episode_ns if self._episode_ns is not None else ""
+            self._plane(ns)[1].publish(episode_stats_msg(e.summary, self.robot_id, self.get_clock().now().to_msg()))
         elif isinstance(e, ep.Reply):
             with self._waiters_lock:
                 waiter = self._waiters.get(e.request)

@@ -26,8 +26,9 @@ With ``scheduled`` true it is an inference server of a job (docs/scheduler.md): 
 from ``/user/scheduler/bindings``; a robot that does not fit the config is refused there, not by exiting.
 
 Parameters: ``config`` (learner config, required), ``robot_ids``, ``seed``, ``replan_every`` (steps between
-chunk queries; 0, the default: the chunk size, one query per chunk; only used when H > 1); with ``scheduled``:
-``job``, ``server_id`` (default: the node name), ``max_robots``.
+chunk queries; 0, the default: the chunk size, one query per chunk; only used when H > 1), ``topic_ns`` (its
+job's namespace: weights and status live under it; "" = /user); with ``scheduled``: ``job``, ``server_id``
+(default: the node name), ``max_robots``.
 """
 from __future__ import annotations
 
@@ -46,6 +47,7 @@ from user_msgs.msg import Action, Bindings, InferenceCapacity, Observation, Poli
 from user_common import qos
 from user_common.config_schema import ConfigError
 from user_common.node_main import run_node
+from user_common.topics import check_topic_ns, job_topic
 
 from .algos import get_algorithm
 from .convert import ObservationMismatch, observation_arrays
@@ -67,6 +69,8 @@ class InferenceNode(Node):
         self.declare_parameter("job", "")
         self.declare_parameter("server_id", "")
         self.declare_parameter("max_robots", 4)
+        self.declare_parameter("topic_ns", "")   # its job's namespace: weights in, status out
+        self.topic_ns = check_topic_ns(str(self.get_parameter("topic_ns").value))
         path = self.get_parameter("config").value
         if not path:
             raise ConfigError("<parameters>", "config", "no learner config given (parameter 'config')")
@@ -103,10 +107,12 @@ class InferenceNode(Node):
         self.last_obs: dict[str, tuple[int, int]] = {}   # robot id -> (episode_id, step) last seen
         for rid in self.robot_ids:
             self._serve(rid)
-        self.weights = WeightSubscriber(self, on_weights=self.server.prepare, policy_name=self.cfg.algo_name)
+        self.weights = WeightSubscriber(self, on_weights=self.server.prepare, policy_name=self.cfg.algo_name,
+                                        topic=job_topic(qos.WEIGHTS_TOPIC, self.topic_ns))
         # A robot whose description disagrees with the config is refused: exit 2, one line naming both.
         self.create_subscription(RobotDescription, qos.DESCRIPTION_TOPIC, self._on_description, qos.ANNOUNCEMENTS_IN)
-        self.pub_status = self.create_publisher(PolicyStatus, qos.POLICY_STATUS_TOPIC, qos.SENSOR)
+        self.pub_status = self.create_publisher(PolicyStatus, job_topic(qos.POLICY_STATUS_TOPIC, self.topic_ns),
+                                                qos.SENSOR)
         self.create_timer(0.5, self._status)
         if self.scheduled:
             self._init_server()

@@ -42,6 +42,7 @@ from user_buffer.store import BagLocked
 from user_common import qos
 from user_common.config_schema import ConfigError
 from user_common.node_main import run_node
+from user_common.topics import check_topic_ns, job_topic
 
 from .batch import batch_from_numpy
 from .algos import get_algorithm
@@ -74,7 +75,10 @@ class LearnerNode(Node):
         self.declare_parameter("job", "")
         self.declare_parameter("job_robots", 0)
         self.declare_parameter("job_embodiments", [""])
+        # Where this learner's data plane lives ("" = the shared /user topics; a job: e.g. /user/jobs/peg).
+        self.declare_parameter("topic_ns", "")
         p = self.get_parameter
+        self.topic_ns = check_topic_ns(str(p("topic_ns").value))
         path = p("config").value
         if not path:
             raise ConfigError("<parameters>", "config", "no learner config given (parameter 'config')")
@@ -110,7 +114,7 @@ class LearnerNode(Node):
         self.robot_embodiments: dict[str, str] = {}   # robot id -> embodiment (descriptions, transitions)
         try:
             self.replay = open_replay(self.cfg.replay.kind, cfg=self.cfg, layout=layout, seed=seed, node=self,
-                                      default_dir=Path(p("runs_dir").value) / run / "replay")
+                                      default_dir=Path(p("runs_dir").value) / run / "replay", topic_ns=self.topic_ns)
         except (BagLocked, FileNotFoundError, ValueError) as exc:   # a bag in use, a missing or empty demo bag
             key = "replay.dir" if isinstance(exc, BagLocked) else "replay.demo_dir"
             raise ConfigError(self.cfg.source, key, str(exc)) from None
@@ -140,20 +144,23 @@ class LearnerNode(Node):
         data_cb = MutuallyExclusiveCallbackGroup()
         other = ReentrantCallbackGroup()
         if self.replay.records:   # raw CDR bytes: stored exactly as received, decoded without rclpy objects
-            self.create_subscription(Transition, qos.TRANSITIONS_TOPIC, self._on_transition,
-                                     qos.TRANSITIONS_IN, callback_group=data_cb, raw=True)
-        self.create_subscription(EpisodeStats, qos.EPISODES_TOPIC, self._on_episode, qos.DATA, callback_group=other)
-        self.create_subscription(PolicyStatus, qos.POLICY_STATUS_TOPIC, self._on_policy_status, qos.SENSOR,
-                                 callback_group=other)
+            self.create_subscription(Transition, job_topic(qos.TRANSITIONS_TOPIC, self.topic_ns),
+                                     self._on_transition, qos.TRANSITIONS_IN, callback_group=data_cb, raw=True)
+        self.create_subscription(EpisodeStats, job_topic(qos.EPISODES_TOPIC, self.topic_ns), self._on_episode,
+                                 qos.DATA, callback_group=other)
+        self.create_subscription(PolicyStatus, job_topic(qos.POLICY_STATUS_TOPIC, self.topic_ns),
+                                 self._on_policy_status, qos.SENSOR, callback_group=other)
         if L.mode == "sync":   # a robot left waiting for its reset (by a learner that died) is reset too
             self.create_subscription(RobotStatus, qos.HEARTBEAT_TOPIC, self._on_heartbeat, qos.ANNOUNCEMENTS_IN,
                                      callback_group=other)
         self.create_subscription(RobotDescription, qos.DESCRIPTION_TOPIC, self._on_description, qos.ANNOUNCEMENTS_IN,
                                  callback_group=other)
         self._misfits: set[str] = set()
-        self.pub_ack = self.create_publisher(TransitionAck, qos.TRANSITION_ACK_TOPIC, qos.DATA)
+        self.pub_ack = self.create_publisher(TransitionAck, job_topic(qos.TRANSITION_ACK_TOPIC, self.topic_ns),
+                                             qos.DATA)
         self.create_timer(0.25, self._send_acks, callback_group=other)
-        self.weights = WeightPublisher(self, policy_name=self.cfg.algo_name)
+        self.weights = WeightPublisher(self, topic=job_topic(qos.WEIGHTS_TOPIC, self.topic_ns),
+                                       policy_name=self.cfg.algo_name)
         if p("job").value:
             self._declare_job(other)
         self._reset_clients: dict[str, object] = {}
@@ -167,6 +174,7 @@ class LearnerNode(Node):
             f"learner ({L.mode}): {self.cfg.algo_name}, "
             f"{'images ' + str(list(self.spec.cameras)) if self.spec.cameras else 'state'} "
             f"policy, config {self.cfg.source}, {self.replay.describe()}, checkpoints {self.ckpt_dir}, "
+            f"{'topics under ' + self.topic_ns + ', ' if self.topic_ns else ''}"
             f"TensorBoard {self.log_dir}" + (f", resumed from {self.resumed_from}" if self.resumed_from else ""))
 
     # -- checkpoints ----------------------------------------------------------------------------------
@@ -245,7 +253,7 @@ class LearnerNode(Node):
             raise ConfigError("<parameters>", "job_robots", f"must be >= 0, got {p('job_robots').value}")
         embodiments = [e.strip() for x in p("job_embodiments").value for e in x.split(",") if e.strip()]
         self.job_spec = JobSpec(job=str(p("job").value), robots=int(p("job_robots").value), embodiments=embodiments,
-                                config=str(Path(p("config").value).resolve()))
+                                config=str(Path(p("config").value).resolve()), topic_ns=self.topic_ns)
         self.pub_job = self.create_publisher(JobSpec, qos.JOBS_TOPIC, qos.LATCHED)
 
         def declare() -> None:
@@ -258,7 +266,8 @@ class LearnerNode(Node):
     def _on_episode(self, msg: EpisodeStats) -> None:
         if msg.cut:   # not an outcome: the robot was lost mid-episode (the scheduler says so on its behalf)
             self.get_logger().warning(f"episode {msg.episode_id} of {msg.robot_id} was cut at step {msg.steps}: the "
-                                      f"robot was lost; its transitions so far stay in the replay")
+                                      f"robot was lost or lost its binding; its transitions so far stay in the "
+                                      f"replay")
             return
         self.progress.episode(msg, self.robot_embodiments.get(msg.robot_id, ""))
 

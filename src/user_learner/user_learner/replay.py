@@ -258,12 +258,15 @@ def _bag(cfg, layout: Layout, seed: int, default_dir: Path, **_) -> Replay:
         raise
 
 
-def _remote(cfg, layout: Layout, node, **_) -> Replay:
+def _remote(cfg, layout: Layout, node, topic_ns: str = "", **_) -> Replay:
+    from user_buffer.buffer_node import SAMPLE_SERVICE
     from user_buffer.remote import RemoteReplay
+    from user_common.topics import job_topic
 
     R = cfg.replay
     return RemoteReplay(node, layout, batch_size=cfg.algo.batch_size, window=R.window, robot_ids=R.robots,
-                        embodiments=R.embodiments, demo_ratio=R.demo_ratio, prefetch=max(1, R.prefetch))
+                        embodiments=R.embodiments, demo_ratio=R.demo_ratio, prefetch=max(1, R.prefetch),
+                        service=job_topic(SAMPLE_SERVICE, topic_ns))
 
 
 _KINDS: dict[str, Callable[..., Replay]] = {"memory": _memory, "bag": _bag, "remote": _remote}

@@ -20,6 +20,7 @@ from user_common import qos
 from user_common.config_schema import ConfigError
 from user_common.node_main import run_node
 from user_common.registry import RobotRegistry
+from user_common.topics import check_topic_ns, job_topic
 
 from .learner_config import load_learner_config
 from .scheduler import Decision, Job, Pool, Robot, Server
@@ -51,7 +52,9 @@ class SchedulerNode(Node):
         self.create_subscription(JobSpec, qos.JOBS_TOPIC, self._on_job, qos.ANNOUNCEMENTS_IN)
         self.create_subscription(InferenceCapacity, qos.CAPACITY_TOPIC, self._on_capacity, qos.ANNOUNCEMENTS_IN)
         self.pub = self.create_publisher(Bindings, qos.BINDINGS_TOPIC, qos.LATCHED)
-        self.pub_cut = self.create_publisher(EpisodeStats, qos.EPISODES_TOPIC, qos.DATA)
+        self._job_ns: dict[str, str] = {}    # job -> its topic namespace (kept after the job is gone)
+        self._cut_pubs: dict[str, object] = {}   # namespace -> EpisodeStats publisher
+        self._cut_pub("")
         self.create_timer(0.25, self._decide)
         self.get_logger().info(f"scheduler up: bindings on {qos.BINDINGS_TOPIC}, heartbeat timeout {self.timeout:g} s")
 
@@ -63,10 +66,18 @@ class SchedulerNode(Node):
         if not msg.job:
             self.get_logger().warning(f"ignoring a JobSpec with an empty job id on {qos.JOBS_TOPIC}")
             return
+        try:
+            check_topic_ns(msg.topic_ns, f"job {msg.job}: topic_ns", qos.JOBS_TOPIC)
+        except ValueError as exc:
+            self.get_logger().error(f"ignoring the job: {exc}", throttle_duration_sec=10.0)
+            return
         if msg.job not in self.jobs:
             self.get_logger().info(f"job {msg.job}: {msg.robots or 'any number of'} robots of "
-                                   f"{', '.join(msg.embodiments) or 'any embodiment'}, config {msg.config}")
+                                   f"{', '.join(msg.embodiments) or 'any embodiment'}, config {msg.config}, topics "
+                                   f"under {msg.topic_ns or '/user'}")
         self.jobs[msg.job] = (time.monotonic(), msg)
+        self._job_ns[msg.job] = msg.topic_ns
+        self._cut_pub(msg.topic_ns)   # made now: matched with the job's readers long before a robot is lost
 
     def _on_capacity(self, msg: InferenceCapacity) -> None:
         if not msg.server:
@@ -128,15 +139,16 @@ class SchedulerNode(Node):
                 log.warning(f"{rid} ({b.embodiment}) idle: {b.reason}")
         for rid in sorted(before.keys() - d.robots.keys()):
             log.warning(f"released {rid}: its heartbeat stopped")
-            self._flag_cut(rid)
+            self._flag_cut(rid, self._job_ns.get(before[rid].job, ""))
         old_jobs = self.last.jobs if self.last is not None else {}
         for job, status in d.jobs.items():
             if old_jobs.get(job) != status:
                 log.info(f"job {job}: {status}")
 
-    def _flag_cut(self, rid: str) -> None:
-        """A lost robot cannot end its episode: say on its behalf that the episode was cut (``cut``), at the last
-        step its heartbeat reported. Its stored transitions end without a terminal, so the critic bootstraps."""
+    def _flag_cut(self, rid: str, ns: str) -> None:
+        """A lost robot cannot end its episode: say on its behalf, on its job's namespace ``ns``, that the episode
+        was cut (``cut``), at the last step its heartbeat reported. Its stored transitions end without a terminal,
+        so the critic bootstraps."""
         entry = self.registry.entry(rid, time.monotonic())
         status = entry.status if entry is not None else None
         if status is None or status.state != RobotStatus.STATE_RUNNING or status.step == 0:
@@ -144,13 +156,19 @@ class SchedulerNode(Node):
         e = EpisodeStats(robot_id=rid, episode_id=status.episode_id, steps=status.step, cut=True,
                          policy_version=status.policy_version)
         e.header.stamp = self.get_clock().now().to_msg()
-        self.pub_cut.publish(e)
+        self._cut_pub(ns).publish(e)
+
+    def _cut_pub(self, ns: str):
+        if ns not in self._cut_pubs:
+            self._cut_pubs[ns] = self.create_publisher(EpisodeStats, job_topic(qos.EPISODES_TOPIC, ns), qos.DATA)
+        return self._cut_pubs[ns]
 
     def _publish(self, d: Decision, servers: dict[str, Server]) -> None:
         msg = Bindings()
         msg.header.stamp = self.get_clock().now().to_msg()
         msg.robots = [RobotBinding(robot_id=b.robot_id, embodiment=b.embodiment, job=b.job, server=b.server,
-                                   reason=b.reason) for b in d.robots.values()]
+                                   reason=b.reason, topic_ns=self._job_ns.get(b.job, "") if b.server else "")
+                      for b in d.robots.values()]
         msg.jobs = list(d.jobs)
         msg.job_status = list(d.jobs.values())
         msg.servers = [InferenceCapacity(server=s, host=servers[s].host, device=servers[s].device, job=servers[s].job,

@@ -4,7 +4,8 @@
 every event (``now``, seconds on a monotonic clock); ``wake_at`` says when the shell should feed the next
 ``Tick``. The controller never touches the backend: it asks for ``Step``, ``Hold``, ``Reset`` or
 ``Recover`` and the shell feeds back the outcome (``StepDone``, ``HoldDone``, ``ResetDone``,
-``ResetAborted``, ``RecoverDone`` or ``BackendFault``) before anything else. Observations are opaque
+``ResetAborted``, ``RecoverDone`` or ``BackendFault``) before anything else. With ``follow_bindings`` the robot
+works only while a scheduler binds it (``Bound``); ``BindingLost`` cuts the running episode. Observations are opaque
 here: the shell builds them and hands them in with the outcome. The whole story: docs/robot_node.md.
 """
 from __future__ import annotations
@@ -47,6 +48,7 @@ class EpisodeConfig:
     reward_timeout_s: float = 2.0
     max_episodes: int = 0               # 0: run until stopped
     wait_for_reset: bool = False
+    follow_bindings: bool = False       # work only while bound (Bound / BindingLost)
     action_dim: int = len(ACTION_NAMES)
 
     def __post_init__(self) -> None:
@@ -67,14 +69,15 @@ class EpisodeConfig:
 
     @classmethod
     def from_profile(cls, profile: Any, robot_id: str, max_episodes: int = 0,
-                     wait_for_reset: bool = False) -> "EpisodeConfig":
+                     wait_for_reset: bool = False, follow_bindings: bool = False) -> "EpisodeConfig":
         rc, tc = profile.robot, profile.task
         return cls(robot_id=robot_id, period=1.0 / rc.control_hz, realtime_factor=rc.realtime_factor,
                    watchdog_periods=rc.watchdog_periods, inference_budget_s=rc.inference_budget_s,
                    intervention_hold_s=rc.intervention_hold_s, max_recoveries=rc.max_recoveries,
                    chunk_ensemble=rc.chunk_ensemble, chunk_ensemble_rate=rc.chunk_ensemble_rate,
                    reward_source=tc.reward_source, reward_when=tc.reward_when,
-                   reward_timeout_s=tc.reward_timeout_s, max_episodes=max_episodes, wait_for_reset=wait_for_reset)
+                   reward_timeout_s=tc.reward_timeout_s, max_episodes=max_episodes, wait_for_reset=wait_for_reset,
+                   follow_bindings=follow_bindings)
 
     @property
     def tick_period(self) -> float:
@@ -138,6 +141,20 @@ class EstopChanged:
     now: float
     engaged: bool
     by: str = ""
+
+
+@dataclass(frozen=True)
+class BindingLost:
+    """The scheduler no longer binds the robot to a job (follow_bindings): the running episode is cut."""
+    now: float
+    why: str = ""
+
+
+@dataclass(frozen=True)
+class Bound:
+    """The scheduler binds the robot to a job (follow_bindings): a fresh episode starts after a reset."""
+    now: float
+    job: str = ""
 
 
 @dataclass(frozen=True)
@@ -249,6 +266,7 @@ class EpisodeSummary:
     interventions: int
     held: int
     policy_version: int
+    cut: bool = False                   # ended by a lost binding (its last step truncated), not an outcome
 
 
 @dataclass(frozen=True)
@@ -324,6 +342,7 @@ class _Tally:
     rule_success: bool = False   # the rule's verdict, logged when a classifier decides the reward
     recoveries: int = 0
     finished: bool = False
+    cut: bool = False
 
 
 @dataclass
@@ -354,6 +373,7 @@ class _Pending:
     """The step being executed."""
     chunk: PendingChunk | None
     label: _Label | None
+    cut: bool = False            # the last step of an episode whose binding was lost
 
 
 def _what(success: bool) -> str:
@@ -404,12 +424,16 @@ class EpisodeController:
         self._tick_at = -math.inf       # when the current tick was due
         self._next_tick = -math.inf     # when the next one is due
         self.wake_at: float | None = -math.inf
+        self.bound = not cfg.follow_bindings
+        self.job = ""
+        self._unbound_why = "waiting for the scheduler to bind it"
+        self._cut: int | None = None    # episode whose binding was lost: its next step is its last
         self._handlers = {
             Tick: self._on_tick, ActionArrived: self._on_action, ResetRequested: self._on_reset_request,
             LabelRequested: self._on_label, RewardVerdict: self._on_verdict, EstopChanged: self._on_estop,
             StepDone: self._on_step_done, HoldDone: self._on_hold_done, ResetDone: self._on_reset_done,
             ResetAborted: self._on_reset_aborted, RecoverDone: self._on_recover_done,
-            BackendFault: self._on_fault,
+            BackendFault: self._on_fault, BindingLost: self._on_binding_lost, Bound: self._on_bound,
         }
 
     # -- the one entry point ------------------------------------------------------------------------------
@@ -429,6 +453,9 @@ class EpisodeController:
             state, message = STATE_ERROR, self.stopped_by_fault
         elif self.estop:
             state, message = STATE_ERROR, ESTOP_MESSAGE
+        elif not self.bound:
+            state = self.state if self._cut is not None or self._busy == "reset" else STATE_IDLE
+            message = f"no binding: {self._unbound_why}"
         return Status(state, message, self.episode_id, self.step_index, self.episodes_done, self.steps_done,
                       self.held_steps, self.rejected, self.last_policy_version, tuple(self._ticks),
                       self.stopped_by_fault)
@@ -444,7 +471,7 @@ class EpisodeController:
     def _running(self) -> bool:
         """An episode is under way and waits for actions."""
         return (self._tally is not None and self._reset_due is None and not self._awaiting_reset
-                and self._final is None and not self.estop)
+                and self._final is None and not self.estop and self.bound and self._cut is None)
 
     def _update_wake(self, now: float) -> None:
         if self._busy is not None or self.stopped_by_fault or self.done:
@@ -456,6 +483,8 @@ class EpisodeController:
         if self.cfg.realtime_factor == 0 and self._running() and (
                 self._label is not None or self._queue.covers(self.episode_id, self.step_index, now)):
             t = min(t, now)   # as fast as possible: step as soon as the step's action (or a label) is there
+        if self.cfg.realtime_factor == 0 and self._cut is not None and not self.estop:
+            t = min(t, now)   # the cut step does not wait for an action
         self.wake_at = t
 
     def _after_step(self, now: float) -> None:
@@ -486,6 +515,14 @@ class EpisodeController:
                 self._next_tick = self._final.deadline
                 return
             return self._settle_final(now, out)
+        if self._cut is not None:   # the binding was lost: a hold step ends the episode (truncated)
+            self._ticks.append(now)
+            self._pending = _Pending(None, None, cut=True)
+            observe_at = self._tick_at + self.cfg.tick_period - self.cfg.inference_budget_s
+            return self._ask(out, "step", Step(None, self.episode_id, self.step_index + 1, self._evaluation,
+                                               observe_at))
+        if not self.bound:          # hold without observing until the scheduler binds the robot again
+            return self._ask(out, "idle", Hold(False, self.episode_id, self.step_index, self._evaluation, None))
         if self._reset_req is not None:
             req, self._reset_req = self._reset_req, None
             self._finish_episode(now, out, interrupted=True)
@@ -553,11 +590,13 @@ class EpisodeController:
             reward += float(label.success) - float(success)
             success, terminated, truncated = label.success, label.success, not label.success
             reward_source = label.source
+        if pending.cut and not terminated:   # the binding was lost: this step is the episode's last
+            truncated = tally.cut = True
         record = TransitionRecord(self.episode_id, step, self._last_obs, ev.obs,
                                   np.asarray(ev.commanded, dtype=np.float64), source, human, version, reward,
                                   success, terminated, truncated, reward_source)
         self._observe(ev.obs, now)
-        final = self.judge_end and truncated and label is None
+        final = self.judge_end and truncated and label is None and not pending.cut
         if not final:
             out.append(PublishTransition(record))
         tally.ret += reward
@@ -702,6 +741,8 @@ class EpisodeController:
             self._queue.clear()
         elif now < self._human_until:
             return   # a human has control: policy and scripted actions are dropped
+        if not self.bound or self._cut is not None:
+            return   # no binding (or its episode is being cut): nothing runs until a fresh episode
         if ev.episode_id != self.episode_id or not ev.step <= self.step_index < ev.step + n:
             return   # answers an older observation (or its chunk ended already): late, not wrong
         observed = self._observed.get((ev.episode_id, ev.step), now)
@@ -725,6 +766,8 @@ class EpisodeController:
             out.append(Reply(ev.request, False, f"this is robot {self.cfg.robot_id!r}, not {ev.robot_id!r}"))
             return
         blocked = self._blocked_reason() or ("the robot node is shutting down" if self.done else "")
+        if not blocked and not self.bound:
+            blocked = f"the robot has no binding ({self._unbound_why}); it resets when the scheduler binds it"
         if blocked:
             out.append(Reply(ev.request, False, f"reset refused: {blocked}"))
             return
@@ -735,6 +778,8 @@ class EpisodeController:
     def _on_label(self, ev: LabelRequested, out: list) -> None:
         what = _what(ev.success)
         blocked = self._blocked_reason()
+        if not blocked and (not self.bound or self._cut is not None):
+            blocked = "the robot lost its binding"
         if blocked or self._tally is None or self._awaiting_reset or self._reset_due is not None or self.done:
             out.append(Reply(ev.request, False, f"label {what} refused: {blocked or 'no episode is running'}"))
             return
@@ -778,6 +823,44 @@ class EpisodeController:
                 then = "the interrupted reset is redone" if self._reset_due is not None else "the episode continues"
                 out.append(Log("warning", f"e-stop released by {ev.by}: {then}"))
                 self._next_tick = ev.now
+        out.append(Heartbeat())
+
+    # -- bindings (follow_bindings) ---------------------------------------------------------------------------
+    def _on_binding_lost(self, ev: BindingLost, out: list) -> None:
+        if not self.bound:
+            return
+        self.bound = False
+        self._unbound_why = ev.why or "released by the scheduler"
+        if self.done or self.stopped_by_fault:
+            return
+        self._queue.clear()
+        self._drop_requests(out, "the robot lost its binding")
+        t = self._tally
+        running = (t is not None and not t.finished and (t.steps > 0 or self._busy == "step")
+                   and self._reset_due is None and not self._awaiting_reset and self._final is None
+                   and self._busy != "reset")
+        if running:
+            self._cut = self.episode_id
+            self._next_tick = min(self._next_tick, ev.now + self.cfg.tick_period)
+            then = f"episode {t.index} is cut: its next step is its last (truncated)"
+        else:
+            then = "no episode to cut"
+        out.append(Log("warning", f"binding lost ({self._unbound_why}): {then}; holding until bound again"))
+        out.append(Heartbeat())
+
+    def _on_bound(self, ev: Bound, out: list) -> None:
+        self.job = ev.job
+        if self.bound:
+            return
+        self.bound = True
+        if self.done or self.stopped_by_fault:
+            return
+        if self._cut is None and self._busy != "reset":
+            self._reset_due = self._reset_due or _ResetDue(-1, False)
+            self._awaiting_reset = False
+        first = "its cut episode ends first, then " if self._cut is not None else ""
+        out.append(Log("info", f"bound to job {ev.job or '?'}: {first}a fresh episode starts after a reset"))
+        self._next_tick = ev.now
         out.append(Heartbeat())
 
     # -- episode ends ---------------------------------------------------------------------------------------
@@ -826,12 +909,13 @@ class EpisodeController:
         if t is None or t.steps == 0 or t.finished:
             return
         t.finished = True
+        self._cut = None
         self.recoveries = 0
         self.episodes_done += 1
         self.successes += int(t.success)
         duration = now - t.started
         out.append(FinishEpisode(EpisodeSummary(t.episode_id, t.index, t.steps, t.ret, t.success, t.evaluation,
-                                                duration, t.interventions, t.held, t.policy_version)))
+                                                duration, t.interventions, t.held, t.policy_version, t.cut)))
         how = " (labelled by a human)" if t.labelled else ""
         if self.classifier:
             how += f" (reward classifier; the rule says {'success' if t.rule_success else 'failure'})"
@@ -839,7 +923,8 @@ class EpisodeController:
         out.append(Log("info", f"episode {t.index}: {'SUCCESS' if t.success else 'failure'}{how} in {t.steps} "
                                f"steps, return {t.ret:.2f}, {duration:.1f} s, intervention {t.interventions}/"
                                f"{t.steps} steps ({100.0 * t.interventions / t.steps:.0f}%){extra}"
-                               f"{' (interrupted)' if interrupted else ''}"))
+                               f"{' (interrupted)' if interrupted else ''}"
+                               f"{' (cut: the binding was lost)' if t.cut else ''}"))
         if not self.stopped_by_fault and self.status_message.startswith("recovered"):
             self.status_message = ""
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-from typing import Any, Hashable, Iterable
+from typing import Any, Callable, Hashable, Iterable
 
 
 @dataclasses.dataclass
@@ -63,13 +63,14 @@ class Outbox:
                 released += 1
         return released
 
-    def due(self, now: float, limit: int) -> list[Any]:
-        """Up to ``limit`` oldest messages unacknowledged for ``resend_after`` seconds; marks them sent."""
+    def due(self, now: float, limit: int, where: Callable[[Any], bool] | None = None) -> list[Any]:
+        """Up to ``limit`` oldest messages unacknowledged for ``resend_after`` seconds (and, with ``where``, for
+        which ``where(msg)`` holds); marks them sent."""
         out = []
         for entry in self._entries.values():
             if len(out) >= limit:
                 break
-            if now - entry.sent_at >= self.resend_after:
+            if now - entry.sent_at >= self.resend_after and (where is None or where(entry.msg)):
                 entry.sent_at = now
                 out.append(entry.msg)
         self.resent += len(out)
