@@ -113,6 +113,7 @@ def run(name: str, seed: int, args, make=None, judge=None) -> dict:
     from user_learner.learner_config import load_learner_config
 
     cfg = load_learner_config(ROOT / "config" / f"{CONFIGS[name]}.yaml", {"algo.seed": seed, **VARIANTS.get(name, {})})
+    min_buffer = cfg.learner.min_buffer if getattr(args, "min_buffer", None) is None else args.min_buffer
     algo = get_algorithm(cfg.algo_name)
     spec, normalize = cfg.obs.spec(), cfg.obs.normalizer()
     torch.manual_seed(seed)
@@ -136,7 +137,7 @@ def run(name: str, seed: int, args, make=None, judge=None) -> dict:
 
     def store(**row) -> None:
         online.add(**row)
-        if online.n < max(args.start_steps, cfg.learner.min_buffer if args.min_buffer is None else args.min_buffer):
+        if online.n < max(args.start_steps, min_buffer):
             return
         for _ in range(args.utd):
             arrays = online.sample(cfg.algo.batch_size if demos is None else half, rng)

@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_bench_algorithms_prints_every_row_and_check(tmp_path):
     out = subprocess.run([sys.executable, str(ROOT / "bench" / "algorithms.py"), "--seeds", "1",
-                          "--max-env-steps", "120", "--start-steps", "60", "--min-buffer", "60", "--demos", "2",
+                          "--max-env-steps", "100", "--start-steps", "50", "--min-buffer", "50", "--utd", "1", "--demos", "2",
                           "--png", str(tmp_path / "curves.png"), "--json", str(tmp_path / "res.json")],
                          cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, f"{out.stdout[-3000:]}\n{out.stderr[-3000:]}"

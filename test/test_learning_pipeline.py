@@ -130,7 +130,7 @@ def test_sync_run_alternates_and_goes_on_after_the_learner_dies_while_a_robot_wa
         procs, ros_node, in_tmp):
     """Sync mode: every episode runs with one policy version, newer than the previous one's once training
     started. The episode end the dead learner had queued is gone; the new learner sees the waiting robot."""
-    cfg = config_dir(in_tmp, sync_updates_per_episode=800, min_buffer=30)   # seconds of training per episode
+    cfg = config_dir(in_tmp, sync_updates_per_episode=400, min_buffer=30)   # a second or more of training per episode
     beats = Collect(ros_node, RobotStatus, "/user/robots/heartbeat", LATCHED)
     episodes = Collect(ros_node, EpisodeStats, "/user/episodes")
     transitions = Collect(ros_node, Transition, "/user/transitions")
