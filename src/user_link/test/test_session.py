@@ -3,7 +3,10 @@ plain TCP, a foreign CA's certificate and keys outside an edge's ACL are refused
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -43,8 +46,8 @@ def cloud_config(certs: dict[str, Path], port: int) -> LinkConfig:
 
 
 def edge_config(certs: dict[str, Path], port: int, edge: str = "site1", ca: str = "link",
-                issuer: str = "link") -> LinkConfig:
-    return load_link_config(LINK_YAML, {"endpoints": [f"tls/127.0.0.1:{port}"], "connect_timeout_s": 2.0,
+                issuer: str = "link", timeout: float = 2.0) -> LinkConfig:
+    return load_link_config(LINK_YAML, {"endpoints": [f"tls/127.0.0.1:{port}"], "connect_timeout_s": timeout,
                                         "tls": {"ca": str(certs[ca] / "ca.pem"),
                                                 "cert": str(certs[issuer] / f"edge-{edge}.pem"),
                                                 "key": str(certs[issuer] / f"edge-{edge}.key")}})
@@ -182,6 +185,39 @@ def test_acl_lets_an_edge_use_only_its_robots_and_the_allowed_keys(certs: dict[s
             i.close()
         seen.close()
         edge.close()
+
+
+REFUSALS = """
+import sys, time, zenoh
+sys.path.insert(0, {here!r})
+zenoh.init_log_from_env_or("warn")
+from user_link.session import LinkError, open_session
+import test_session as t
+certs = {{"link": t.Path({link!r}), "rogue": t.Path({rogue!r})}}
+port = t.free_port()
+cloud = open_session(t.cloud_config(certs, port))
+edge = open_session(t.edge_config(certs, port))
+edge.put("secrets/x", b"1")
+time.sleep(0.3)
+try:
+    open_session(t.edge_config(certs, port, issuer="rogue", timeout=1.0))
+except LinkError:
+    print("rogue refused", flush=True)
+edge.close()
+cloud.close()
+"""
+
+
+def test_the_router_logs_refusals(certs: dict[str, Path]) -> None:
+    # TLS refusals are zenoh warnings; ACL denials are logged (with the certificate's CN and the key) only at
+    # trace level of zenoh's access_control target, which also logs every allowed message
+    env = dict(os.environ, RUST_LOG="warn,zenoh::net::routing::interceptor::access_control=trace", NO_COLOR="1")
+    code = REFUSALS.format(here=str(Path(__file__).parent), link=str(certs["link"]), rogue=str(certs["rogue"]))
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30, env=env)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0 and "rogue refused" in r.stdout, out[-3000:]
+    assert "invalid peer certificate: BadSignature" in out, out[-3000:]
+    assert "CertCommonName(edge-site1)" in out and "is unauthorized to Put (ingress) on secrets/x" in out, out[-3000:]
 
 
 def test_acl_rules_follow_the_config(certs: dict[str, Path]) -> None:
