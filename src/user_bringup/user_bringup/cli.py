@@ -1,6 +1,7 @@
 """``userctl``: launch a node graph, show what it would launch, list the robots, stop them all
-(``userctl estop``), inspect, replay or export a recorded transition bag (``userctl bag``), and record
-labelled frames for a learned reward and train it (``userctl reward record|train``).
+(``userctl estop``), inspect, replay or export a recorded transition bag (``userctl bag``), record
+labelled frames for a learned reward and train it (``userctl reward record|train``), and make the TLS
+certificates of the edge-cloud link (``userctl link certs``).
 
 Exit codes: 0 success; 1 runtime failure (no registry answered, a node failed); 2 bad input.
 """
@@ -131,6 +132,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = bag.add_parser("repair", help="close files cut by a crash and rewrite incomplete chunk indexes, so that "
                                       "every reader (rosbags, Foxglove, ros2 bag) reads every message")
     p.add_argument("bag_dir", help=bag_help)
+
+    p = sub.add_parser("link", help="the edge-cloud link over zenoh (src/user_link): its TLS certificates")
+    lk = p.add_subparsers(dest="link_command", metavar="LINK_COMMAND", parser_class=_Parser)
+    lk.required = True
+    p = lk.add_parser("certs", help="make a CA (or reuse the one in --out) and the certificates and keys of the "
+                                    "cloud router (CN cloud) and of each edge (CN edge-<name>), with openssl")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="folder for ca.pem, cloud.pem, edge-<name>.pem and their keys")
+    p.add_argument("--edge", action="append", default=[], metavar="NAME",
+                   help="an edge (robot cell) to make a certificate for; repeatable")
+    p.add_argument("--host", action="append", default=[], metavar="HOST",
+                   help="a DNS name or IP address the edges dial the cloud router at (a subject alternative name "
+                        "of cloud.pem besides localhost and 127.0.0.1); repeatable")
+    p.add_argument("--days", type=int, default=825, help="validity of the cloud and edge certificates (default 825)")
+    p.add_argument("--force", action="store_true", help="replace existing cloud and edge files (the CA is kept)")
     return parser
 
 
@@ -585,17 +601,36 @@ def cmd_reward(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- link -----------------------------------------------------------------------------------------
+
+
+def cmd_link(args: argparse.Namespace) -> int:
+    """``userctl link certs``: a CA and the certificates of a cloud router and N edges (user_link.certs)."""
+    from user_link.certs import CertError, OpensslError, make_link_certs, summary
+
+    try:
+        made = make_link_certs(args.out, args.edge, args.host, days=args.days, force=args.force)
+    except OpensslError as exc:
+        print(f"userctl link certs: error: {exc}", file=sys.stderr)
+        return 1
+    except CertError as exc:
+        raise UsageError(str(exc)) from None
+    print(summary(made))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``userctl``."""
     parser = build_parser()
     args = parser.parse_args(argv)
     handlers = {"launch": cmd_launch, "graph": cmd_graph, "robots": cmd_robots, "estop": cmd_estop,
-                "bag": cmd_bag, "reward": cmd_reward}
+                "bag": cmd_bag, "reward": cmd_reward, "link": cmd_link}
     try:
         return handlers[args.command](args)
     except (GraphError, UsageError) as exc:
         command = " ".join(filter(None, (args.command, getattr(args, "bag_command", None),
-                                         getattr(args, "reward_command", None))))
+                                         getattr(args, "reward_command", None),
+                                         getattr(args, "link_command", None))))
         print(f"userctl {command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
