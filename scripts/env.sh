@@ -13,6 +13,8 @@ fi
 export MUJOCO_GL="${MUJOCO_GL:-egl}"
 export PYOPENGL_PLATFORM="${PYOPENGL_PLATFORM:-egl}"
 export RMW_IMPLEMENTATION="${RMW_IMPLEMENTATION:-rmw_fastrtps_cpp}"
+# Fast DDS defaults for control loops (config/fastdds.xml: lost reliable samples repaired within 100 ms).
+export FASTRTPS_DEFAULT_PROFILES_FILE="${FASTRTPS_DEFAULT_PROFILES_FILE:-$_USER_ROOT/config/fastdds.xml}"
 unset _USER_ROOT
 # The userctl CLI (installed where `ros2 run user_bringup userctl` finds it) on PATH.
 export PATH="$(cd "$(dirname "${BASH_SOURCE[0]:-$0}")/.." && pwd)/install/user_bringup/lib/user_bringup:$PATH"
