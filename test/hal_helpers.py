@@ -117,3 +117,34 @@ class Collect:
                                 f"messages, last {last}")
                 self.lock.wait(left)
             return self.msgs[-1] if self.msgs else None
+
+
+def wait_subscribed(pub, timeout: float = 10.0, subscribers: int = 1) -> None:
+    """Wait until ``pub`` is matched with ``subscribers`` subscriptions (a volatile sample sent before that
+    is lost)."""
+    end = time.monotonic() + timeout
+    while pub.get_subscription_count() < subscribers:
+        if time.monotonic() > end:
+            pytest.fail(f"the test's publisher on {pub.topic_name} matched {pub.get_subscription_count()} "
+                        f"subscriptions within {timeout} s, expected {subscribers}")
+        time.sleep(0.02)
+
+
+def drive(obs: Collect, pub, make_action, steps: int, timeout: float):
+    """Answer every new observation (a held one too, as the inference node does) with ``make_action(o)``
+    until the episode advanced ``steps`` steps or ended; returns the newest observation. Fails after
+    ``timeout`` s naming how far the robot got."""
+    with obs.lock:
+        first, seen = obs.msgs[-1], len(obs.msgs) - 1
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        with obs.lock:
+            if len(obs.msgs) == seen:
+                obs.lock.wait(0.05)
+            o, n = obs.msgs[-1], len(obs.msgs)
+        if o.episode_id != first.episode_id or o.step >= first.step + steps:
+            return o
+        if n != seen:
+            seen = n
+            pub.publish(make_action(o))
+    pytest.fail(f"the robot executed {o.step - first.step} of {steps} actions in {timeout} s")

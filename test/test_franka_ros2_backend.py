@@ -20,7 +20,8 @@ from geometry_msgs.msg import PoseStamped
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from user_msgs.msg import Action, EpisodeStats, Observation, RobotStatus, Transition
 
-from hal_helpers import ROOT, Collect, node_cmd, set_dotted
+from hal_helpers import ROOT, Collect, node_cmd, set_dotted, wait_subscribed
+from hal_helpers import drive as drive_robot
 from user_hal.backends.base import BackendError, make_backend
 from user_hal.backends.franka_ros2 import FrankaRos2Backend, load_franka_actions
 from user_hal.core.geometry import quat_from_rotvec, quat_mul
@@ -348,21 +349,13 @@ def test_robot_node_runs_episodes_on_franka_ros2_and_the_safety_box_clips(procs,
     episodes.wait_matched(30)
     trans.wait_matched(30)
 
+    wait_subscribed(pub)
+
     def drive(action, steps: int) -> Observation:
-        """Answer each observation with ``action`` until ``steps`` actions were executed."""
-        first = obs.msgs[-1]
-        answered = set()
-        end = time.monotonic() + steps * 0.1 + 15.0   # generous: a loaded 2-core machine (full suite)
-        while time.monotonic() < end:
-            o = obs.msgs[-1]
-            if o.episode_id != first.episode_id or o.step >= first.step + steps:
-                return o
-            if (o.episode_id, o.step) not in answered:
-                answered.add((o.episode_id, o.step))
-                pub.publish(Action(robot_id="franka_0", episode_id=o.episode_id, step=o.step,
-                                   action=[float(a) for a in action], source=Action.SOURCE_POLICY))
-            time.sleep(0.005)
-        pytest.fail(f"the robot did not execute {steps} actions in time")
+        """Answer observations with ``action`` until ``steps`` actions were executed."""
+        return drive_robot(obs, pub, lambda o: Action(
+            robot_id="franka_0", episode_id=o.episode_id, step=o.step, action=[float(a) for a in action],
+            source=Action.SOURCE_POLICY), steps, steps * 0.1 + 15.0)   # generous: a loaded 2-core machine
 
     def settle() -> np.ndarray:
         """Stop answering: the robot holds (watchdog); the TCP converges to the target. Waits until the

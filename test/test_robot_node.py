@@ -7,7 +7,8 @@ from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from user_msgs.msg import Action, EpisodeStats, Observation, RobotDescription, RobotStatus
 from user_msgs.srv import ResetRobot
 
-from hal_helpers import ROOT, Collect, node_cmd, profile_with
+from hal_helpers import ROOT, Collect, node_cmd, profile_with, wait_subscribed
+from hal_helpers import drive as drive_robot
 
 RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
 LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
@@ -95,17 +96,11 @@ def test_watchdog_holds_pose_when_actions_stop(procs, ros_node, tmp_path):
     obs = Collect(ros_node, Observation, "/franka_0/observation")
     pub = ros_node.create_publisher(Action, "/franka_0/action", RELIABLE)
     _current_obs(obs, 30)
-    answered = set()
-    t_end = time.monotonic() + 1.5
-    while time.monotonic() < t_end:  # push +y for 1.5 s, answering each observation once
-        o = obs.msgs[-1]
-        if (o.episode_id, o.step) not in answered:
-            answered.add((o.episode_id, o.step))
-            pub.publish(Action(robot_id="franka_0", episode_id=o.episode_id, step=o.step,
-                               action=[0.0, 0.5, 0, 0, 0, 0, -1.0], source=Action.SOURCE_POLICY))
-        time.sleep(0.01)
-    moving_step = obs.msgs[-1].step
-    assert moving_step >= 5, f"the robot executed only {moving_step} actions in 1.5 s at 10 Hz"
+    wait_subscribed(pub)
+    o = drive_robot(obs, pub, lambda o: Action(robot_id="franka_0", episode_id=o.episode_id, step=o.step,
+                                               action=[0.0, 0.5, 0, 0, 0, 0, -1.0], source=Action.SOURCE_POLICY),
+                    5, 20.0)   # push +y for 5 steps, answering every observation
+    assert o.step >= 5
     n_at_stop = len(obs.msgs)
     time.sleep(1.5)
     held = list(obs.msgs)[n_at_stop + 2:]  # two control periods of grace, then the robot must hold

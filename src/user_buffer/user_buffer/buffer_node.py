@@ -42,7 +42,7 @@ from typing import Iterable
 import numpy as np
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from rclpy.executors import MultiThreadedExecutor
+from user_common.executors import ThreadedExecutor
 from rclpy.node import Node
 from user_msgs.msg import Transition, TransitionAck
 from user_msgs.srv import SampleBatch
@@ -419,7 +419,7 @@ def _describe_filter(robot_ids: list[str], embodiments: list[str]) -> str:
 
 
 def _spin(node: BufferNode) -> int:
-    executor = MultiThreadedExecutor(num_threads=3)
+    executor = ThreadedExecutor(num_threads=3)
     executor.add_node(node)
     try:
         executor.spin()

@@ -16,7 +16,7 @@ import time
 import numpy as np
 import rclpy
 from rclpy.callback_groups import ReentrantCallbackGroup
-from rclpy.executors import MultiThreadedExecutor
+from user_common.executors import ThreadedExecutor
 from rclpy.node import Node
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Bool, String
@@ -387,7 +387,7 @@ class RobotNode(Node):
 def spin_until_finished(node: RobotNode) -> int:
     node.start()
     # Three threads: the reset and label services block theirs until the control thread answers.
-    executor = MultiThreadedExecutor(num_threads=3)
+    executor = ThreadedExecutor(num_threads=3)
     executor.add_node(node)
     while rclpy.ok() and not node.finished.is_set():
         executor.spin_once(timeout_sec=0.1)

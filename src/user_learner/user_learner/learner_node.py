@@ -30,7 +30,7 @@ import numpy as np
 import rclpy
 import torch
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
-from rclpy.executors import MultiThreadedExecutor
+from user_common.executors import ThreadedExecutor
 from rclpy.node import Node
 from user_msgs.msg import (Action, EpisodeStats, JobSpec, PolicyStatus, RobotDescription, RobotStatus, Transition,
                             TransitionAck)
@@ -392,7 +392,7 @@ class LearnerNode(Node):
 
 def _spin(node: LearnerNode) -> int:
     node.start()
-    executor = MultiThreadedExecutor(num_threads=3)
+    executor = ThreadedExecutor(num_threads=3)
     executor.add_node(node)
     while rclpy.ok() and not node.finished.is_set():
         executor.spin_once(timeout_sec=0.1)

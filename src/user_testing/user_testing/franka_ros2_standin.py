@@ -36,7 +36,7 @@ import rclpy
 from geometry_msgs.msg import PoseStamped, WrenchStamped
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import ReentrantCallbackGroup
-from rclpy.executors import MultiThreadedExecutor
+from user_common.executors import ThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import JointState
@@ -268,7 +268,7 @@ class FrankaRos2Standin(Node):
 
 
 def _spin(node: FrankaRos2Standin) -> int:
-    executor = MultiThreadedExecutor(num_threads=2)
+    executor = ThreadedExecutor(num_threads=2)
     executor.add_node(node)
     executor.spin()
     return 0
