@@ -12,6 +12,7 @@ setup(
         (f"share/{package_name}", ["package.xml"]),
     ],
     install_requires=["setuptools"],
+    entry_points={"console_scripts": ["link_node = user_link.bridge:main"]},
     zip_safe=True,
     maintainer="USER developers",
     maintainer_email="dev@user-robotics.org",

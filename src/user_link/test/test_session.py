@@ -160,6 +160,15 @@ def test_acl_lets_an_edge_use_only_its_robots_and_the_allowed_keys(certs: dict[s
         time.sleep(0.2)
         assert not set(seen.keys()) & set(forbidden), seen.keys()
         assert all(payload == key.encode() for key, payload in seen.items)
+        # not only the first: a zenoh client filters its puts by the subscribers it was told of, so the ACL must
+        # let the router tell the edge about the cloud's subscribers (egress declare_subscriber)
+        for i in range(5):
+            for k in allowed:
+                edge.put(k, f"{k} {i}".encode())
+        assert wait_for(lambda: all(f"{k} 4".encode() in [p for _, p in seen.items] for k in allowed), TIMEOUT), \
+            [p for _, p in seen.items][-20:]
+        assert sum(p.endswith(b" 0") or p.endswith(b" 1") or p.endswith(b" 2") or p.endswith(b" 3")
+                   for _, p in seen.items) == 4 * len(allowed)
 
         # down: the edge receives the down keys and its own robots' keys, not another edge's robot or '**'
         for kx in ("user/policy/weights", "user/jobs/*/transitions/ack", "franka_0/**", "franka_1/**", "**"):
@@ -228,12 +237,58 @@ def test_acl_rules_follow_the_config(certs: dict[str, Path]) -> None:
     rules = {r["id"]: r for r in acl["rules"]}
     assert rules["robots_site1"]["key_exprs"] == ["site/franka_0/**"]
     assert rules["robots_site2"]["key_exprs"] == ["site/franka_1/**"]
-    assert rules["up_put"] == {"id": "up_put", "permission": "allow", "flows": ["ingress"], "messages": ["put"],
+    assert rules["up_put"] == {"id": "up_put", "permission": "allow", "flows": ["ingress"],
+                               "messages": ["put", "declare_queryable", "reply"],
                                "key_exprs": ["site/user/transitions", "site/user/jobs/*/transitions",
                                              "site/user/episodes", "site/user/jobs/*/episodes",
                                              "site/user/robots/description", "site/user/robots/heartbeat"]}
+    assert rules["up_serve"]["flows"] == ["egress"]
+    assert rules["up_serve"]["messages"] == ["declare_subscriber", "query"]
     assert rules["down_receive"]["flows"] == ["egress"] and rules["down_subscribe"]["flows"] == ["ingress"]
+    assert rules["down_receive"]["messages"] == ["put", "reply", "declare_queryable"]
     subjects = {s["id"]: s["cert_common_names"] for s in acl["subjects"]}
     assert subjects == {"cloud": ["cloud"], "edge_site1": ["edge-site1"], "edge_site2": ["edge-site2"]}
     policies = {p["id"]: p["rules"] for p in acl["policies"]}
-    assert policies["edge_site1"] == ["up_put", "down_subscribe", "down_receive", "robots_site1"]
+    assert policies["edge_site1"] == ["up_put", "up_serve", "down_subscribe", "down_receive", "robots_site1"]
+
+
+@pytest.mark.parametrize("edge_compresses", [True, False])
+def test_compression_is_lossless_and_negotiated(certs: dict[str, Path], edge_compresses: bool) -> None:
+    """Through a counting proxy: a compressible transition is delivered byte for byte, and the TLS stream
+    carries a fraction of its size when both sides compress (the default), its full size when one does not."""
+    from user_link.wanproxy import WanProxy
+    pytest.importorskip("user_msgs.msg", reason="user_msgs is not built (run scripts/setup.sh)")
+    from sensor_msgs.msg import Image
+
+    port, via = free_port(), free_port()
+    router = open_session(cloud_config(certs, port))
+    proxy = WanProxy(f"127.0.0.1:{via}", f"127.0.0.1:{port}", delay_s=0.0, rate_bps=0).start()
+    cfg = edge_config(certs, via)
+    cfg.compression = edge_compresses
+    edge = open_session(cfg)
+    up = Inbox(router, "user/transitions")
+    try:
+        msg = sample_transition()
+        msg.obs.images = [Image(height=240, width=320, encoding="rgb8", step=960, data=bytes(240 * 960))]
+        payload = wire.encode(msg)
+        pub = edge.declare_publisher("user/transitions", congestion_control=zenoh.CongestionControl.BLOCK)
+        assert wait_for(lambda: pub.put(payload) or bool(up.items), TIMEOUT)
+        time.sleep(0.3)
+        before, n0 = proxy.counters.up, len(up.items)
+        for _ in range(10):
+            pub.put(payload)
+        assert wait_for(lambda: len(up.items) >= n0 + 10, TIMEOUT), (len(up.items), n0, proxy.counters, len(payload))
+        wire_bytes = proxy.counters.up - before
+        assert all(p == payload for _, p in up.items), "compression must be lossless"
+        ratio = wire_bytes / (10 * len(payload))
+        print(f"edge compression {edge_compresses}: {10 * len(payload)} B sent as {wire_bytes} B ({ratio:.3f})")
+        if edge_compresses:
+            assert ratio < 0.1, f"a mostly-zero image crossed at {ratio:.2f} of its size"
+        else:
+            assert ratio > 0.95, f"one side without compression must get plain bytes (ratio {ratio:.2f})"
+        pub.undeclare()
+    finally:
+        up.close()
+        edge.close()
+        proxy.stop()
+        router.close()

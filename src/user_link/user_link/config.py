@@ -26,8 +26,8 @@ def _with_jobs(topic: str) -> list[str]:
 
 #: edge -> cloud by default: transitions and episode statistics (shared and per job), robot descriptions, heartbeats
 DEFAULT_UP = (*_with_jobs(TRANSITIONS_TOPIC), *_with_jobs(EPISODES_TOPIC), DESCRIPTION_TOPIC, HEARTBEAT_TOPIC)
-#: cloud -> edge by default: policy weights and transition acknowledgements (shared and per job)
-DEFAULT_DOWN = (*_with_jobs(WEIGHTS_TOPIC), *_with_jobs(TRANSITION_ACK_TOPIC))
+#: cloud -> edge by default: policy weights with their manifests, transition acknowledgements (shared and per job)
+DEFAULT_DOWN = (*_with_jobs(WEIGHTS_TOPIC), *_with_jobs(WEIGHTS_TOPIC + "/manifest"), *_with_jobs(TRANSITION_ACK_TOPIC))
 
 _ENDPOINT_RE = re.compile(r"^tls/(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):(?P<port>[0-9]{1,5})$")
 
@@ -93,6 +93,9 @@ class LinkConfig:
     tls: TlsFiles = dataclasses.field(default_factory=TlsFiles)
     #: prefix of every key of this link, like zenoh-bridge-ros2dds' ``namespace`` ("" none; ``site1``)
     namespace: str = ""
+    #: lossless lz4 compression of everything the link carries (zenoh's transport compression; the two sides
+    #: negotiate it, so a side that has it off, e.g. an official bridge without it, gets plain bytes)
+    compression: bool = True
     #: ROS topics (patterns: ``*`` one token, ``**`` any) sent edge -> cloud, and cloud -> edge
     up: list[str] = dataclasses.field(default_factory=lambda: list(DEFAULT_UP))
     down: list[str] = dataclasses.field(default_factory=lambda: list(DEFAULT_DOWN))

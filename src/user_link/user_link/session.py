@@ -29,9 +29,13 @@ def acl_rules(cfg: LinkConfig) -> dict[str, Any]:
     the certificate of edge E (CN ``edge-E``) may
 
     - put, and subscribe to, keys under its own robots' prefixes ``<ns>/<robot_id>/**``, both ways;
-    - put the ``up`` keys (router ingress);
-    - subscribe to the ``down`` keys (ingress declaration) and receive their samples (router egress).
-    Nothing else: no queries, queryables, deletes or liveliness, no other robot's keys, no ``**`` subscription.
+    - put the ``up`` keys (router ingress), and serve them from its cache of latched samples: declare
+      queryables and reply (ingress), receive the cloud's queries (egress); learn the cloud's subscribers of
+      them (egress ``declare_subscriber``: without it a zenoh client filters its own puts after the first);
+    - subscribe to the ``down`` keys and query them (ingress), receive their samples and replies, and learn
+      the cloud's queryables of them (egress).
+    Nothing else: no deletes or liveliness, no other robot's keys, no ``**`` subscription, no queries of ``up``
+    keys (another edge's cache).
     """
     up = [pattern_to_key_expr(p, cfg.namespace) for p in cfg.up]
     down = [pattern_to_key_expr(p, cfg.namespace) for p in cfg.down]
@@ -42,14 +46,16 @@ def acl_rules(cfg: LinkConfig) -> dict[str, Any]:
     policies: list[dict[str, Any]] = [{"id": "cloud", "subjects": ["cloud"], "rules": ["cloud_all"]}]
     shared = []
     if up:
-        rules.append({"id": "up_put", "permission": "allow", "flows": ["ingress"], "messages": ["put"],
-                      "key_exprs": up})
-        shared.append("up_put")
+        rules.append({"id": "up_put", "permission": "allow", "flows": ["ingress"],
+                      "messages": ["put", "declare_queryable", "reply"], "key_exprs": up})
+        rules.append({"id": "up_serve", "permission": "allow", "flows": ["egress"],
+                      "messages": ["declare_subscriber", "query"], "key_exprs": up})
+        shared += ["up_put", "up_serve"]
     if down:
         rules.append({"id": "down_subscribe", "permission": "allow", "flows": ["ingress"],
-                      "messages": ["declare_subscriber"], "key_exprs": down})
-        rules.append({"id": "down_receive", "permission": "allow", "flows": ["egress"], "messages": ["put"],
-                      "key_exprs": down})
+                      "messages": ["declare_subscriber", "query"], "key_exprs": down})
+        rules.append({"id": "down_receive", "permission": "allow", "flows": ["egress"],
+                      "messages": ["put", "reply", "declare_queryable"], "key_exprs": down})
         shared += ["down_subscribe", "down_receive"]
     for name in sorted(cfg.edges):
         own = robot_key_exprs(cfg, name)
@@ -73,6 +79,7 @@ def config_settings(cfg: LinkConfig) -> dict[str, Any]:
         "scouting/gossip/enabled": False,
         "transport/shared_memory/enabled": False,
         "timestamping/enabled": True,
+        "transport/unicast/compression/enabled": cfg.compression,
     }
     if cfg.role == "cloud":
         tls.update(listen_certificate=cfg.tls.cert, listen_private_key=cfg.tls.key)

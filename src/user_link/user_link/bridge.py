@@ -1,0 +1,260 @@
+"""The link node: forwards the allow-listed topics between this side's DDS graph and the zenoh link.
+
+Out (edge: ``up``, cloud: ``down``): every DDS topic on the graph that an out pattern matches and whose type
+is a known USER topic kind is subscribed raw and put on its key (``wire.topic_to_key``) unchanged.
+In (edge: ``down``, cloud: ``up``): samples on the in patterns' key expressions are published raw on DDS,
+on the topic ``wire.key_to_topic`` names, with the kind's QoS. Latched kinds (weights, descriptions,
+heartbeats) are transient-local on both DDS sides; across the link the out side keeps them in a cache that
+answers queries, and the in side queries that cache when it starts, so a late edge or cloud gets them at once.
+See src/user_link/README.md.
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import importlib
+import threading
+import time
+from typing import Any
+
+from user_common.config_schema import ConfigError
+
+from .config import LinkConfig, load_link_config
+from .session import open_session
+from .wire import WireError, key_to_topic, pattern_matches, pattern_to_key_expr, patterns_intersect, topic_to_key
+
+
+@dataclasses.dataclass(frozen=True)
+class TopicKind:
+    """How a USER topic crosses: its message type, the DDS history depth on either side, latched or not."""
+
+    type_name: str      # e.g. user_msgs/msg/Transition
+    depth: int
+    latched: bool = False
+
+    def msg_class(self) -> type:
+        pkg, _, name = self.type_name.split("/")
+        return getattr(importlib.import_module(f"{pkg}.msg"), name)
+
+    def qos(self) -> Any:
+        from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+
+        return QoSProfile(depth=self.depth, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE,
+                          durability=DurabilityPolicy.TRANSIENT_LOCAL if self.latched else DurabilityPolicy.VOLATILE)
+
+
+#: The topics a link can carry, first match wins. Weights keep a whole snapshot (up to 1024 chunks, as
+#: user_learner.weight_sync.MAX_CHUNKS); announcements keep one per robot for up to 100 robots.
+KINDS: tuple[tuple[str, TopicKind], ...] = (
+    ("/**/transitions/ack", TopicKind("user_msgs/msg/TransitionAck", 1000)),
+    ("/**/transitions", TopicKind("user_msgs/msg/Transition", 1000)),
+    ("/**/episodes", TopicKind("user_msgs/msg/EpisodeStats", 200)),
+    ("/**/policy/weights/manifest", TopicKind("user_msgs/msg/PolicyWeights", 1, latched=True)),
+    ("/**/policy/weights", TopicKind("user_msgs/msg/PolicyWeights", 1024, latched=True)),
+    ("/**/inference/status", TopicKind("user_msgs/msg/PolicyStatus", 10)),
+    ("/user/robots/description", TopicKind("user_msgs/msg/RobotDescription", 100, latched=True)),
+    ("/user/robots/heartbeat", TopicKind("user_msgs/msg/RobotStatus", 100, latched=True)),
+)
+
+
+def topic_kind(topic: str) -> TopicKind | None:
+    """The kind of ROS topic ``topic`` (None: not a topic a link carries)."""
+    return next((k for pat, k in KINDS if pattern_matches(pat, topic)), None)
+
+
+def routes(cfg: LinkConfig) -> tuple[list[str], list[str]]:
+    """This side's (out, in) topic patterns: an edge sends ``up`` and receives ``down``; a cloud the reverse."""
+    return (cfg.up, cfg.down) if cfg.role == "edge" else (cfg.down, cfg.up)
+
+
+def may_be_latched(pattern: str) -> bool:
+    """Whether some topic of ``pattern`` is of a latched kind (so the in side asks the out side's cache)."""
+    return any(k.latched and patterns_intersect(p, pattern) for p, k in KINDS)
+
+
+@dataclasses.dataclass
+class Counters:
+    """Messages and bytes one way, for ``userctl link status``."""
+
+    msgs: int = 0
+    bytes: int = 0
+
+    def add(self, n: int) -> None:
+        self.msgs += 1
+        self.bytes += n
+
+
+class _OutRoute:
+    """One DDS topic put on the link: a raw subscription, a zenoh publisher, a cache of latched samples."""
+
+    def __init__(self, bridge: "LinkBridge", topic: str, kind: TopicKind) -> None:
+        import zenoh
+
+        self.topic, self.kind, self.key = topic, kind, topic_to_key(topic, bridge.cfg.namespace)
+        self.bridge = bridge
+        self.cache: collections.deque[bytes] = collections.deque(maxlen=kind.depth if kind.latched else 0)
+        self.lock = threading.Lock()
+        s = bridge.session
+        self.pub = s.declare_publisher(self.key, congestion_control=zenoh.CongestionControl.BLOCK,
+                                       reliability=zenoh.Reliability.RELIABLE)
+        self.queryable = s.declare_queryable(self.key, self._on_query) if kind.latched else None
+        self.sub = bridge.node.create_subscription(kind.msg_class(), topic, self._on_dds, kind.qos(), raw=True)
+
+    def _on_dds(self, data: bytes) -> None:
+        if self.kind.latched:
+            with self.lock:
+                self.cache.append(data)
+        self.pub.put(data)
+        self.bridge.sent.add(len(data))
+
+    def _on_query(self, query: Any) -> None:
+        with self.lock:
+            cached = list(self.cache)
+        for data in cached:
+            query.reply(self.key, data)
+
+    def close(self) -> None:
+        self.bridge.node.destroy_subscription(self.sub)
+        if self.queryable is not None:
+            self.queryable.undeclare()
+        self.pub.undeclare()
+
+
+class LinkBridge:
+    """This side of the link, on ``node`` (an rclpy Node): call ``poll_graph()`` periodically, ``close()`` at
+    the end. ``session`` defaults to ``open_session(cfg)``."""
+
+    def __init__(self, node: Any, cfg: LinkConfig, session: Any = None) -> None:
+        import zenoh
+
+        self.node, self.cfg = node, cfg
+        self.log = node.get_logger()
+        self.out_patterns, self.in_patterns = routes(cfg)
+        self.session = session if session is not None else open_session(cfg)
+        self.sent, self.received = Counters(), Counters()
+        self.out: dict[str, _OutRoute] = {}
+        self._in_pubs: dict[str, Any] = {}
+        self._in_lock = threading.Lock()
+        self._said: set[str] = set()   # topics already complained about (one line each)
+        self.subs = [self.session.declare_subscriber(pattern_to_key_expr(p, cfg.namespace), self._on_sample,
+                                                     allowed_origin=zenoh.Locality.REMOTE)
+                     for p in self.in_patterns]
+        self.resync()
+
+    # -- in: zenoh -> DDS --------------------------------------------------------------------------
+    def resync(self, timeout_s: float = 5.0) -> None:
+        """Ask the other side's caches for the latched samples of the in patterns (replies arrive async)."""
+        import zenoh
+
+        for p in self.in_patterns:
+            if may_be_latched(p):
+                self.session.get(pattern_to_key_expr(p, self.cfg.namespace), self._on_reply,
+                                 target=zenoh.QueryTarget.ALL, consolidation=zenoh.ConsolidationMode.NONE,
+                                 timeout=timeout_s)
+
+    def _on_reply(self, reply: Any) -> None:
+        if reply.ok is not None:
+            self._on_sample(reply.ok)
+
+    def _on_sample(self, sample: Any) -> None:
+        key = str(sample.key_expr)
+        try:
+            topic = key_to_topic(key, self.cfg.namespace)
+        except WireError as exc:
+            return self._say_once(key, f"link: dropped a sample: {exc}")
+        if not any(pattern_matches(p, topic) for p in self.in_patterns):
+            return self._say_once(topic, f"link: dropped a sample on {topic}: not in this side's allow-list")
+        pub = self._in_pub(topic)
+        if pub is None:
+            return
+        data = sample.payload.to_bytes()
+        pub.publish(data)
+        self.received.add(len(data))
+
+    def _in_pub(self, topic: str) -> Any:
+        with self._in_lock:
+            if topic in self._in_pubs:
+                return self._in_pubs[topic]
+            kind = topic_kind(topic)
+            if kind is None:
+                self._say_once(topic, f"link: cannot publish {topic} on DDS: not a topic kind a link carries "
+                                      f"(known: {', '.join(p for p, _ in KINDS)})")
+                pub = None
+            else:
+                pub = self.node.create_publisher(kind.msg_class(), topic, kind.qos())
+            self._in_pubs[topic] = pub
+            return pub
+
+    # -- out: DDS -> zenoh -------------------------------------------------------------------------
+    def poll_graph(self) -> None:
+        """Route every new DDS topic an out pattern matches (call every few hundred ms)."""
+        for topic, types in self.node.get_topic_names_and_types():
+            if topic in self.out or not any(pattern_matches(p, topic) for p in self.out_patterns):
+                continue
+            kind = topic_kind(topic)
+            if kind is None or kind.type_name not in types:
+                self._say_once(topic, f"link: not sending {topic} ({', '.join(types)}): a link carries "
+                                      + (f"it as {kind.type_name}" if kind else "only USER's known topic kinds"))
+                continue
+            self.out[topic] = _OutRoute(self, topic, kind)
+            self.log.info(f"link: sending {topic} as {self.out[topic].key}"
+                          + (" (latched: cached for late joiners)" if kind.latched else ""))
+
+    def _say_once(self, what: str, line: str) -> None:
+        if what not in self._said:
+            self._said.add(what)
+            self.log.warning(line)
+
+    def close(self) -> None:
+        for r in self.out.values():
+            r.close()
+        for s in self.subs:
+            s.undeclare()
+        self.session.close()
+
+
+def _make_node() -> Any:
+    from rclpy.node import Node
+
+    class LinkNode(Node):
+        def __init__(self) -> None:
+            super().__init__("user_link")
+            path = self.declare_parameter("config", "config/link.yaml").value
+            poll = float(self.declare_parameter("poll_s", 0.5).value)
+            if not poll > 0:
+                raise ConfigError("<parameters>", "poll_s", f"must be > 0, got {poll}")
+            cfg = load_link_config(path)
+            t0 = time.monotonic()
+            self.bridge = LinkBridge(self, cfg)
+            out, into = routes(cfg)
+            self.get_logger().info(
+                f"link up ({cfg.role}, {', '.join(cfg.endpoints)}, {time.monotonic() - t0:.1f} s): sending "
+                f"{', '.join(out) or 'nothing'}; receiving {', '.join(into) or 'nothing'}")
+            self.bridge.poll_graph()
+            self.create_timer(poll, self.bridge.poll_graph)
+
+        def close(self) -> None:
+            self.bridge.close()
+
+    return LinkNode()
+
+
+def main(args: list[str] | None = None) -> None:
+    import sys
+
+    from user_common.node_main import run_node
+
+    from .session import LinkError
+
+    def make() -> Any:
+        try:
+            return _make_node()
+        except LinkError as exc:
+            print(f"[user_link] {exc}", file=sys.stderr, flush=True)
+            raise SystemExit(3) from None
+
+    sys.exit(run_node(make, "user_link", args=args))
+
+
+if __name__ == "__main__":
+    main()
