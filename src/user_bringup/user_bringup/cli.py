@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import math
 import os
 import sys
@@ -133,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
                                       "every reader (rosbags, Foxglove, ros2 bag) reads every message")
     p.add_argument("bag_dir", help=bag_help)
 
-    p = sub.add_parser("link", help="the edge-cloud link over zenoh (src/user_link): its TLS certificates")
+    p = sub.add_parser("link", help="the edge-cloud link over zenoh (src/user_link): TLS certificates, status")
     lk = p.add_subparsers(dest="link_command", metavar="LINK_COMMAND", parser_class=_Parser)
     lk.required = True
     p = lk.add_parser("certs", help="make a CA (or reuse the one in --out) and the certificates and keys of the "
@@ -147,6 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "of cloud.pem besides localhost and 127.0.0.1); repeatable")
     p.add_argument("--days", type=int, default=825, help="validity of the cloud and edge certificates (default 825)")
     p.add_argument("--force", action="store_true", help="replace existing cloud and edge files (the CA is kept)")
+    p = lk.add_parser("status", help="what the link node on this ROS domain reports: connected, round trip, "
+                                     "bytes/s each way, transitions queued in the robots' outboxes, last error")
+    p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the link node (default 5)")
     return parser
 
 
@@ -604,8 +608,49 @@ def cmd_reward(args: argparse.Namespace) -> int:
 # --- link -----------------------------------------------------------------------------------------
 
 
+def link_status(timeout: float) -> tuple[dict | None, dict | None]:
+    """The newest status of the link node on this domain and one from at least 1 s before it (for rates)."""
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.signals import SignalHandlerOptions
+    from std_msgs.msg import String
+    from user_common import qos
+    from user_link.bridge import STATUS_TOPIC
+
+    got: list[dict] = []
+    ctx = rclpy.Context()
+    rclpy.init(args=[], context=ctx, signal_handler_options=SignalHandlerOptions.NO)
+    node = rclpy.create_node(f"userctl_{os.getpid()}", context=ctx)
+    node.create_subscription(String, STATUS_TOPIC, lambda m: got.append(json.loads(m.data)), qos.LATCHED)
+    ex = SingleThreadedExecutor(context=ctx)
+    ex.add_node(node)
+    end = time.monotonic() + timeout
+    try:
+        while time.monotonic() < end and not (len(got) >= 2 and got[-1]["time"] - got[0]["time"] >= 1.0):
+            ex.spin_once(timeout_sec=0.1)
+    finally:
+        ex.shutdown(timeout_sec=0.5)
+        node.destroy_node()
+        ctx.try_shutdown()
+    if not got:
+        return None, None
+    return got[-1], (got[0] if len(got) > 1 else None)
+
+
 def cmd_link(args: argparse.Namespace) -> int:
-    """``userctl link certs``: a CA and the certificates of a cloud router and N edges (user_link.certs)."""
+    """``userctl link certs``: a CA and the certificates of a cloud router and N edges (user_link.certs);
+    ``userctl link status``: what the link node on this domain reports."""
+    if args.link_command == "status":
+        from user_link.bridge import STATUS_TOPIC, format_status
+
+        cur, prev = link_status(args.timeout)
+        if cur is None:
+            print(f"userctl link status: no link node answered on {STATUS_TOPIC} within {args.timeout:g} s "
+                  f"(ROS_DOMAIN_ID={os.environ.get('ROS_DOMAIN_ID', '0')}); start one: "
+                  f"ros2 run user_link link_node --ros-args -p config:=config/link.yaml", file=sys.stderr)
+            return 1
+        print(format_status(cur, prev))
+        return 0 if cur["connected"] else 1
     from user_link.certs import CertError, OpensslError, make_link_certs, summary
 
     try:

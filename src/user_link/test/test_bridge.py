@@ -114,8 +114,9 @@ def link(tmp_path: Path) -> Iterator[Any]:
     procs: list[LinkProc] = []
     domains: list[Domain] = []
 
-    def side(role: str, edge: str = "site1") -> tuple[LinkProc, Domain]:
-        cfg = dict(base, role=role, endpoints=[f"tls/127.0.0.1:{port}"], connect_timeout_s=5.0,
+    def side(role: str, edge: str = "site1", via: int | None = None) -> tuple[LinkProc, Domain]:
+        """A link node and the test's node in a fresh domain; an edge dials port ``via`` (a proxy) if given."""
+        cfg = dict(base, role=role, endpoints=[f"tls/127.0.0.1:{via or port}"], connect_timeout_s=5.0,
                    edges={"site1": {"robots": ["franka_0"]}, "site2": {"robots": ["franka_1"]}},
                    tls={"ca": str(certs / "ca.pem"),
                         "cert": str(certs / ("cloud.pem" if role == "cloud" else f"edge-{edge}.pem")),
@@ -130,6 +131,7 @@ def link(tmp_path: Path) -> Iterator[Any]:
         p.wait_for("link up", 30)
         return p, d
 
+    side.port = port
     yield side
     for p in procs:
         p.stop()
@@ -191,3 +193,59 @@ def test_allow_listed_topics_cross_both_ways_and_the_rest_stays(link):
     assert serialize_message(w_late[0]) == serialize_message(w)
     for p in (cloud, edge, edge2):
         assert p.p.poll() is None and "Traceback" not in p.output(), p.output()[-2000:]
+
+
+def userctl_link_status(domain: Domain, timeout: float = 5.0) -> subprocess.CompletedProcess:
+    from ament_index_python.packages import get_package_prefix
+
+    exe = Path(get_package_prefix("user_bringup")) / "lib" / "user_bringup" / "userctl"
+    env = dict(os.environ, ROS_DOMAIN_ID=str(domain.id), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST")
+    return subprocess.run([str(exe), "link", "status", "--timeout", str(timeout)], capture_output=True, text=True,
+                          env=env, timeout=timeout + 30)
+
+
+def test_status_through_a_wan_and_a_cut_link_comes_back(link):
+    """Edge -> WAN proxy (20 ms each way) -> cloud: ``userctl link status`` shows the round trip and the bytes;
+    cut, the edge reports it is not connected; restored, it reconnects and transitions cross again."""
+    from user_common import qos
+    from user_link.wanproxy import WanProxy
+    from user_msgs.msg import Transition
+
+    cloud, c = link("cloud")
+    via = free_port()
+    proxy = WanProxy(f"127.0.0.1:{via}", f"127.0.0.1:{link.port}", delay_s=0.02, rate_bps=20e6).start()
+    try:
+        edge, e = link("edge", "site1", via=via)
+        got = c.collect(Transition, "/user/transitions", qos.TRANSITIONS_IN)
+        pub = e.node.create_publisher(Transition, "/user/transitions", qos.DATA)
+        msg = sample_transition()
+
+        def crossed(n: int, timeout: float) -> bool:
+            return wait_for(lambda: pub.publish(msg) or time.sleep(0.1) or len(got) >= n, timeout)
+
+        assert crossed(1, 30), f"no transition crossed the WAN; edge:\n{edge.output()[-2000:]}"
+        r = userctl_link_status(e)
+        print(r.stdout)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert f"link edge (tls/127.0.0.1:{via}): connected, round trip" in r.stdout
+        rtt = float(r.stdout.split("round trip ")[1].split(" ms")[0])
+        assert rtt >= 40.0, f"round trip {rtt} ms through 2 x 20 ms"
+        sending = next(ln for ln in r.stdout.splitlines() if ln.strip().startswith("sending"))
+        assert "/user/transitions" in sending and "total 0 messages" not in r.stdout.split("sent")[1][:60]
+        rc = userctl_link_status(c)
+        assert rc.returncode == 0 and "link cloud" in rc.stdout and "router listening" in rc.stdout, rc.stdout
+
+        proxy.cut()
+        edge.wait_for("link: no router connected (reconnecting)", 30)
+        r = userctl_link_status(e)
+        assert r.returncode == 1 and "NOT CONNECTED" in r.stdout, r.stdout + r.stderr
+        n = len(got)
+        for _ in range(5):
+            pub.publish(msg)
+            time.sleep(0.1)
+        proxy.restore()
+        edge.wait_for("link: connected", 60)
+        assert crossed(n + 1, 30), "no transition crossed after the link came back"
+        assert cloud.p.poll() is None and edge.p.poll() is None
+    finally:
+        proxy.stop()

@@ -249,7 +249,9 @@ def test_acl_rules_follow_the_config(certs: dict[str, Path]) -> None:
     subjects = {s["id"]: s["cert_common_names"] for s in acl["subjects"]}
     assert subjects == {"cloud": ["cloud"], "edge_site1": ["edge-site1"], "edge_site2": ["edge-site2"]}
     policies = {p["id"]: p["rules"] for p in acl["policies"]}
-    assert policies["edge_site1"] == ["up_put", "up_serve", "down_subscribe", "down_receive", "robots_site1"]
+    assert policies["edge_site1"] == ["ping_ask", "ping_answer", "up_put", "up_serve", "down_subscribe",
+                                      "down_receive", "robots_site1"]
+    assert rules["ping_ask"]["key_exprs"] == ["site/user/link/ping"]
 
 
 @pytest.mark.parametrize("edge_compresses", [True, False])

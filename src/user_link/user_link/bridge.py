@@ -13,11 +13,13 @@ from __future__ import annotations
 import collections
 import dataclasses
 import importlib
+import json
 import threading
 import time
 from typing import Any
 
 from user_common.config_schema import ConfigError
+from user_common.topics import HEARTBEAT_TOPIC
 
 from .config import LinkConfig, load_link_config
 from .session import open_session
@@ -55,6 +57,12 @@ KINDS: tuple[tuple[str, TopicKind], ...] = (
     ("/user/robots/description", TopicKind("user_msgs/msg/RobotDescription", 100, latched=True)),
     ("/user/robots/heartbeat", TopicKind("user_msgs/msg/RobotStatus", 100, latched=True)),
 )
+
+
+#: the link node's state, JSON in a std_msgs/String, latched (``userctl link status`` reads it)
+STATUS_TOPIC = "/user/link/status"
+#: the key the cloud's link node answers for round-trip times (under the namespace prefix)
+PING_KEY = "user/link/ping"
 
 
 def topic_kind(topic: str) -> TopicKind | None:
@@ -132,6 +140,9 @@ class LinkBridge:
         self.out_patterns, self.in_patterns = routes(cfg)
         self.session = session if session is not None else open_session(cfg)
         self.sent, self.received = Counters(), Counters()
+        self.rtt_s: float | None = None      # edge: the last round trip to the cloud's link node
+        self.last_error = ""
+        self._unacked: dict[str, int] = {}   # robot id -> unacknowledged transitions in its outbox (heartbeats)
         self.out: dict[str, _OutRoute] = {}
         self._in_pubs: dict[str, Any] = {}
         self._in_lock = threading.Lock()
@@ -139,7 +150,36 @@ class LinkBridge:
         self.subs = [self.session.declare_subscriber(pattern_to_key_expr(p, cfg.namespace), self._on_sample,
                                                      allowed_origin=zenoh.Locality.REMOTE)
                      for p in self.in_patterns]
+        self.ping_key = cfg.key_prefix + PING_KEY
+        self._ping = (self.session.declare_queryable(self.ping_key, lambda q: q.reply(self.ping_key, b""))
+                      if cfg.role == "cloud" else None)
         self.resync()
+
+    # -- status ------------------------------------------------------------------------------------
+    def measure_rtt(self, timeout_s: float = 2.0) -> float | None:
+        """Edge: one round trip to the cloud's link node (None: no answer within ``timeout_s``)."""
+        t0 = time.monotonic()
+        for reply in self.session.get(self.ping_key, timeout=timeout_s):
+            if reply.ok is not None:
+                self.rtt_s = time.monotonic() - t0
+                return self.rtt_s
+        self.rtt_s = None
+        return None
+
+    def connected(self) -> bool:
+        """Edge: a router is connected; cloud: the router runs (always)."""
+        return self.cfg.role == "cloud" or bool(list(self.session.info.routers_zid()))
+
+    def on_heartbeat(self, msg: Any) -> None:
+        self._unacked[msg.robot_id] = int(msg.unacked_transitions)
+
+    def status(self) -> dict[str, Any]:
+        """What ``userctl link status`` shows (counters are totals; the reader takes rates)."""
+        return {"role": self.cfg.role, "endpoints": list(self.cfg.endpoints), "connected": self.connected(),
+                "sent_msgs": self.sent.msgs, "sent_bytes": self.sent.bytes, "received_msgs": self.received.msgs,
+                "received_bytes": self.received.bytes, "rtt_ms": None if self.rtt_s is None else 1000 * self.rtt_s,
+                "queued_transitions": sum(self._unacked.values()), "robots": sorted(self._unacked),
+                "routes_out": sorted(self.out), "last_error": self.last_error, "time": time.time()}
 
     # -- in: zenoh -> DDS --------------------------------------------------------------------------
     def resync(self, timeout_s: float = 5.0) -> None:
@@ -201,6 +241,7 @@ class LinkBridge:
                           + (" (latched: cached for late joiners)" if kind.latched else ""))
 
     def _say_once(self, what: str, line: str) -> None:
+        self.last_error = line
         if what not in self._said:
             self._said.add(what)
             self.log.warning(line)
@@ -210,19 +251,52 @@ class LinkBridge:
             r.close()
         for s in self.subs:
             s.undeclare()
+        if self._ping is not None:
+            self._ping.undeclare()
         self.session.close()
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if abs(n) < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return ""
+
+
+def format_status(cur: dict[str, Any], prev: dict[str, Any] | None = None) -> str:
+    """The text of ``userctl link status`` for one link node; rates need an earlier status ``prev``."""
+    edge = cur["role"] == "edge"
+    state = ("connected" if cur["connected"] else "NOT CONNECTED (reconnecting)") if edge else "router listening"
+    rtt = f", round trip {cur['rtt_ms']:.1f} ms" if cur.get("rtt_ms") is not None else (
+        ", round trip: no answer" if edge else "")
+    lines = [f"link {cur['role']} ({', '.join(cur['endpoints'])}): {state}{rtt}"]
+    dt = cur["time"] - prev["time"] if prev else 0.0
+    for label, key in (("sent    ", "sent"), ("received", "received")):
+        rate = (f"{_size((cur[key + '_bytes'] - prev[key + '_bytes']) / dt)}/s" if dt > 0 else "-/s")
+        lines.append(f"  {label} {rate:>10}  (total {cur[key + '_msgs']} messages, {_size(cur[key + '_bytes'])})")
+    robots = f" (robots {', '.join(cur['robots'])})" if cur["robots"] else ""
+    lines.append(f"  queued transitions {cur['queued_transitions']}{robots}")
+    lines.append(f"  sending {', '.join(cur['routes_out']) or 'nothing yet'}")
+    lines.append(f"  last error: {cur['last_error'] or '-'}")
+    return "\n".join(lines)
 
 
 def _make_node() -> Any:
     from rclpy.node import Node
+    from std_msgs.msg import String
+    from user_common import qos
+    from user_msgs.msg import RobotStatus
 
     class LinkNode(Node):
         def __init__(self) -> None:
             super().__init__("user_link")
             path = self.declare_parameter("config", "config/link.yaml").value
             poll = float(self.declare_parameter("poll_s", 0.5).value)
-            if not poll > 0:
-                raise ConfigError("<parameters>", "poll_s", f"must be > 0, got {poll}")
+            every = float(self.declare_parameter("status_s", 1.0).value)
+            for name, v in (("poll_s", poll), ("status_s", every)):
+                if not v > 0:
+                    raise ConfigError("<parameters>", name, f"must be > 0, got {v}")
             cfg = load_link_config(path)
             t0 = time.monotonic()
             self.bridge = LinkBridge(self, cfg)
@@ -232,8 +306,38 @@ def _make_node() -> Any:
                 f"{', '.join(out) or 'nothing'}; receiving {', '.join(into) or 'nothing'}")
             self.bridge.poll_graph()
             self.create_timer(poll, self.bridge.poll_graph)
+            self.create_subscription(RobotStatus, HEARTBEAT_TOPIC, self.bridge.on_heartbeat, qos.ANNOUNCEMENTS_IN)
+            self._status_pub = self.create_publisher(String, STATUS_TOPIC, qos.LATCHED)
+            self._stop = threading.Event()
+            self._status_thread = threading.Thread(target=self._report, args=(every,), daemon=True)
+            self._status_thread.start()
+
+        def _report(self, every: float) -> None:
+            """Publish the status every ``every`` s; an edge measures its round trip first (off the executor)."""
+            was = None
+            while not self._stop.wait(every):
+                if self.bridge.cfg.role == "edge":
+                    try:
+                        self.bridge.measure_rtt(timeout_s=min(2.0, 2 * every))
+                    except Exception as exc:  # noqa: BLE001 - a closing session; reported, never fatal
+                        self.bridge.last_error = f"round trip: {exc}"
+                try:
+                    st = self.bridge.status()
+                    if st["connected"] != was:
+                        if st["connected"]:
+                            self.get_logger().info("link: connected")
+                        else:
+                            self.get_logger().warning("link: no router connected (reconnecting)")
+                        was = st["connected"]
+                    self._status_pub.publish(String(data=json.dumps(st)))
+                except Exception as exc:  # noqa: BLE001 - shutting down; the status thread never kills the node
+                    if self._stop.is_set() or not self.context.ok():
+                        return
+                    self.get_logger().error(f"link status: {exc!r}", throttle_duration_sec=10.0)
 
         def close(self) -> None:
+            self._stop.set()
+            self._status_thread.join(timeout=3)
             self.bridge.close()
 
     return LinkNode()

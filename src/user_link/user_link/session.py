@@ -34,6 +34,7 @@ def acl_rules(cfg: LinkConfig) -> dict[str, Any]:
       them (egress ``declare_subscriber``: without it a zenoh client filters its own puts after the first);
     - subscribe to the ``down`` keys and query them (ingress), receive their samples and replies, and learn
       the cloud's queryables of them (egress).
+    - query ``<ns>/user/link/ping`` (the round trip ``userctl link status`` shows) and get the reply.
     Nothing else: no deletes or liveliness, no other robot's keys, no ``**`` subscription, no queries of ``up``
     keys (another edge's cache).
     """
@@ -44,7 +45,12 @@ def acl_rules(cfg: LinkConfig) -> dict[str, Any]:
          "key_exprs": ["**"]}]
     subjects: list[dict[str, Any]] = [{"id": "cloud", "cert_common_names": [CLOUD_CN]}]
     policies: list[dict[str, Any]] = [{"id": "cloud", "subjects": ["cloud"], "rules": ["cloud_all"]}]
-    shared = []
+    ping = cfg.key_prefix + "user/link/ping"   # bridge.PING_KEY: the cloud link node answers round trips
+    rules.append({"id": "ping_ask", "permission": "allow", "flows": ["ingress"], "messages": ["query"],
+                  "key_exprs": [ping]})
+    rules.append({"id": "ping_answer", "permission": "allow", "flows": ["egress"],
+                  "messages": ["declare_queryable", "reply"], "key_exprs": [ping]})
+    shared = ["ping_ask", "ping_answer"]
     if up:
         rules.append({"id": "up_put", "permission": "allow", "flows": ["ingress"],
                       "messages": ["put", "declare_queryable", "reply"], "key_exprs": up})

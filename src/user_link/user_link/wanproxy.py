@@ -93,9 +93,11 @@ class WanProxy:
             self._server.close()
             self._drop_all()
             tasks = asyncio.all_tasks(self._loop)
-            for t in tasks:
-                t.cancel()
-            self._loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+            if tasks:   # the aborted connections end their pipes; cancel only what is left after a second
+                _, left = self._loop.run_until_complete(asyncio.wait(tasks, timeout=1.0))
+                for t in left:
+                    t.cancel()
+                self._loop.run_until_complete(asyncio.gather(*left, return_exceptions=True))
             self._loop.close()
 
     def _drop_all(self) -> None:
