@@ -260,3 +260,47 @@ def test_a_success_label_terminates_and_a_failure_label_truncates(procs, ros_nod
         (t,) = [t for t in trans.msgs if t.episode_id == first.episode_id and (t.terminated or t.truncated)]
     assert (t.success, t.terminated, t.truncated) == (success, success, not success), (
         f"label {success}: success {t.success}, terminated {t.terminated}, truncated {t.truncated}")
+
+
+def test_an_outbox_past_its_ram_budget_spools_to_disk_and_resends_from_there(procs, ros_node, tmp_path):
+    """outbox_max_mb 0 and nobody acknowledging: every transition but the newest goes to the spool file,
+    none is dropped; once acknowledged, the robot releases them and empties the file."""
+    from user_msgs.msg import Transition, TransitionAck
+
+    prof = profile_with(tmp_path, **{"robot.cameras": []})
+    spool_dir = tmp_path / "spool"
+    transitions = Collect(ros_node, Transition, "/user/transitions")
+    beats = Collect(ros_node, RobotStatus, "/user/robots/heartbeat")
+    robot = procs.start("robot", node_cmd("robot_node", {
+        "robot_id": "franka_0", "profile": str(prof), "realtime_factor": 0.0, "ack_consumers": "[learner]",
+        "outbox_max_mb": 0, "outbox_spool_dir": str(spool_dir)}))
+    transitions.wait_matched(60)
+    policy = procs.start("policy", node_cmd("scripted_policy", {"robot_id": "franka_0", "profile": str(prof)}))
+    beats.wait(lambda m: m and m[-1].unacked_transitions >= 60, 60, "60 unacknowledged transitions")
+    files = list(spool_dir.glob("franka_0-*.bin"))
+    assert len(files) == 1 and files[0].stat().st_size > 0, files
+    # resends come back (from the file) while a reader is on the topic
+    with transitions.lock:
+        first = {(t.episode_id, t.step) for t in transitions.msgs[:30]}
+    n = len(transitions.msgs)
+    transitions.wait(lambda m: first & {(t.episode_id, t.step) for t in m[n:]}, 20, "resent transitions")
+    policy.popen.terminate()   # the robot holds: nothing new
+    policy.popen.wait(timeout=10)
+    time.sleep(0.5)
+    acks = ros_node.create_publisher(TransitionAck, "/user/transitions/ack", RELIABLE)
+    end = time.monotonic() + 60
+    while time.monotonic() < end:   # acknowledge everything seen so far, again and again, as a learner would
+        with transitions.lock:
+            keys = sorted({(t.episode_id, t.step) for t in transitions.msgs})
+        acks.publish(TransitionAck(consumer="learner", robot_id="franka_0", episode_ids=[k[0] for k in keys],
+                                   steps=[k[1] for k in keys]))
+        time.sleep(0.3)
+        if beats.msgs[-1].unacked_transitions == 0 and files[0].stat().st_size == 0:
+            break
+    b = beats.msgs[-1]
+    assert all(x.dropped_transitions == 0 for x in beats.msgs), "nothing may be dropped with a spool"
+    assert b.unacked_transitions == 0, f"{b.unacked_transitions} still unacknowledged"
+    assert files[0].stat().st_size == 0, "an emptied spool truncates its file"
+    robot.popen.send_signal(2)
+    robot.popen.wait(timeout=20)
+    assert not files[0].exists(), "the spool file goes with its robot node"

@@ -2,7 +2,10 @@
 the messages the node publishes (built from the cell and the episode controller's records)."""
 from __future__ import annotations
 
+import os
+import tempfile
 import zlib
+from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
@@ -13,6 +16,7 @@ from visualization_msgs.msg import MarkerArray
 from .backends.base import make_backend
 from .devices.cameras import CameraRig, make_camera_sources
 from .core.cell import ACTION_NAMES, RobotCell
+from .core.outbox import Spool
 from user_common.config_schema import ConfigError
 from .markers import cell_markers
 from user_common.ros_convert import image_to_msg
@@ -152,3 +156,27 @@ def episode_stats_msg(s, robot_id: str, stamp) -> EpisodeStats:
     e.intervention_steps, e.held_steps, e.policy_version = s.interventions, s.held, s.policy_version
     e.cut = bool(s.cut)
     return e
+
+
+def _encode_entry(entry: tuple[str, Any]) -> bytes:
+    """An outbox entry (namespace, Transition) as bytes for the spool: the namespace, NUL, the CDR."""
+    from rclpy.serialization import serialize_message
+
+    return entry[0].encode() + b"\0" + serialize_message(entry[1])
+
+
+def _decode_entry(data: bytes) -> tuple[str, Any]:
+    from rclpy.serialization import deserialize_message
+
+    ns, _, cdr = data.partition(b"\0")
+    return ns.decode(), deserialize_message(cdr, Transition)
+
+
+def make_spool(robot_id: str, params: dict) -> Spool | None:
+    """Where a robot's outbox moves transitions past ``outbox_max_mb`` of RAM: a file in ``outbox_spool_dir``
+    (default ``<tmp>/user_outbox``) holding up to ``outbox_spool_mb``; None when that is 0 (drop them)."""
+    if params["outbox_spool_mb"] <= 0:
+        return None
+    folder = Path(params["outbox_spool_dir"] or Path(tempfile.gettempdir()) / "user_outbox")
+    return Spool(folder / f"{robot_id}-{os.getpid()}.bin", _encode_entry, _decode_entry,
+                 params["outbox_spool_mb"] << 20)

@@ -33,15 +33,16 @@ from .core import episode as ep
 from user_common.node_main import run_node
 from .core.outbox import Outbox
 from .profile import load_profile
-from .robot_io import (describe_robot, episode_stats_msg, make_cell, observation_msgs, profile_overrides,
-                       status_msg, transition_bytes, transition_msg)
+from .robot_io import (describe_robot, episode_stats_msg, make_cell, make_spool, observation_msgs,
+                       profile_overrides, status_msg, transition_bytes, transition_msg)
 from user_common.topics import ESTOP_RELEASE_SERVICE, ESTOP_SERVICE, ESTOP_TOPIC, check_topic_ns, job_topic
 
 
 #: the node's parameters and their defaults (docs/robot_node.md)
 PARAMETERS = (("robot_id", "franka_0"), ("profile", ""), ("backend", ""), ("realtime_factor", -1.0),
               ("max_episodes", 0), ("seed", 0), ("frame_prefix", ""), ("ack_consumers", [""]),
-              ("outbox_max_mb", 1024), ("wait_for_reset", False), ("reward", "profile"), ("reward_source", "profile"),
+              ("outbox_max_mb", 1024), ("outbox_spool_mb", 8192), ("outbox_spool_dir", ""),
+              ("wait_for_reset", False), ("reward", "profile"), ("reward_source", "profile"),
               ("reward_when", "profile"), ("terminate_on_success", "profile"), ("follow_bindings", False))
 
 
@@ -75,7 +76,8 @@ class RobotNode(Node):
         self.profile = load_profile(*profile_overrides(params))
         self.frame_prefix: str = params["frame_prefix"]
         consumers = [c for c in params["ack_consumers"] if c]
-        self.outbox = Outbox(consumers, params["outbox_max_mb"] << 20) if consumers else None
+        self.outbox = (Outbox(consumers, params["outbox_max_mb"] << 20, spool=make_spool(self.robot_id, params))
+                       if consumers else None)
         self._outbox_lock = threading.Lock()
         rc = self.profile.robot
         self.rf = rc.realtime_factor
@@ -147,6 +149,8 @@ class RobotNode(Node):
         self._interrupt.set()
         self._inbox.put(None)
         self._thread.join(timeout=5.0)
+        if self.outbox is not None and self.outbox.spool is not None:
+            self.outbox.spool.close()
 
     # -- callbacks (executor threads): messages become events ----------------------------------------------
     def _on_action(self, msg: Action) -> None:
