@@ -3,6 +3,7 @@ cloud (another), joined by two link nodes over mTLS through the WAN proxy; the l
 restored, and every transition the robot produced reaches the cloud's replay bag."""
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import signal
@@ -24,7 +25,9 @@ from user_buffer.store import TransitionStore  # noqa: E402
 from user_link.certs import make_link_certs  # noqa: E402
 from user_link.wanproxy import WanProxy  # noqa: E402
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = pytest.mark.timeout(600)
+#: how long the link stays cut (the issue's 60 s: USER_LINK_CUT_S=60; the suite keeps it short)
+CUT_S = float(os.environ.get("USER_LINK_CUT_S", "4"))
 
 
 def link_config(tmp_path, certs, role: str, port: int) -> str:
@@ -67,12 +70,12 @@ def test_a_cut_link_loses_no_transition(procs, ros_node, tmp_path, monkeypatch):
                                                "--skip", "user/learner"))
         cloud = procs.start("cloud", userctl_cmd("launch", graph, "run_name:=test", "realtime_factor:=0",
                                                  "--only", "user/learner"), ROS_DOMAIN_ID=cloud_domain)
-        # cut the link once the cloud has stored some transitions, for 4 s, while the robot keeps producing
+        # cut the link once the cloud has stored some transitions, for CUT_S, while the robot keeps producing
         cloud.wait_for(r"env steps [1-9]\d{1,2} ", 120)
         n_cut = len(transitions.msgs)
         proxy.cut()
         link_edge.wait_for(r"link: no router connected \(reconnecting\)", 15)
-        time.sleep(4.0)
+        time.sleep(CUT_S)
         cut = {(t.episode_id, t.step) for t in transitions.msgs[n_cut:]}
         with beats.lock:
             held = max((b.unacked_transitions for b in beats.msgs[-5:]), default=0)
@@ -101,7 +104,7 @@ def test_a_cut_link_loses_no_transition(procs, ros_node, tmp_path, monkeypatch):
     v = bag.snapshot()
     stored = {(e, s) for e, s in zip(v["episode"].tolist(), v["step"].tolist())}
     bag.close()
-    print(f"link cut 4 s: {len(cut)} transitions made meanwhile (outbox held up to {held}); {len(stored)} stored in "
+    print(f"link cut {CUT_S:g} s: {len(cut)} transitions made meanwhile (outbox held up to {held}); {len(stored)} stored in "
           f"the cloud of {len(transitions.msgs)} made at the edge")
     assert cut <= stored, f"{len(cut - stored)} transitions acknowledged but not in the cloud's bag"
     assert acked() <= stored
