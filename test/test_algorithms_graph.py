@@ -142,12 +142,5 @@ def test_sac_trains_on_pick_and_place_through_the_graph(procs, ros_node, tmp_pat
     summary = re.search(r"summary: (\d+) env steps, (\d+) updates", run.output())
     assert summary and int(summary.group(2)) > 0, run.output()[-3000:]
     assert transitions.msgs and all(len(t.obs.proprio) == 27 for t in transitions.msgs)
-    if algo == "hg_dagger":
-        # Once the policy is stuck the scripted human keeps control for the rest of the run, possibly before
-        # the first weights arrive; the inference node keeps answering (its answers are dropped), so its own
-        # count says which weights it acted with.
-        done = re.search(r"\[inference\] done: .*policy version (\d+)", out)
-        assert done and int(done.group(1)) > 1, f"inference never acted with learned weights:\n{out[-3000:]}"
-    else:
-        versions = sorted({t.policy_version for t in transitions.msgs if t.action_source == 0})
-        assert versions and versions[-1] > 1, f"inference never acted with learned weights: versions {versions}"
+    versions = sorted({t.policy_version for t in transitions.msgs if t.action_source == 0})
+    assert versions and versions[-1] > 1, f"inference never acted with learned weights: versions {versions}"

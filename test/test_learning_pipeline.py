@@ -217,7 +217,9 @@ def test_kill_learner_robots_keep_going_no_transition_lost_and_resume(procs, ros
 def test_kill_inference_robot_holds_then_resumes(procs, ros_node, in_tmp):
     cfg = config_dir(in_tmp)
     obs = Collect(ros_node, Observation, "/franka_0/observation", QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE))
-    run = launch(procs, in_tmp, cfg, "realtime_factor:=1.0", "respawn_delay:=3.0")
+    # respawn after 8 s: a reset right at the kill can take seconds on a loaded machine, and the held
+    # observations judged below must come before the new inference node is up
+    run = launch(procs, in_tmp, cfg, "realtime_factor:=1.0", "respawn_delay:=8.0")
     obs.wait(lambda m: len(m) > 30 and m[-1].step > 5, 90, "the robot acting")
     os.killpg(started_pid(run, "franka_0/inference"), signal.SIGKILL)
     killed = time.monotonic()

@@ -93,6 +93,9 @@ class LinkConfig:
     tls: TlsFiles = dataclasses.field(default_factory=TlsFiles)
     #: prefix of every key of this link, like zenoh-bridge-ros2dds' ``namespace`` ("" none; ``site1``)
     namespace: str = ""
+    #: a link that stays silent this long is declared dead (zenoh's lease; keep-alives every quarter of it):
+    #: how soon a cut is noticed, against spurious reconnects on a lossy path
+    lease_s: float = dataclasses.field(default=10.0, metadata=positive())
     #: lossless lz4 compression of everything the link carries (zenoh's transport compression; the two sides
     #: negotiate it, so a side that has it off, e.g. an official bridge without it, gets plain bytes)
     compression: bool = True

@@ -86,6 +86,7 @@ def config_settings(cfg: LinkConfig) -> dict[str, Any]:
         "transport/shared_memory/enabled": False,
         "timestamping/enabled": True,
         "transport/unicast/compression/enabled": cfg.compression,
+        "transport/link/tx/lease": int(cfg.lease_s * 1000),
     }
     if cfg.role == "cloud":
         tls.update(listen_certificate=cfg.tls.cert, listen_private_key=cfg.tls.key)
