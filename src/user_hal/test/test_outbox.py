@@ -99,3 +99,20 @@ def test_a_spool_with_holes_is_compacted(tmp_path):
     assert box.dropped == 0
     assert spool.file_bytes <= 2_100_000, f"holes must be compacted away ({spool.file_bytes} bytes)"
     assert [m[-1] for m in box.due(now=10.0, limit=100)] == list(range(25, 45))
+
+
+def test_spools_of_dead_robot_nodes_are_removed(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from user_hal.robot_io import remove_stale_spools
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / f"franka_0-{dead.stdout.strip()}.bin"
+    live = tmp_path / f"franka_0-{os.getppid()}.bin"
+    other = tmp_path / f"franka_1-{dead.stdout.strip()}.bin"
+    for f in (stale, live, other):
+        f.write_bytes(b"x")
+    assert remove_stale_spools(tmp_path, "franka_0") == [stale]
+    assert not stale.exists() and live.exists() and other.exists()

@@ -172,11 +172,24 @@ def _decode_entry(data: bytes) -> tuple[str, Any]:
     return ns.decode(), deserialize_message(cdr, Transition)
 
 
+def remove_stale_spools(folder: Path, robot_id: str) -> list[Path]:
+    """Delete ``<robot_id>-<pid>.bin`` spools whose process is gone (a robot node killed with SIGKILL cannot
+    remove its own; what it held was lost with its RAM half anyway). Returns what was removed."""
+    gone = []
+    for f in folder.glob(f"{robot_id}-*.bin"):
+        pid = f.stem[len(robot_id) + 1:]
+        if pid.isdigit() and int(pid) != os.getpid() and not Path(f"/proc/{pid}").exists():
+            f.unlink(missing_ok=True)
+            gone.append(f)
+    return gone
+
+
 def make_spool(robot_id: str, params: dict) -> Spool | None:
     """Where a robot's outbox moves transitions past ``outbox_max_mb`` of RAM: a file in ``outbox_spool_dir``
     (default ``<tmp>/user_outbox``) holding up to ``outbox_spool_mb``; None when that is 0 (drop them)."""
     if params["outbox_spool_mb"] <= 0:
         return None
     folder = Path(params["outbox_spool_dir"] or Path(tempfile.gettempdir()) / "user_outbox")
+    remove_stale_spools(folder, robot_id)
     return Spool(folder / f"{robot_id}-{os.getpid()}.bin", _encode_entry, _decode_entry,
                  params["outbox_spool_mb"] << 20)
