@@ -8,8 +8,9 @@ import os
 import re
 import shutil
 import signal
-import socket
+import sys
 import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -27,6 +28,9 @@ from user_link.certs import make_link_certs  # noqa: E402
 from user_link.netns import EmulatedWan  # noqa: E402
 from user_link.wanproxy import WanProxy  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src" / "user_link" / "test"))
+from link_helpers import free_port  # noqa: E402
+
 pytestmark = pytest.mark.timeout(600)
 #: how long the link stays cut (the issue's 60 s: USER_LINK_CUT_S=60; the suite keeps it short)
 CUT_S = float(os.environ.get("USER_LINK_CUT_S", "4"))
@@ -40,12 +44,6 @@ def link_config(tmp_path, certs, role: str, endpoint: str) -> str:
     path = tmp_path / f"link-{role}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return str(path)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class _ProxyWan:

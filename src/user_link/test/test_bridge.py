@@ -25,6 +25,7 @@ from user_link.certs import make_link_certs  # noqa: E402
 from user_link.config import load_link_config  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "test"))
+from hal_helpers import node_cmd, userctl_cmd  # noqa: E402
 from ros_isolation import next_domain_id  # noqa: E402
 
 
@@ -77,14 +78,11 @@ class LinkProc:
     """An installed ``link_node`` process in one DDS domain."""
 
     def __init__(self, cfg: Path, domain_id: int, log: Path) -> None:
-        from ament_index_python.packages import get_package_prefix
-
-        exe = Path(get_package_prefix("user_link")) / "lib" / "user_link" / "link_node"
         env = dict(os.environ, ROS_DOMAIN_ID=str(domain_id), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",
                    PYTHONUNBUFFERED="1")
         self.log = log
         self.f = open(log, "w")
-        self.p = subprocess.Popen([str(exe), "--ros-args", "-p", f"config:={cfg}", "-p", "poll_s:=0.2"],
+        self.p = subprocess.Popen(node_cmd("link_node", {"config": str(cfg), "poll_s": 0.2}, pkg="user_link"),
                                   stdout=self.f, stderr=subprocess.STDOUT, env=env)
 
     def output(self) -> str:
@@ -196,11 +194,8 @@ def test_allow_listed_topics_cross_both_ways_and_the_rest_stays(link):
 
 
 def userctl_link_status(domain: Domain, timeout: float = 5.0) -> subprocess.CompletedProcess:
-    from ament_index_python.packages import get_package_prefix
-
-    exe = Path(get_package_prefix("user_bringup")) / "lib" / "user_bringup" / "userctl"
     env = dict(os.environ, ROS_DOMAIN_ID=str(domain.id), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST")
-    return subprocess.run([str(exe), "link", "status", "--timeout", str(timeout)], capture_output=True, text=True,
+    return subprocess.run(userctl_cmd("link", "status", "--timeout", str(timeout)), capture_output=True, text=True,
                           env=env, timeout=timeout + 30)
 
 
