@@ -21,6 +21,7 @@ from typing import Any
 from user_common.config_schema import ConfigError
 from user_common.topics import HEARTBEAT_TOPIC
 
+from .codec import Codec
 from .config import LinkConfig, load_link_config
 from .session import open_session
 from .wire import WireError, key_to_topic, pattern_matches, pattern_to_key_expr, patterns_intersect, topic_to_key
@@ -92,8 +93,20 @@ class Counters:
         self.bytes += n
 
 
+#: topic kind type name -> factory(bridge, topic, direction "out"/"in") of its codec (None: plain CDR)
+CODECS: dict[str, Any] = {}
+
+
+def make_codec(bridge: "LinkBridge", topic: str, kind: TopicKind, direction: str) -> Codec:
+    """The codec of ``topic`` on this side (the plain one unless a factory in ``CODECS`` returns another)."""
+    factory = CODECS.get(kind.type_name)
+    codec = factory(bridge, topic, direction) if factory is not None else None
+    return codec if codec is not None else Codec()
+
+
 class _OutRoute:
-    """One DDS topic put on the link: a raw subscription, a zenoh publisher, a cache of latched samples."""
+    """One DDS topic put on the link: a raw subscription, a codec, a zenoh publisher, a cache of latched
+    samples (plain CDR: what a late joiner gets, whatever the codec)."""
 
     def __init__(self, bridge: "LinkBridge", topic: str, kind: TopicKind) -> None:
         import zenoh
@@ -105,6 +118,7 @@ class _OutRoute:
         s = bridge.session
         self.pub = s.declare_publisher(self.key, congestion_control=zenoh.CongestionControl.BLOCK,
                                        reliability=zenoh.Reliability.RELIABLE)
+        self.codec = make_codec(bridge, topic, kind, "out")
         self.queryable = s.declare_queryable(self.key, self._on_query) if kind.latched else None
         self.sub = bridge.node.create_subscription(kind.msg_class(), topic, self._on_dds, kind.qos(), raw=True)
 
@@ -112,10 +126,19 @@ class _OutRoute:
         if self.kind.latched:
             with self.lock:
                 self.cache.append(data)
-        self.pub.put(data)
-        self.bridge.sent.add(len(data))
+        try:
+            encoded = self.codec.encode(data)
+        except Exception as exc:  # noqa: BLE001 - a sample the codec cannot handle goes plain, and is reported
+            self.bridge._say_once(f"encode {self.topic}", f"link: sending {self.topic} plain: {exc!r}")
+            encoded = [(data, None)]
+        for payload, attachment in encoded:
+            self.pub.put(payload, attachment=attachment)
+            self.bridge.sent.add(len(payload))
 
     def _on_query(self, query: Any) -> None:
+        params = str(query.parameters)
+        if params:
+            self.codec.on_query(params)
         with self.lock:
             cached = list(self.cache)
         for data in cached:
@@ -145,6 +168,7 @@ class LinkBridge:
         self._unacked: dict[str, int] = {}   # robot id -> unacknowledged transitions in its outbox (heartbeats)
         self.out: dict[str, _OutRoute] = {}
         self._in_pubs: dict[str, Any] = {}
+        self._in_codecs: dict[str, Codec] = {}
         self._in_lock = threading.Lock()
         self._said: set[str] = set()   # topics already complained about (one line each)
         self.subs = [self.session.declare_subscriber(pattern_to_key_expr(p, cfg.namespace), self._on_sample,
@@ -169,6 +193,15 @@ class LinkBridge:
     def connected(self) -> bool:
         """Edge: a router is connected; cloud: the router runs (always)."""
         return self.cfg.role == "cloud" or bool(list(self.session.info.routers_zid()))
+
+    def on_link_state(self, connected: bool) -> None:
+        """The status thread saw the link go down (False) or come back (True): after a reconnect the codecs
+        forget what the other side may have missed and the latched caches are asked again."""
+        if not connected:
+            return
+        for c in [r.codec for r in list(self.out.values())] + list(self._in_codecs.values()):
+            c.on_reconnect()
+        self.resync()
 
     def on_heartbeat(self, msg: Any) -> None:
         self._unacked[msg.robot_id] = int(msg.unacked_transitions)
@@ -208,8 +241,16 @@ class LinkBridge:
         if pub is None:
             return
         data = sample.payload.to_bytes()
-        pub.publish(data)
         self.received.add(len(data))
+        if sample.attachment is None:
+            pub.publish(data)
+            return
+        try:
+            msgs = self._in_codecs[topic].decode(data, sample.attachment.to_bytes())
+        except Exception as exc:  # noqa: BLE001 - one undecodable sample is dropped and reported, never fatal
+            return self._say_once(f"decode {topic}", f"link: dropped a sample on {topic}: {exc}")
+        for m in msgs:
+            pub.publish(m)
 
     def _in_pub(self, topic: str) -> Any:
         with self._in_lock:
@@ -222,6 +263,7 @@ class LinkBridge:
                 pub = None
             else:
                 pub = self.node.create_publisher(kind.msg_class(), topic, kind.qos())
+                self._in_codecs[topic] = make_codec(self, topic, kind, "in")
             self._in_pubs[topic] = pub
             return pub
 
@@ -328,6 +370,8 @@ def _make_node() -> Any:
                             self.get_logger().info("link: connected")
                         else:
                             self.get_logger().warning("link: no router connected (reconnecting)")
+                        if was is not None:
+                            self.bridge.on_link_state(st["connected"])
                         was = st["connected"]
                     self._status_pub.publish(String(data=json.dumps(st)))
                 except Exception as exc:  # noqa: BLE001 - shutting down; the status thread never kills the node

@@ -99,6 +99,14 @@ class LinkConfig:
     #: lossless lz4 compression of everything the link carries (zenoh's transport compression; the two sides
     #: negotiate it, so a side that has it off, e.g. an official bridge without it, gets plain bytes)
     compression: bool = True
+    #: USER's own encodings on top (both sides must be USER link nodes: set both false toward an official
+    #: zenoh-bridge-ros2dds). A transition's observation images that the previous transition's next_obs
+    #: carried cross as references, not twice
+    dedup_images: bool = True
+    #: weights cross as compressed deltas against the last full snapshot, a full one every
+    #: ``weights_full_every`` versions and whenever an edge asks (it lacks the base); integrity checked
+    weight_deltas: bool = True
+    weights_full_every: int = dataclasses.field(default=10, metadata=positive())
     #: ROS topics (patterns: ``*`` one token, ``**`` any) sent edge -> cloud, and cloud -> edge
     up: list[str] = dataclasses.field(default_factory=lambda: list(DEFAULT_UP))
     down: list[str] = dataclasses.field(default_factory=lambda: list(DEFAULT_DOWN))
