@@ -21,6 +21,7 @@ from typing import Any
 from user_common.config_schema import ConfigError
 from user_common.topics import HEARTBEAT_TOPIC
 
+from . import images
 from .codec import Codec
 from .config import LinkConfig, load_link_config
 from .session import open_session
@@ -94,7 +95,7 @@ class Counters:
 
 
 #: topic kind type name -> factory(bridge, topic, direction "out"/"in") of its codec (None: plain CDR)
-CODECS: dict[str, Any] = {}
+CODECS: dict[str, Any] = {"user_msgs/msg/Transition": images.codec_factory}
 
 
 def make_codec(bridge: "LinkBridge", topic: str, kind: TopicKind, direction: str) -> Codec:
