@@ -238,9 +238,23 @@ def test_status_through_a_wan_and_a_cut_link_comes_back(link):
         for _ in range(5):
             pub.publish(msg)
             time.sleep(0.1)
+        # weights published while the link is cut reach the edge after the restore: its link node asks the
+        # cloud's latched cache again when it reconnects
+        from user_learner.weight_sync import weights_qos
+        from user_msgs.msg import PolicyWeights
+
+        w_edge = e.collect(PolicyWeights, "/user/policy/weights", weights_qos(1024))
+        w = PolicyWeights(policy_name="sac", version=4, chunk_index=0, num_chunks=1, total_bytes=3,
+                          sha256="ab" * 32, format="torch_state_dict", data=b"\x07\x08\x09")
+        c.node.create_publisher(PolicyWeights, "/user/policy/weights", weights_qos(1024)).publish(w)
+        cloud.wait_for("sending /user/policy/weights", 10)
+        time.sleep(0.5)
+        assert not w_edge, "weights crossed a cut link"
         proxy.restore()
         edge.wait_for("link: connected", 60)
         assert crossed(n + 1, 30), "no transition crossed after the link came back"
+        assert wait_for(lambda: bool(w_edge), 15), f"no weights after the reconnect:\n{edge.output()[-2000:]}"
+        assert w_edge[-1].version == 4 and bytes(w_edge[-1].data) == b"\x07\x08\x09"
         assert cloud.p.poll() is None and edge.p.poll() is None
     finally:
         proxy.stop()
